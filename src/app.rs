@@ -1,0 +1,43 @@
+//! The per-process context every role receives: pools, optional Redis, config, metrics
+//! handle and readiness state. Built once by `cli/` (or a test) and cloned cheaply.
+//!
+//! L2: depends on `store`, `kv`, `config`, `telemetry` and `service::health` state.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::kv::Kv;
+use crate::service::health::Readiness;
+use crate::store::Db;
+
+/// Shared handles of one process. Cloning is cheap (pools and Arcs).
+#[derive(Clone)]
+pub struct Ctx {
+    /// Postgres pools (primary + optional replica).
+    pub db: Db,
+    /// Redis, when configured; None selects in-process fallbacks.
+    pub kv: Option<Kv>,
+    /// Validated settings.
+    pub config: Arc<Config>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Cached dependency checks and the draining flag behind `/health/ready`.
+    pub readiness: Readiness,
+}
+
+impl Ctx {
+    /// Builds the context: pools connect lazily, so this never blocks on the network.
+    pub fn new(config: Config) -> Result<Self, redis::RedisError> {
+        let db = Db::new(&config);
+        let kv = Kv::from_config(&config)?;
+        Ok(Self {
+            db,
+            kv,
+            config: Arc::new(config),
+            metrics: crate::telemetry::install_metrics(),
+            readiness: Readiness::default(),
+        })
+    }
+}

@@ -1,0 +1,345 @@
+//! Configuration: every setting is a clap option that also reads an environment variable, so
+//! `itsur <role> --help` documents all of them. Validation that clap cannot express (URL
+//! schemes, secret strength) lives in [`ConfigError`]-returning `validate` functions whose
+//! message always names the variable.
+//!
+//! Leaf utility: depends on nothing in the crate.
+//!
+//! Env vars: `DATABASE_URL`, `DATABASE_READ_URL`, `DB_POOL_SIZE`, `DB_READ_POOL_SIZE`,
+//! `DB_CONNECT_TIMEOUT_MS`, `DB_STATEMENT_TIMEOUT_MS`, `REDIS_URL`, `REDIS_PREFIX`,
+//! `REDIS_POOL_SIZE`, `ITSUR_ENV`, `LOG_FORMAT`, `RUST_LOG`, `SHUTDOWN_TIMEOUT_SECS`,
+//! `BIND_ADDR`, `HTTP_WORKERS`, `JWT_SECRET`, `METRICS_BIND`, `HEALTHCHECK_URL`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Minimum length of `JWT_SECRET` outside development: HS256 wants at least 256 bits of key.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Default listen address of `serve` (and of `all`).
+pub const DEFAULT_BIND: &str = "0.0.0.0:8080";
+/// Default ops (metrics + health) listener of `worker`.
+pub const DEFAULT_WORKER_METRICS_BIND: &str = "0.0.0.0:9464";
+/// Default ops (metrics + health) listener of `outbox-relay`.
+pub const DEFAULT_RELAY_METRICS_BIND: &str = "0.0.0.0:9465";
+
+/// A value that must never be printed: `Debug` and `Display` show a placeholder.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a sensitive value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// Reads the wrapped value; the caller is responsible for not logging it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A setting that is present but unusable; `var` is the environment variable to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (and, lowercased with dashes, the flag) at fault.
+    pub var: &'static str,
+    /// What is wrong with it, in one line.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}
+
+/// Deployment environment: `dev` relaxes the checks that protect production.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Environment {
+    /// Development: weak secrets allowed, pretty logs by default.
+    Dev,
+    /// Production (default): every safety check on.
+    #[default]
+    Prod,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// Human-readable, coloured when stderr is a terminal.
+    Pretty,
+}
+
+/// Settings every long-running role shares: Postgres, Redis, logging, shutdown.
+#[derive(Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Postgres primary, e.g. postgres://user:pass@host:5432/itsur (sslmode=require honoured).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Optional read replica for heavy reads (reports, lists); the primary serves them when unset.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+
+    /// Connections in the primary pool.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_size: u32,
+
+    /// Connections in the read-replica pool.
+    #[arg(long, env = "DB_READ_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_read_pool_size: u32,
+
+    /// How long a request waits for a pooled connection (and a new connection to open), in ms.
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub db_connect_timeout_ms: u64,
+
+    /// Server-side statement_timeout for pooled connections, in ms (0 = none).
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 15_000)]
+    pub db_statement_timeout_ms: u64,
+
+    /// Redis for caches, rate limits, pub/sub and breaker state; unset = in-process fallbacks.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel (one per deployment sharing a Redis).
+    #[arg(long, env = "REDIS_PREFIX", default_value = "itsur")]
+    pub redis_prefix: String,
+
+    /// Connections in the Redis pool.
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub redis_pool_size: u32,
+
+    /// Deployment environment; `dev` allows a weak JWT_SECRET.
+    #[arg(long = "env", env = "ITSUR_ENV", value_name = "ITSUR_ENV", value_enum, default_value_t = Environment::Prod)]
+    pub environment: Environment,
+
+    /// Log format: json (default in prod) or pretty (default in dev).
+    #[arg(long, env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info,itsur=debug`.
+    #[arg(long, env = "RUST_LOG", value_name = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// Seconds a stopping role waits for in-flight requests and jobs before it gives up.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl CommonArgs {
+    /// Checks what clap cannot: URL schemes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_pg_url("DATABASE_URL", &self.database_url)?;
+        if let Some(url) = &self.database_read_url {
+            check_pg_url("DATABASE_READ_URL", url)?;
+        }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "REDIS_PREFIX",
+                "must be non-empty and contain no whitespace",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective log format: explicit, else pretty in dev and json in prod.
+    pub fn effective_log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or(match self.environment {
+            Environment::Dev => LogFormat::Pretty,
+            Environment::Prod => LogFormat::Json,
+        })
+    }
+
+    /// The drain budget on shutdown.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::new(
+            var,
+            "must be a postgres:// or postgresql:// URL",
+        ));
+    }
+    Ok(())
+}
+
+/// Settings of the HTTP API (`serve` and `all`).
+#[derive(Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Address the API listens on.
+    #[arg(long = "bind", env = "BIND_ADDR", value_name = "BIND_ADDR", default_value = DEFAULT_BIND)]
+    pub bind: SocketAddr,
+
+    /// Actix worker threads (0 = one per CPU).
+    #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
+
+    /// HS256 key for access tokens: at least 32 bytes unless ITSUR_ENV=dev.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+impl HttpArgs {
+    /// Checks the JWT secret: present always, strong outside development.
+    pub fn validate(&self, environment: Environment) -> Result<Secret<String>, ConfigError> {
+        let Some(secret) = &self.jwt_secret else {
+            return Err(ConfigError::new("JWT_SECRET", "is required"));
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::new("JWT_SECRET", "must not be empty"));
+        }
+        if secret.len() < MIN_JWT_SECRET_BYTES && environment != Environment::Dev {
+            return Err(ConfigError::new(
+                "JWT_SECRET",
+                format!(
+                    "must be at least {MIN_JWT_SECRET_BYTES} bytes (it has {}); only ITSUR_ENV=dev allows a shorter one",
+                    secret.len()
+                ),
+            ));
+        }
+        Ok(Secret::new(secret.clone()))
+    }
+}
+
+/// The validated, immutable settings a process runs with; shared through `app::Ctx`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Deployment environment.
+    pub environment: Environment,
+    /// Postgres primary URL (may carry a password).
+    pub database_url: Secret<String>,
+    /// Optional read replica URL.
+    pub database_read_url: Option<Secret<String>>,
+    /// Primary pool size.
+    pub db_pool_size: u32,
+    /// Replica pool size.
+    pub db_read_pool_size: u32,
+    /// Pool checkout and connect deadline: a request needing Postgres fails fast with 503.
+    pub db_connect_timeout: Duration,
+    /// statement_timeout set on every pooled connection (None = server default).
+    pub db_statement_timeout: Option<Duration>,
+    /// Optional Redis URL; None selects the in-process fallbacks.
+    pub redis_url: Option<Secret<String>>,
+    /// Prefix for every Redis key and channel.
+    pub redis_prefix: String,
+    /// Redis pool size.
+    pub redis_pool_size: u32,
+    /// Drain budget on shutdown.
+    pub shutdown_timeout: Duration,
+    /// JWT signing key; present only for roles that serve HTTP.
+    pub jwt_secret: Option<Secret<String>>,
+}
+
+impl Config {
+    /// Builds the runtime config from the shared arguments; `jwt_secret` comes from
+    /// [`HttpArgs::validate`] for roles that serve the API.
+    pub fn from_args(
+        common: &CommonArgs,
+        jwt_secret: Option<Secret<String>>,
+    ) -> Result<Self, ConfigError> {
+        common.validate()?;
+        Ok(Self {
+            environment: common.environment,
+            database_url: Secret::new(common.database_url.clone()),
+            database_read_url: common.database_read_url.clone().map(Secret::new),
+            db_pool_size: common.db_pool_size,
+            db_read_pool_size: common.db_read_pool_size,
+            db_connect_timeout: Duration::from_millis(common.db_connect_timeout_ms),
+            db_statement_timeout: (common.db_statement_timeout_ms > 0)
+                .then(|| Duration::from_millis(common.db_statement_timeout_ms)),
+            redis_url: common.redis_url.clone().map(Secret::new),
+            redis_prefix: common.redis_prefix.clone(),
+            redis_pool_size: common.redis_pool_size,
+            shutdown_timeout: common.shutdown_timeout(),
+            jwt_secret,
+        })
+    }
+
+    /// A config for tests and tools: the given URLs, small pools, dev environment.
+    pub fn for_urls(database_url: &str, redis_url: Option<&str>, redis_prefix: &str) -> Self {
+        Self {
+            environment: Environment::Dev,
+            database_url: Secret::new(database_url.to_owned()),
+            database_read_url: None,
+            db_pool_size: 8,
+            db_read_pool_size: 4,
+            db_connect_timeout: Duration::from_secs(2),
+            db_statement_timeout: Some(Duration::from_secs(15)),
+            redis_url: redis_url.map(|u| Secret::new(u.to_owned())),
+            redis_prefix: redis_prefix.to_owned(),
+            redis_pool_size: 4,
+            shutdown_timeout: Duration::from_secs(10),
+            jwt_secret: Some(Secret::new(
+                "test-secret-that-is-long-enough-0123456789".to_owned(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(secret: Option<&str>) -> HttpArgs {
+        HttpArgs {
+            bind: DEFAULT_BIND.parse().unwrap(),
+            http_workers: 0,
+            jwt_secret: secret.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn weak_jwt_secret_is_refused_outside_dev() {
+        let err = http(Some("short")).validate(Environment::Prod).unwrap_err();
+        assert_eq!(err.var, "JWT_SECRET");
+        assert!(http(Some("short")).validate(Environment::Dev).is_ok());
+        assert!(
+            http(Some(&"x".repeat(32)))
+                .validate(Environment::Prod)
+                .is_ok()
+        );
+        assert_eq!(
+            http(None).validate(Environment::Dev).unwrap_err().var,
+            "JWT_SECRET"
+        );
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2".to_owned());
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,39 @@
+//! Role `serve`: the HTTP API. The only module that imports actix-web.
+//!
+//! [`app`] is THE application factory: production (`server::run`) and the in-process tests
+//! (`actix_web::test::init_service(http::app(ctx))`) build the same thing.
+//!
+//! L3: depends on `service`, `app`, `domain`, `kv` and the leaf utilities; never on `jobs`,
+//! `outbox` or diesel.
+
+pub mod error;
+pub mod health;
+pub mod middleware;
+pub mod ops;
+pub mod server;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, web};
+
+use crate::app::Ctx;
+
+/// Builds the API application on a context.
+pub fn app(
+    ctx: Ctx,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(ctx))
+        .configure(error::extractor_config)
+        .configure(health::routes)
+        .default_service(web::to(error::not_found))
+        .wrap(actix_web::middleware::from_fn(middleware::request_context))
+}

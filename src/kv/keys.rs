@@ -1,0 +1,31 @@
+//! The only place Redis keys and channels are spelled: `<prefix>:<shape>:<parts>`.
+
+/// Builds keys under one deployment prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The deployment prefix (used to scan/clean a test's keys).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Cached validity of a session: `<prefix>:session:<id>`.
+    pub fn session(&self, session_id: &str) -> String {
+        format!("{}:session:{session_id}", self.prefix)
+    }
+
+    /// The pub/sub channel carrying outbox events to every gateway instance.
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+}

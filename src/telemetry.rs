@@ -1,0 +1,72 @@
+//! Logging and metrics plumbing shared by every role: the tracing subscriber (json | pretty,
+//! filtered by `RUST_LOG`) and the Prometheus recorder whose handle renders `/metrics`.
+//!
+//! Leaf utility: depends only on `config`. Metric names used in more than one module are the
+//! constants below (DESIGN.md's names, as written).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Counter: HTTP requests by `method`, `path` (route pattern) and `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+/// Histogram: HTTP request latency by `method` and `path`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+/// Gauge: connections checked out / idle per pool (`pool` = primary | read | redis, `state`).
+pub const POOL_CONNECTIONS: &str = "pool_connections";
+/// Gauge: 1 when the process is ready to take traffic.
+pub const READY: &str = "itsur_ready";
+/// Gauge: build information (`version` label), always 1.
+pub const BUILD_INFO: &str = "itsur_build_info";
+
+/// Latency buckets (seconds) for every `_seconds` histogram: 1 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the global tracing subscriber. Safe to call more than once: later calls (tests
+/// building several contexts in one process) keep the first subscriber.
+pub fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init fails only when a subscriber is already installed, which is fine to keep.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+///
+/// The `metrics` facade is process-global by design, so the recorder is too; the handle is
+/// then passed around through `app::Ctx` like everything else. Tests that build many
+/// contexts in one process get the same handle each time.
+pub fn install_metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                    handle
+                }
+                // Another recorder is already installed (only possible in tests that install
+                // their own); fall back to a detached one so rendering still works.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
