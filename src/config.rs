@@ -140,7 +140,12 @@ pub struct CommonArgs {
     pub log_format: Option<LogFormat>,
 
     /// Log filter in tracing's EnvFilter syntax, e.g. `info,itsur=debug`.
-    #[arg(long, env = "RUST_LOG", value_name = "RUST_LOG", default_value = "info")]
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        value_name = "RUST_LOG",
+        default_value = "info"
+    )]
     pub log_filter: String,
 
     /// Seconds a stopping role waits for in-flight requests and jobs before it gives up.

@@ -53,9 +53,13 @@ pub fn main(args: AllArgs) -> ExitCode {
         tracing::info!(addr = %args.http.bind, "all: serving, working and relaying");
         let worker = shutdown.spawn(crate::jobs::runner::run(ctx.clone(), shutdown.clone()));
         let relay = shutdown.spawn(crate::outbox::relay::run(ctx.clone(), shutdown.clone()));
-        let served =
-            crate::http::server::run(listener, ctx.clone(), args.http.http_workers, shutdown.clone())
-                .await;
+        let served = crate::http::server::run(
+            listener,
+            ctx.clone(),
+            args.http.http_workers,
+            shutdown.clone(),
+        )
+        .await;
         shutdown.trigger();
         worker.await?;
         relay.await?;

@@ -82,7 +82,10 @@ pub async fn context(config: Config, shutdown: &Shutdown) -> anyhow::Result<Opti
         .iter()
         .find(|c| c.name == "migrations" && c.detail.is_some())
     {
-        tracing::warn!(detail = m.detail.as_deref().unwrap_or(""), "schema not current: not ready until `itsur migrate` runs");
+        tracing::warn!(
+            detail = m.detail.as_deref().unwrap_or(""),
+            "schema not current: not ready until `itsur migrate` runs"
+        );
     }
     Ok(Some(ctx))
 }

@@ -47,10 +47,14 @@ fn targets(args: &HealthcheckArgs) -> Vec<String> {
     }
     let explicit: Vec<SocketAddr> = args.bind.into_iter().chain(args.metrics_bind).collect();
     let addrs = if explicit.is_empty() {
-        [DEFAULT_BIND, DEFAULT_WORKER_METRICS_BIND, DEFAULT_RELAY_METRICS_BIND]
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect()
+        [
+            DEFAULT_BIND,
+            DEFAULT_WORKER_METRICS_BIND,
+            DEFAULT_RELAY_METRICS_BIND,
+        ]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
     } else {
         explicit
     };

@@ -38,7 +38,9 @@ pub fn main(args: MigrateArgs) -> ExitCode {
     if !(args.database_url.starts_with("postgres://")
         || args.database_url.starts_with("postgresql://"))
     {
-        eprintln!("itsur: invalid setting DATABASE_URL: must be a postgres:// or postgresql:// URL");
+        eprintln!(
+            "itsur: invalid setting DATABASE_URL: must be a postgres:// or postgresql:// URL"
+        );
         return ExitCode::from(super::EXIT_CONFIG);
     }
     let format = args.log_format.unwrap_or(match args.environment {
@@ -50,7 +52,10 @@ pub fn main(args: MigrateArgs) -> ExitCode {
         let url = Secret::new(args.database_url);
         let deadline = tokio::time::sleep(Duration::from_secs(args.wait_secs));
         if !crate::store::pool::wait_for_postgres(&url, Duration::from_secs(3), deadline).await {
-            anyhow::bail!("DATABASE_URL: postgres did not answer within {}s", args.wait_secs);
+            anyhow::bail!(
+                "DATABASE_URL: postgres did not answer within {}s",
+                args.wait_secs
+            );
         }
         if args.status {
             let status = migrations::status(url.expose().clone()).await?;

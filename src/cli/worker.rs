@@ -32,7 +32,11 @@ pub fn main(args: WorkerArgs) -> ExitCode {
         let Some(ctx) = boot::context(config, &shutdown).await? else {
             return Ok(());
         };
-        let ops = shutdown.spawn(crate::http::ops::run(listener, ctx.clone(), shutdown.clone()));
+        let ops = shutdown.spawn(crate::http::ops::run(
+            listener,
+            ctx.clone(),
+            shutdown.clone(),
+        ));
         crate::jobs::runner::run(ctx.clone(), shutdown.clone()).await;
         ctx.readiness.set_draining();
         shutdown.trigger();

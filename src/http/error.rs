@@ -114,11 +114,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let body = ProblemBody {
             kind: format!("https://itsur.dev/problems/{}", self.code),
-            title: self
-                .status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .to_owned(),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
             errors: self.errors.clone(),

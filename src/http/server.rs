@@ -15,15 +15,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let drain = ctx.config.shutdown_timeout;
-    let factory_ctx = ctx.clone();
-    let mut server = actix_web::HttpServer::new(move || super::app(factory_ctx.clone()))
-        .disable_signals()
-        .shutdown_timeout(drain.as_secs())
-        .listen(listener)?;
-    if workers > 0 {
-        server = server.workers(workers);
-    }
-    let server = server.run();
+    let server = build(listener, ctx.clone(), workers)?;
     let handle = server.handle();
     tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -35,4 +27,22 @@ pub async fn run(
     server.await?;
     tracing::info!("http server stopped");
     Ok(())
+}
+
+/// Builds the server synchronously: actix's builder is not `Send`, so it must not live in
+/// the async body (the returned `Server` is).
+fn build(
+    listener: TcpListener,
+    ctx: Ctx,
+    workers: usize,
+) -> std::io::Result<actix_web::dev::Server> {
+    let drain = ctx.config.shutdown_timeout;
+    let mut server = actix_web::HttpServer::new(move || super::app(ctx.clone()))
+        .disable_signals()
+        .shutdown_timeout(drain.as_secs())
+        .listen(listener)?;
+    if workers > 0 {
+        server = server.workers(workers);
+    }
+    Ok(server.run())
 }

@@ -190,7 +190,11 @@ where
     let (status, detail, value) = match tokio::time::timeout(CHECK_TIMEOUT, fut).await {
         Ok(Ok(v)) => (Status::Up, None, Some(v)),
         Ok(Err(e)) => (down, Some(e), None),
-        Err(_) => (down, Some(format!("no answer within {CHECK_TIMEOUT:?}")), None),
+        Err(_) => (
+            down,
+            Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+            None,
+        ),
     };
     let component = Component {
         name,

@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 
 use anyhow::Context as _;
-use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Bool, Text};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -106,12 +106,11 @@ fn embedded_versions() -> Vec<String> {
 /// How many embedded migrations the database has not applied yet (readiness check).
 pub async fn pending_count(conn: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
     use diesel_async::RunQueryDsl;
-    let exists = diesel::sql_query(
-        "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS exists",
-    )
-    .get_result::<ExistsRow>(conn)
-    .await?
-    .exists;
+    let exists =
+        diesel::sql_query("SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS exists")
+            .get_result::<ExistsRow>(conn)
+            .await?
+            .exists;
     let embedded = embedded_versions();
     if !exists {
         return Ok(embedded.len());

@@ -1,0 +1,110 @@
+# itsur developer tasks (GNU make). Every recipe works from a fresh clone:
+# the services it needs (Postgres, Redis) are found or started by
+# scripts/services.sh (see `make services`).
+#
+#   make run                  build, start services, seed demo data once, run `itsur all`
+#   make test [TEST_ARGS=..]  cargo test against the dev services
+#   make lint                 fmt check, clippy -D warnings, layer rules, no libpq
+#   make static               statically linked, stripped release binary
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+CARGO ?= cargo
+# Extra arguments for `cargo test`, e.g. TEST_ARGS='--test it -- --nocapture'.
+TEST_ARGS ?=
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_BIN := target/$(STATIC_TARGET)/release/itsur
+DEV_BIN := ./target/debug/itsur
+RUN_BIND_ADDR ?= 127.0.0.1:8080
+
+.PHONY: help build run test lint check-layers check-no-pq-sys fmt static \
+        services services-stop clean-local
+
+help: ## list the targets
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/' | expand -t 20
+
+build: ## cargo build --locked (debug)
+	$(CARGO) build --locked
+
+run: build ## start services, seed demo data if empty, run `itsur all` on 127.0.0.1:8080
+	@env_lines="$$(scripts/services.sh env)"
+	eval "$$env_lines"
+	export ITSUR_ENV=dev BIND_ADDR='$(RUN_BIND_ADDR)'
+	export JWT_SECRET="$${JWT_SECRET:-dev-only-secret-change-me-please-0123456789}"
+	if $(DEV_BIN) seed --help >/dev/null 2>&1; then
+	  psql="$$(command -v psql || ls -1 /usr/lib/postgresql/*/bin/psql 2>/dev/null | sort -V | tail -n 1 || true)"
+	  if [[ -z $$psql ]]; then
+	    echo "run: psql not found; not checking for demo data (seed by hand: $(DEV_BIN) seed --demo)" >&2
+	  else
+	    campuses="$$("$$psql" -X -w "$$DATABASE_URL" -tAc 'select count(*) from campuses' 2>/dev/null || true)"
+	    if [[ -z $$campuses || $$campuses == 0 ]]; then
+	      echo "run: empty database, seeding demo data" >&2
+	      $(DEV_BIN) migrate
+	      $(DEV_BIN) seed --demo
+	    fi
+	  fi
+	fi
+	echo "run: itsur all on http://$(RUN_BIND_ADDR) (DATABASE_URL=$$DATABASE_URL REDIS_URL=$$REDIS_URL)" >&2
+	exec $(DEV_BIN) all
+
+test: ## cargo test --all-targets against the dev services; extra args in TEST_ARGS
+	@env_lines="$$(scripts/services.sh env)"
+	eval "$$env_lines"
+	export TEST_DATABASE_URL TEST_REDIS_URL
+	set -x
+	$(CARGO) test --locked --all-targets $(TEST_ARGS)
+
+lint: ## fmt --check, clippy -D warnings, layer rules, no pq-sys
+	@set -x
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	scripts/check-layers.sh
+	$(MAKE) --no-print-directory check-no-pq-sys
+
+check-layers: ## grep the layering rules of src/
+	@scripts/check-layers.sh
+
+# diesel must talk to Postgres through diesel-async/tokio-postgres, never libpq.
+check-no-pq-sys:
+	@err="$$(mktemp)"
+	trap 'rm -f "$$err"' EXIT
+	if out="$$($(CARGO) tree --locked --target all -i pq-sys 2>"$$err")"; then
+	  if [[ -n $$out ]]; then
+	    printf 'error: pq-sys (libpq) is in the dependency tree:\n%s\n' "$$out" >&2
+	    exit 1
+	  fi
+	elif ! grep -q 'did not match any packages' "$$err"; then
+	  cat "$$err" >&2
+	  echo "error: cargo tree -i pq-sys failed" >&2
+	  exit 1
+	fi
+	echo "no pq-sys in the dependency tree"
+
+fmt: ## cargo fmt --all
+	$(CARGO) fmt --all
+
+static: ## statically linked (crt-static), stripped release binary; checked with ldd
+	@set -x
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --locked --release --target $(STATIC_TARGET)
+	strip $(STATIC_BIN)
+	{ set +x; } 2>/dev/null
+	echo "$(STATIC_BIN): $$(du -h $(STATIC_BIN) | cut -f1) ($$(stat -c %s $(STATIC_BIN)) bytes)"
+	deps="$$(ldd $(STATIC_BIN) 2>&1 || true)"
+	echo "ldd: $$deps"
+	if ! grep -qE 'not a dynamic executable|statically linked' <<<"$$deps"; then
+	  echo "error: $(STATIC_BIN) is not statically linked" >&2
+	  exit 1
+	fi
+
+services: ## make sure Postgres and Redis answer; print their export lines
+	@scripts/services.sh env
+
+services-stop: ## stop the project-local Postgres and Redis (.local/)
+	@scripts/services.sh stop
+
+clean-local: services-stop ## stop the project-local services and delete .local/
+	rm -rf .local

@@ -1,0 +1,370 @@
+//! The six roles as processes: help, configuration errors, migrate, serve, worker, relay,
+//! all and healthcheck.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use crate::proc::{free_port, itsur, output, sigterm, wait_exit, wait_ready};
+use crate::support::{TestDb, TestRedis};
+
+const SECRET: &str = "e2e-secret-that-is-long-enough-0123456789";
+const ROLES: [&str; 6] = [
+    "serve",
+    "worker",
+    "outbox-relay",
+    "migrate",
+    "healthcheck",
+    "all",
+];
+
+#[tokio::test]
+async fn every_subcommand_documents_its_settings() {
+    let (code, out, _) = output(itsur(&["--version"])).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("itsur "), "{out}");
+
+    let (code, out, _) = output(itsur(&["--help"])).await;
+    assert_eq!(code, 0);
+    for role in ROLES {
+        assert!(out.contains(role), "top-level help lists {role}: {out}");
+    }
+    for role in ROLES {
+        let (code, out, err) = output(itsur(&[role, "--help"])).await;
+        assert_eq!(code, 0, "{role} --help: {err}");
+        let expected: &[&str] = match role {
+            "serve" | "all" => &[
+                "DATABASE_URL",
+                "REDIS_URL",
+                "JWT_SECRET",
+                "BIND_ADDR",
+                "LOG_FORMAT",
+                "RUST_LOG",
+            ],
+            "worker" | "outbox-relay" => {
+                &["DATABASE_URL", "REDIS_URL", "METRICS_BIND", "LOG_FORMAT"]
+            }
+            "migrate" => &["DATABASE_URL"],
+            _ => &["HEALTHCHECK_URL", "BIND_ADDR", "METRICS_BIND"],
+        };
+        for var in expected {
+            assert!(
+                out.contains(&format!("[env: {var}")),
+                "{role} --help documents {var}: {out}"
+            );
+        }
+    }
+}
+
+/// (role, environment, the variable the error must name)
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
+#[tokio::test]
+async fn bad_settings_exit_2_with_one_line_naming_the_variable() {
+    let db = "postgres://postgres@127.0.0.1:1/x";
+    let cases: Vec<Case<'_>> = vec![
+        ("serve", vec![("JWT_SECRET", SECRET)], "DATABASE_URL"),
+        ("serve", vec![("DATABASE_URL", db)], "JWT_SECRET"),
+        (
+            "serve",
+            vec![("DATABASE_URL", db), ("JWT_SECRET", "short")],
+            "JWT_SECRET",
+        ),
+        (
+            "all",
+            vec![
+                ("DATABASE_URL", db),
+                ("JWT_SECRET", "short"),
+                ("ITSUR_ENV", "staging"),
+            ],
+            "ITSUR_ENV",
+        ),
+        (
+            "serve",
+            vec![("DATABASE_URL", "mysql://x/y"), ("JWT_SECRET", SECRET)],
+            "DATABASE_URL",
+        ),
+        (
+            "serve",
+            vec![
+                ("DATABASE_URL", db),
+                ("JWT_SECRET", SECRET),
+                ("BIND_ADDR", "nowhere"),
+            ],
+            "BIND_ADDR",
+        ),
+        (
+            "worker",
+            vec![("DATABASE_URL", db), ("LOG_FORMAT", "xml")],
+            "LOG_FORMAT",
+        ),
+        (
+            "worker",
+            vec![("DATABASE_URL", db), ("DB_POOL_SIZE", "0")],
+            "DB_POOL_SIZE",
+        ),
+        (
+            "worker",
+            vec![("DATABASE_URL", db), ("REDIS_URL", "http://x")],
+            "REDIS_URL",
+        ),
+        (
+            "outbox-relay",
+            vec![("DATABASE_URL", db), ("METRICS_BIND", "::nope")],
+            "METRICS_BIND",
+        ),
+        ("migrate", vec![], "DATABASE_URL"),
+        (
+            "migrate",
+            vec![("DATABASE_URL", "file:///tmp/db")],
+            "DATABASE_URL",
+        ),
+    ];
+    for (role, env, var) in cases {
+        let mut cmd = itsur(&[role]);
+        cmd.env_remove("LOG_FORMAT");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let (code, out, err) = output(cmd).await;
+        assert_eq!(code, 2, "{role} {env:?}: exit 2, got {code}: {err}");
+        assert!(out.is_empty(), "{role} {env:?}: nothing on stdout: {out}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{role} {env:?}: one line: {err}"
+        );
+        assert!(err.contains(var), "{role} {env:?}: names {var}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+        assert!(!err.contains(SECRET), "never prints a secret: {err}");
+    }
+    // A weak secret is fine in development (the process then waits for Postgres; stop it).
+    let mut cmd = itsur(&["serve"]);
+    cmd.env("DATABASE_URL", db)
+        .env("JWT_SECRET", "short")
+        .env("ITSUR_ENV", "dev");
+    let mut child = cmd.spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "dev accepts a short JWT_SECRET"
+    );
+    sigterm(&child).await;
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).await, 0);
+}
+
+#[tokio::test]
+async fn two_concurrent_migrations_apply_the_schema_once() {
+    let db = TestDb::empty().await;
+    let run = || {
+        let mut cmd = itsur(&["migrate"]);
+        cmd.env("DATABASE_URL", &db.url);
+        output(cmd)
+    };
+    let ((c1, o1, e1), (c2, o2, e2)) = tokio::join!(run(), run());
+    assert_eq!((c1, c2), (0, 0), "{e1}\n{e2}");
+    let applied: Vec<&str> = o1
+        .lines()
+        .chain(o2.lines())
+        .filter(|l| l.starts_with("applied"))
+        .collect();
+    let embedded = itsur::store::migrations::status(db.url.clone())
+        .await
+        .unwrap();
+    assert!(embedded.pending.is_empty());
+    assert_eq!(
+        applied.len(),
+        embedded.applied.len(),
+        "each migration applied by exactly one process: {o1}\n{o2}"
+    );
+
+    let mut cmd = itsur(&["migrate", "--status"]);
+    cmd.env("DATABASE_URL", &db.url);
+    let (code, out, _) = output(cmd).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("{} applied, 0 pending", embedded.applied.len())),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn serve_is_ready_observable_and_drains_on_sigterm() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let port = free_port();
+    let mut cmd = itsur(&["serve"]);
+    cmd.env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", &redis.url)
+        .env("REDIS_PREFIX", &redis.prefix)
+        .env("JWT_SECRET", SECRET)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("HTTP_WORKERS", "2");
+    let mut child = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{base}/health/ready"), Duration::from_secs(30)).await;
+
+    let http = crate::support::client(Duration::from_secs(5));
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("http_requests_total{"), "{metrics}");
+
+    // healthcheck finds the role through the same BIND_ADDR the role was given.
+    let mut hc = itsur(&["healthcheck"]);
+    hc.env("BIND_ADDR", format!("127.0.0.1:{port}"));
+    assert_eq!(output(hc).await.0, 0);
+
+    sigterm(&child).await;
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).await, 0);
+}
+
+#[tokio::test]
+async fn healthcheck_fails_fast_when_nothing_listens() {
+    let port = free_port();
+    let started = Instant::now();
+    let mut cmd = itsur(&["healthcheck"]);
+    cmd.env(
+        "HEALTHCHECK_URL",
+        format!("http://127.0.0.1:{port}/health/ready"),
+    );
+    let (code, _, err) = output(cmd).await;
+    assert_eq!(code, 1, "{err}");
+    // The contract is "within 2 s"; the bound is loose so a busy machine does not flake.
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A black hole (accepts, never answers): the 2 s deadline still holds.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let started = Instant::now();
+    let mut cmd = itsur(&["healthcheck"]);
+    cmd.env("HEALTHCHECK_URL", format!("http://{addr}/health/ready"));
+    assert_eq!(output(cmd).await.0, 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    hold.abort();
+}
+
+async fn ops_role_runs_and_stops(role: &str) {
+    let db = TestDb::new().await;
+    let port = free_port();
+    let mut cmd = itsur(&[role]);
+    cmd.env("DATABASE_URL", &db.url)
+        .env("METRICS_BIND", format!("127.0.0.1:{port}"));
+    let mut child = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{base}/health/ready"), Duration::from_secs(30)).await;
+    let http = crate::support::client(Duration::from_secs(5));
+    let detail: serde_json::Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["status"], "ready", "{detail}");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("itsur_ready 1"), "{metrics}");
+
+    let mut hc = itsur(&["healthcheck"]);
+    hc.env("METRICS_BIND", format!("127.0.0.1:{port}"));
+    assert_eq!(output(hc).await.0, 0);
+
+    sigterm(&child).await;
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).await, 0);
+}
+
+#[tokio::test]
+async fn worker_reports_health_and_stops_cleanly() {
+    ops_role_runs_and_stops("worker").await;
+}
+
+#[tokio::test]
+async fn outbox_relay_reports_health_and_stops_cleanly() {
+    ops_role_runs_and_stops("outbox-relay").await;
+}
+
+#[tokio::test]
+async fn all_migrates_then_serves_and_stops_cleanly() {
+    let db = TestDb::empty().await;
+    let port = free_port();
+    let mut cmd = itsur(&["all"]);
+    cmd.env("DATABASE_URL", &db.url)
+        .env("JWT_SECRET", SECRET)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("HTTP_WORKERS", "1");
+    let mut child = cmd.spawn().unwrap();
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/health/ready"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        itsur::store::migrations::status(db.url.clone())
+            .await
+            .unwrap()
+            .pending
+            .is_empty()
+    );
+    sigterm(&child).await;
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).await, 0);
+}
+
+#[tokio::test]
+async fn a_role_waits_for_postgres_instead_of_dying() {
+    // Postgres is "down" (nothing on the port) when the role starts, then comes up.
+    let db = TestDb::new().await;
+    let (proxy, via) = crate::support::chaos::ChaosProxy::in_front_of(&db.url).await;
+    proxy.cut();
+    let port = free_port();
+    let mut cmd = itsur(&["worker"]);
+    cmd.env("DATABASE_URL", &via)
+        .env("METRICS_BIND", format!("127.0.0.1:{port}"));
+    let mut child = cmd.spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting, not dead"
+    );
+    proxy.restore();
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/health/ready"),
+        Duration::from_secs(30),
+    )
+    .await;
+    sigterm(&child).await;
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).await, 0);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("waiting for postgres"),
+        "one log line per attempt: {stderr}"
+    );
+}

@@ -1,0 +1,12 @@
+//! Integration tests: one binary, real Postgres and Redis (see `support`).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed setup step should panic with its cause"
+)]
+
+mod support;
+
+mod health;
+mod migrations;

@@ -1,0 +1,109 @@
+//! Test support: real Postgres and Redis per test (never mocks), the production app factory,
+//! real listeners on port 0, and a chaos proxy for outage tests.
+
+pub mod chaos;
+pub mod db;
+pub mod redis;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use itsur::app::Ctx;
+use itsur::config::Config;
+use itsur::shutdown::Shutdown;
+
+pub use self::db::TestDb;
+pub use self::redis::TestRedis;
+
+/// A context on this test's database and Redis prefix.
+pub fn ctx_for(db_url: &str, redis: Option<&TestRedis>) -> Ctx {
+    let config = Config::for_urls(
+        db_url,
+        redis.map(|r| r.url.as_str()),
+        redis.map_or("itsur_t_none", |r| r.prefix.as_str()),
+    );
+    Ctx::new(config).unwrap()
+}
+
+/// Everything a test needs: its database, its Redis prefix and a context on both.
+pub struct TestApp {
+    /// The context handed to the app factory and services.
+    pub ctx: Ctx,
+    /// This test's database, dropped with the app.
+    pub _db: TestDb,
+    /// This test's Redis prefix, cleaned with the app.
+    pub _redis: TestRedis,
+}
+
+impl TestApp {
+    /// A migrated database, a Redis prefix and a warm readiness cache.
+    pub async fn new() -> Self {
+        let db = TestDb::new().await;
+        let redis = TestRedis::new();
+        let ctx = ctx_for(&db.url, Some(&redis));
+        ctx.readiness.refresh_now(&ctx).await;
+        Self {
+            ctx,
+            _db: db,
+            _redis: redis,
+        }
+    }
+}
+
+/// A real API server on 127.0.0.1:0 running the production `http::server::run`.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Triggers its graceful stop.
+    pub shutdown: Shutdown,
+    /// Resolves when it has stopped.
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    /// Starts serving `ctx`.
+    pub fn start(ctx: Ctx) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(itsur::http::server::run(listener, ctx, 1, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Polls `check` until it returns true or `deadline` passes (no fixed sleeps in tests).
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A reqwest client that never waits longer than `timeout`.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
