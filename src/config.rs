@@ -148,6 +148,10 @@ pub struct CommonArgs {
     )]
     pub log_filter: String,
 
+    /// Live sessions a user may hold; logging in beyond it revokes the oldest.
+    #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_sessions_per_user: u32,
+
     /// Seconds a stopping role waits for in-flight requests and jobs before it gives up.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout_secs: u64,
@@ -264,6 +268,8 @@ pub struct Config {
     pub redis_pool_size: u32,
     /// Drain budget on shutdown.
     pub shutdown_timeout: Duration,
+    /// Live sessions per user before the oldest is revoked.
+    pub max_sessions_per_user: u32,
     /// JWT signing key; present only for roles that serve HTTP.
     pub jwt_secret: Option<Secret<String>>,
 }
@@ -289,6 +295,7 @@ impl Config {
             redis_prefix: common.redis_prefix.clone(),
             redis_pool_size: common.redis_pool_size,
             shutdown_timeout: common.shutdown_timeout(),
+            max_sessions_per_user: common.max_sessions_per_user,
             jwt_secret,
         })
     }
@@ -307,6 +314,7 @@ impl Config {
             redis_prefix: redis_prefix.to_owned(),
             redis_pool_size: 4,
             shutdown_timeout: Duration::from_secs(10),
+            max_sessions_per_user: 10,
             jwt_secret: Some(Secret::new(
                 "test-secret-that-is-long-enough-0123456789".to_owned(),
             )),

@@ -9,6 +9,7 @@ mod boot;
 mod healthcheck;
 mod migrate;
 mod outbox_relay;
+mod seed;
 mod serve;
 mod worker;
 
@@ -40,6 +41,8 @@ enum Command {
     Healthcheck(healthcheck::HealthcheckArgs),
     /// serve + worker + outbox-relay in one process, migrating first (one-machine installs).
     All(all::AllArgs),
+    /// Loads demo data (`--demo`): a campus, vendors, menus and three logins.
+    Seed(seed::SeedArgs),
 }
 
 /// Exit status for bad settings and command-line misuse.
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Migrate(args) => migrate::main(args),
         Command::Healthcheck(args) => healthcheck::main(&args),
         Command::All(args) => all::main(args),
+        Command::Seed(args) => seed::main(args),
     }
 }
 

@@ -208,3 +208,34 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         req.path()
     )))
 }
+
+impl From<crate::service::Error> for ApiError {
+    fn from(e: crate::service::Error) -> Self {
+        use crate::domain::DomainError as D;
+        use crate::service::Error as S;
+        match e {
+            S::Domain(D::NotFound { what }) => Self::not_found(format!("{what} not found")),
+            S::Domain(D::Forbidden { reason }) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", reason)
+            }
+            S::Domain(D::Conflict { reason }) => {
+                Self::new(StatusCode::CONFLICT, "conflict", reason)
+            }
+            S::Domain(D::Invalid { field_errors }) => Self::validation(
+                field_errors
+                    .into_iter()
+                    .map(|(field, message)| FieldError { field, message })
+                    .collect(),
+            ),
+            S::Unauthenticated(why) => Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", why),
+            S::PreconditionFailed(why) => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "precondition-failed", why)
+            }
+            S::Unavailable {
+                retry_after,
+                reason,
+            } => Self::unavailable(reason, retry_after),
+            S::Internal(cause) => Self::internal(&cause),
+        }
+    }
+}

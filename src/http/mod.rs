@@ -6,10 +6,14 @@
 //! L3: depends on `service`, `app`, `domain`, `kv` and the leaf utilities; never on `jobs`,
 //! `outbox` or diesel.
 
+pub mod dto;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod middleware;
+pub mod openapi;
 pub mod ops;
+pub mod routes;
 pub mod server;
 
 use actix_web::body::MessageBody;
@@ -34,6 +38,11 @@ pub fn app(
         .app_data(web::Data::new(ctx))
         .configure(error::extractor_config)
         .configure(health::routes)
+        .configure(openapi::routes)
+        .configure(routes::auth::routes)
+        .configure(routes::catalog::routes)
+        .configure(routes::orders::routes)
+        .configure(routes::admin::routes)
         .default_service(web::to(error::not_found))
         .wrap(actix_web::middleware::from_fn(middleware::request_context))
 }

@@ -4,8 +4,19 @@
 //! L1 adapter: depends on `domain` and `config` only. Store functions never open a
 //! transaction and never touch a pool; `service` does, through [`Db::tx`].
 
+pub mod audit;
+pub mod campuses;
+pub mod devices;
+pub mod idempotency;
+pub mod menu_items;
 pub mod migrations;
+pub mod orders;
+pub mod outbox;
 pub mod pool;
+pub mod schema;
+pub mod sessions;
+pub mod users;
+pub mod vendors;
 
 use std::time::Duration;
 

@@ -1,0 +1,166 @@
+//! Extractors that carry permissions and request metadata into handlers: [`Authed`] (the
+//! actor behind a bearer token), [`IdempotencyKey`], [`IfMatch`], [`ReqId`] and
+//! [`PageParams`].
+
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use futures_util::future::LocalBoxFuture;
+use serde::Deserialize;
+
+use super::error::{ApiError, FieldError};
+use super::middleware::RequestId;
+use crate::app::Ctx;
+use crate::domain::Actor;
+use crate::service::{self, PageRequest};
+
+/// The authenticated actor: a valid access token whose session is still live.
+#[derive(Debug, Clone)]
+pub struct Authed(pub Actor);
+
+/// The bearer token of a request: `Authorization: Bearer …`.
+pub fn bearer_token(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequest for Authed {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let ctx = req.app_data::<web::Data<Ctx>>().cloned();
+        let token = bearer_token(req);
+        Box::pin(async move {
+            let ctx = ctx.ok_or_else(|| ApiError::internal(&anyhow::anyhow!("no Ctx in app")))?;
+            let token = token.ok_or_else(|| {
+                ApiError::from(service::Error::Unauthenticated("missing bearer token"))
+            })?;
+            let actor = service::auth::authenticate(&ctx, &token).await?;
+            Ok(Self(actor))
+        })
+    }
+}
+
+/// The request id assigned by the middleware (for audit rows).
+#[derive(Debug, Clone)]
+pub struct ReqId(pub Option<String>);
+
+impl FromRequest for ReqId {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Ok(Self(
+            req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+        )))
+    }
+}
+
+fn bad_header(name: &str, message: &str) -> ApiError {
+    ApiError::validation(vec![FieldError {
+        field: name.to_owned(),
+        message: message.to_owned(),
+    }])
+}
+
+/// `Idempotency-Key`: 1..=255 visible ASCII characters, optional.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey(pub Option<String>);
+
+impl FromRequest for IdempotencyKey {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let Some(value) = req.headers().get("idempotency-key") else {
+            return ready(Ok(Self(None)));
+        };
+        let parsed = value
+            .to_str()
+            .ok()
+            .filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(|v| Self(Some(v.to_owned())))
+            .ok_or_else(|| {
+                bad_header(
+                    "Idempotency-Key",
+                    "must be 1 to 255 visible ASCII characters",
+                )
+            });
+        ready(parsed)
+    }
+}
+
+/// `If-Match`: the order version the client last saw (`"3"`, `W/"3"` or `3`); `*` = any.
+#[derive(Debug, Clone, Copy)]
+pub struct IfMatch(pub Option<i32>);
+
+impl FromRequest for IfMatch {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let Some(value) = req.headers().get("if-match") else {
+            return ready(Ok(Self(None)));
+        };
+        let parsed = value.to_str().ok().and_then(|v| {
+            let v = v.trim();
+            if v == "*" {
+                return Some(None);
+            }
+            let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
+            v.parse::<i32>().ok().filter(|n| *n > 0).map(Some)
+        });
+        ready(
+            parsed
+                .map(Self)
+                .ok_or_else(|| bad_header("If-Match", "must be an order version such as \"3\"")),
+        )
+    }
+}
+
+/// The ETag of a versioned resource.
+pub fn etag(version: i32) -> (&'static str, String) {
+    ("ETag", format!("\"{version}\""))
+}
+
+/// `limit` (1..=100, default 20) and `offset` (0..=100000) query parameters.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// Rows to skip, 0 to 100000 (default 0).
+    pub offset: Option<i64>,
+}
+
+impl PageParams {
+    /// Validates into a [`PageRequest`].
+    pub fn validate(self) -> Result<PageRequest, ApiError> {
+        let limit = self.limit.unwrap_or(20);
+        let offset = self.offset.unwrap_or(0);
+        let mut errors = Vec::new();
+        if !(1..=100).contains(&limit) {
+            errors.push(FieldError {
+                field: "limit".to_owned(),
+                message: "must be between 1 and 100".to_owned(),
+            });
+        }
+        if !(0..=100_000).contains(&offset) {
+            errors.push(FieldError {
+                field: "offset".to_owned(),
+                message: "must be between 0 and 100000".to_owned(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(PageRequest { limit, offset })
+        } else {
+            Err(ApiError::validation(errors))
+        }
+    }
+}

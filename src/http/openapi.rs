@@ -1,0 +1,57 @@
+//! `/openapi.json`: the OpenAPI 3.1 document generated from the handlers' `#[utoipa::path]`
+//! annotations and the DTOs' `ToSchema` derives, so it cannot drift from the code.
+
+use actix_web::{HttpResponse, web};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::routes::{admin, auth, catalog, orders};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "itsur", description = "ITSUR Eats campus food-ordering API"),
+    paths(
+        auth::register, auth::login, auth::refresh, auth::logout, auth::me,
+        auth::list_sessions, auth::revoke_session, auth::register_device, auth::delete_device,
+        catalog::list_campuses, catalog::list_vendors, catalog::get_menu,
+        catalog::create_menu_item, catalog::update_menu_item,
+        orders::place_order, orders::list_orders, orders::get_order, orders::transition_order,
+        admin::list_audit,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Accounts, sessions and devices"),
+        (name = "catalog", description = "Campuses, vendors and menus"),
+        (name = "orders", description = "Placing and following orders"),
+        (name = "admin", description = "Campus administration"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Serves the document.
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// Registers `/openapi.json`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/openapi.json", web::get().to(openapi_json));
+}

@@ -1,0 +1,6 @@
+//! Route handlers, one module per resource family: extract → one service call → DTO.
+
+pub mod admin;
+pub mod auth;
+pub mod catalog;
+pub mod orders;

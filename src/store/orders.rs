@@ -1,0 +1,236 @@
+//! `orders` and `order_items` rows and queries.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::schema::{order_items, orders};
+
+/// An order row.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = orders)]
+pub struct OrderRow {
+    /// Id.
+    pub id: Uuid,
+    /// Campus.
+    pub campus_id: Uuid,
+    /// Vendor.
+    pub vendor_id: Uuid,
+    /// Student.
+    pub user_id: Uuid,
+    /// Status name (`domain::OrderStatus::as_str`).
+    pub status: String,
+    /// Total in cents.
+    pub total_cents: i64,
+    /// Note.
+    pub note: Option<String>,
+    /// Optimistic-concurrency version.
+    pub version: i32,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Updated.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new order.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = orders)]
+pub struct NewOrderRow {
+    /// Id.
+    pub id: Uuid,
+    /// Campus.
+    pub campus_id: Uuid,
+    /// Vendor.
+    pub vendor_id: Uuid,
+    /// Student.
+    pub user_id: Uuid,
+    /// Status name.
+    pub status: String,
+    /// Total in cents.
+    pub total_cents: i64,
+    /// Note.
+    pub note: Option<String>,
+    /// 1.
+    pub version: i32,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Updated.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An order line row.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = order_items)]
+pub struct OrderItemRow {
+    /// Order.
+    pub order_id: Uuid,
+    /// Menu item.
+    pub menu_item_id: Uuid,
+    /// Name snapshot.
+    pub name: String,
+    /// Unit price snapshot.
+    pub unit_price_cents: i64,
+    /// Quantity.
+    pub quantity: i32,
+}
+
+/// A new order line.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = order_items)]
+pub struct NewOrderItemRow {
+    /// Order.
+    pub order_id: Uuid,
+    /// Menu item.
+    pub menu_item_id: Uuid,
+    /// Name snapshot.
+    pub name: String,
+    /// Unit price snapshot.
+    pub unit_price_cents: i64,
+    /// Quantity.
+    pub quantity: i32,
+}
+
+/// Which orders a list covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// One student's.
+    User(Uuid),
+    /// One vendor's board.
+    Vendor(Uuid),
+    /// One campus's.
+    Campus(Uuid),
+    /// Everything (platform admin).
+    All,
+}
+
+/// Inserts an order and its lines.
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    order: &NewOrderRow,
+    items: &[NewOrderItemRow],
+) -> QueryResult<OrderRow> {
+    let row = diesel::insert_into(orders::table)
+        .values(order)
+        .returning(OrderRow::as_returning())
+        .get_result(conn)
+        .await?;
+    diesel::insert_into(order_items::table)
+        .values(items)
+        .execute(conn)
+        .await?;
+    Ok(row)
+}
+
+/// An order by id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<OrderRow>> {
+    orders::table
+        .find(id)
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// An order by id, locked (`FOR UPDATE`) for a transition.
+pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<OrderRow>> {
+    orders::table
+        .find(id)
+        .select(OrderRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Sets the status and bumps the version, only if the version is still `expected_version`.
+pub async fn update_status(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    expected_version: i32,
+    status: &str,
+) -> QueryResult<Option<OrderRow>> {
+    diesel::update(
+        orders::table
+            .find(id)
+            .filter(orders::version.eq(expected_version)),
+    )
+    .set((
+        orders::status.eq(status),
+        orders::version.eq(orders::version + 1),
+        orders::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(OrderRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// The lines of an order, in menu-item id order (the lock order of cancellations).
+pub async fn items_for_order(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+) -> QueryResult<Vec<OrderItemRow>> {
+    order_items::table
+        .filter(order_items::order_id.eq(order_id))
+        .order(order_items::menu_item_id.asc())
+        .select(OrderItemRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// The lines of several orders, grouped by order.
+pub async fn items_for_orders(
+    conn: &mut AsyncPgConnection,
+    order_ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, Vec<OrderItemRow>>> {
+    if order_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<OrderItemRow> = order_items::table
+        .filter(order_items::order_id.eq_any(order_ids))
+        .order((order_items::order_id, order_items::menu_item_id))
+        .select(OrderItemRow::as_select())
+        .load(conn)
+        .await?;
+    let mut out: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
+    for r in rows {
+        out.entry(r.order_id).or_default().push(r);
+    }
+    Ok(out)
+}
+
+fn scoped(scope: Scope, status: Option<&str>) -> orders::BoxedQuery<'_, diesel::pg::Pg> {
+    let mut q = orders::table.into_boxed();
+    q = match scope {
+        Scope::User(id) => q.filter(orders::user_id.eq(id)),
+        Scope::Vendor(id) => q.filter(orders::vendor_id.eq(id)),
+        Scope::Campus(id) => q.filter(orders::campus_id.eq(id)),
+        Scope::All => q,
+    };
+    if let Some(s) = status {
+        q = q.filter(orders::status.eq(s));
+    }
+    q
+}
+
+/// A page of orders in scope, newest first, with the total count.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    scope: &Scope,
+    status: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> QueryResult<(Vec<OrderRow>, i64)> {
+    let rows = scoped(*scope, status)
+        .order((orders::created_at.desc(), orders::id.desc()))
+        .limit(limit)
+        .offset(offset)
+        .select(OrderRow::as_select())
+        .load(conn)
+        .await?;
+    let total = scoped(*scope, status).count().get_result(conn).await?;
+    Ok((rows, total))
+}

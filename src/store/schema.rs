@@ -1,0 +1,177 @@
+//! Diesel table definitions, matching `migrations/` exactly. Written in `diesel
+//! print-schema`'s format; hand-maintained because diesel_cli needs libpq, which this project
+//! keeps out of the tree. `tests/it/migrations.rs::schema_matches_the_database` checks every
+//! column here against the migrated database.
+
+diesel::table! {
+    audit_log (id) {
+        id -> Int8,
+        campus_id -> Nullable<Uuid>,
+        actor_id -> Nullable<Uuid>,
+        action -> Text,
+        target_type -> Text,
+        target_id -> Text,
+        detail -> Jsonb,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    campuses (id) {
+        id -> Uuid,
+        name -> Text,
+        slug -> Text,
+        email_domains -> Array<Text>,
+        time_zone -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    devices (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        platform -> Text,
+        token -> Text,
+        created_at -> Timestamptz,
+        last_seen_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (user_id, key) {
+        user_id -> Uuid,
+        key -> Text,
+        request_hash -> Text,
+        status_code -> Nullable<Int4>,
+        response_body -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    menu_items (id) {
+        id -> Uuid,
+        vendor_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        price_cents -> Int8,
+        stock -> Int4,
+        available -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    order_items (order_id, menu_item_id) {
+        order_id -> Uuid,
+        menu_item_id -> Uuid,
+        name -> Text,
+        unit_price_cents -> Int8,
+        quantity -> Int4,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Uuid,
+        campus_id -> Uuid,
+        vendor_id -> Uuid,
+        user_id -> Uuid,
+        status -> Text,
+        total_cents -> Int8,
+        note -> Nullable<Text>,
+        version -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox_events (id) {
+        id -> Int8,
+        aggregate_type -> Text,
+        aggregate_id -> Uuid,
+        aggregate_version -> Int4,
+        event_type -> Text,
+        payload -> Jsonb,
+        campus_id -> Nullable<Uuid>,
+        vendor_id -> Nullable<Uuid>,
+        user_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        published_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        dead_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        refresh_token_hash -> Text,
+        refresh_generation -> Int4,
+        created_at -> Timestamptz,
+        last_used_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+        revoked_reason -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        campus_id -> Nullable<Uuid>,
+        vendor_id -> Nullable<Uuid>,
+        email -> Text,
+        display_name -> Text,
+        password_hash -> Text,
+        role -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    vendors (id) {
+        id -> Uuid,
+        campus_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        is_open -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(devices -> users (user_id));
+diesel::joinable!(menu_items -> vendors (vendor_id));
+diesel::joinable!(order_items -> menu_items (menu_item_id));
+diesel::joinable!(order_items -> orders (order_id));
+diesel::joinable!(orders -> campuses (campus_id));
+diesel::joinable!(orders -> users (user_id));
+diesel::joinable!(orders -> vendors (vendor_id));
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(vendors -> campuses (campus_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    audit_log,
+    campuses,
+    devices,
+    idempotency_keys,
+    menu_items,
+    order_items,
+    orders,
+    outbox_events,
+    sessions,
+    users,
+    vendors,
+);
