@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::proc::{free_port, itsur, output, sigterm, wait_exit, wait_ready};
 use crate::support::{TestDb, TestRedis};
@@ -223,7 +224,36 @@ async fn serve_is_ready_observable_and_drains_on_sigterm() {
     hc.env("BIND_ADDR", format!("127.0.0.1:{port}"));
     assert_eq!(output(hc).await.0, 0);
 
+    // A request in flight when SIGTERM arrives: the handler is waiting for the rest of a
+    // slowly uploaded body. Drain lets it finish; only then does the process exit.
+    let body = br#"{"email":"nobody@a.edu","password":"not-the-password"}"#;
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     sigterm(&child).await;
+    // Readiness turns false while draining; new connections are refused.
+    let refused = crate::support::eventually(Duration::from_secs(5), || async {
+        TcpStream::connect(("127.0.0.1", port)).await.is_err()
+    })
+    .await;
+    assert!(refused, "stopped accepting new connections");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still draining the slow request"
+    );
+    slow.write_all(&body[10..]).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_string(&mut response))
+        .await
+        .expect("in-flight request answered")
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    assert!(response.contains("application/problem+json"), "{response}");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).await, 0);
 }
 
