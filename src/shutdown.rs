@@ -1,6 +1,10 @@
 //! Process lifetime: one [`Shutdown`] per process, cancelled by SIGTERM/SIGINT (or by a
 //! test), that every loop watches and whose task tracker lets `main` wait for them all.
 //!
+//! It also speaks systemd's notify protocol (`Type=notify` units): READY=1 once a role
+//! serves, STOPPING=1 when the drain starts, WATCHDOG=1 every half `WatchdogSec`. Without
+//! `NOTIFY_SOCKET` (not under systemd) every notification is a no-op.
+//!
 //! Leaf utility: depends on nothing in the crate.
 
 use std::time::Duration;
@@ -35,13 +39,35 @@ impl Shutdown {
                 () = token.cancelled() => {}
             }
             token.cancel();
+            notify(sd_notify::NotifyState::Stopping);
         });
         Ok(())
     }
 
+    /// Tells systemd the role is ready, and starts the watchdog pings it asked for.
+    pub fn notify_ready(&self) {
+        notify(sd_notify::NotifyState::Ready);
+        if let Some(usec) = watchdog_usec() {
+            let every = Duration::from_micros(usec / 2);
+            let token = self.token.clone();
+            self.tracker.spawn(async move {
+                loop {
+                    notify(sd_notify::NotifyState::Watchdog);
+                    tokio::select! {
+                        () = tokio::time::sleep(every) => {}
+                        () = token.cancelled() => return,
+                    }
+                }
+            });
+        }
+    }
+
     /// Starts the shutdown.
     pub fn trigger(&self) {
-        self.token.cancel();
+        if !self.token.is_cancelled() {
+            self.token.cancel();
+            notify(sd_notify::NotifyState::Stopping);
+        }
     }
 
     /// True once shutdown has started.
@@ -84,4 +110,25 @@ impl Shutdown {
             () = self.token.cancelled() => false,
         }
     }
+}
+
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// `WATCHDOG_USEC` when systemd asked this process for watchdog pings. Like
+/// `sd_watchdog_enabled(3)`, a missing `WATCHDOG_PID` means "this process".
+#[expect(
+    clippy::disallowed_methods,
+    reason = "systemd protocol variables, not configuration"
+)]
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = match std::env::var("WATCHDOG_PID") {
+        Ok(pid) => pid.parse::<u32>().ok() == Some(std::process::id()),
+        Err(_) => true,
+    };
+    (for_us && usec > 0).then_some(usec)
 }

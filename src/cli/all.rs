@@ -53,6 +53,7 @@ pub fn main(args: AllArgs) -> ExitCode {
         tracing::info!(addr = %args.http.bind, "all: serving, working and relaying");
         let worker = shutdown.spawn(crate::jobs::runner::run(ctx.clone(), shutdown.clone()));
         let relay = shutdown.spawn(crate::outbox::relay::run(ctx.clone(), shutdown.clone()));
+        shutdown.notify_ready();
         let served = crate::http::server::run(
             listener,
             ctx.clone(),

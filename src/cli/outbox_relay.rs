@@ -32,6 +32,7 @@ pub fn main(args: RelayArgs) -> ExitCode {
         let Some(ctx) = boot::context(config, &shutdown).await? else {
             return Ok(());
         };
+        shutdown.notify_ready();
         let ops = shutdown.spawn(crate::http::ops::run(
             listener,
             ctx.clone(),

@@ -35,6 +35,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
         let Some(ctx) = boot::context(config, &shutdown).await? else {
             return Ok(());
         };
+        shutdown.notify_ready();
         crate::http::server::run(listener, ctx, args.http.http_workers, shutdown.clone()).await?;
         shutdown.trigger();
         shutdown.wait_tasks(std::time::Duration::from_secs(5)).await;

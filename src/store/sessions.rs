@@ -172,6 +172,8 @@ pub async fn list_live_for_user(
 }
 
 /// Revokes the user's oldest live sessions beyond the newest `keep`; returns their ids.
+/// Expired sessions neither count towards `keep` nor get revoked: they no longer work anyway,
+/// and counting them would evict a live session to make room next to a dead one.
 pub async fn revoke_oldest_beyond(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
@@ -180,6 +182,7 @@ pub async fn revoke_oldest_beyond(
     let keep_ids: Vec<Uuid> = sessions::table
         .filter(sessions::user_id.eq(user_id))
         .filter(sessions::revoked_at.is_null())
+        .filter(sessions::expires_at.gt(diesel::dsl::now))
         .order((sessions::created_at.desc(), sessions::id.desc()))
         .limit(keep)
         .select(sessions::id)
@@ -189,6 +192,7 @@ pub async fn revoke_oldest_beyond(
         sessions::table
             .filter(sessions::user_id.eq(user_id))
             .filter(sessions::revoked_at.is_null())
+            .filter(sessions::expires_at.gt(diesel::dsl::now))
             .filter(sessions::id.ne_all(keep_ids)),
     )
     .set((

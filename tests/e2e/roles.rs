@@ -398,3 +398,46 @@ async fn a_role_waits_for_postgres_instead_of_dying() {
         "one log line per attempt: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn speaks_the_systemd_notify_protocol() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("itsur-notify-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let port = free_port();
+    let mut cmd = itsur(&["worker"]);
+    cmd.env("DATABASE_URL", &db.url)
+        .env("METRICS_BIND", format!("127.0.0.1:{port}"))
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000");
+    let mut child = cmd.spawn().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0_u8; 256];
+    let recv = |seen: &mut Vec<String>, buf: &mut [u8; 256]| {
+        let n = sock.try_recv(buf).unwrap_or(0);
+        if n > 0 {
+            seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+        }
+    };
+    let got = |seen: &[String], what: &str| seen.iter().any(|m| m == what);
+    let start = Instant::now();
+    while !(got(&seen, "READY=1") && got(&seen, "WATCHDOG=1"))
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        let _ = tokio::time::timeout(Duration::from_millis(200), sock.readable()).await;
+        recv(&mut seen, &mut buf);
+    }
+    assert!(got(&seen, "READY=1"), "READY=1 sent: {seen:?}");
+    assert!(got(&seen, "WATCHDOG=1"), "watchdog pings: {seen:?}");
+    sigterm(&child).await;
+    let start = Instant::now();
+    while !got(&seen, "STOPPING=1") && start.elapsed() < Duration::from_secs(10) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), sock.readable()).await;
+        recv(&mut seen, &mut buf);
+    }
+    assert!(got(&seen, "STOPPING=1"), "STOPPING=1 sent: {seen:?}");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).await, 0);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -8,5 +8,11 @@
 
 mod support;
 
+mod auth;
+mod authz;
+mod bad_input;
 mod health;
 mod migrations;
+mod openapi;
+mod orders;
+mod scratch_partition;

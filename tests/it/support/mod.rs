@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod db;
+pub mod fixtures;
 pub mod redis;
 
 use std::net::SocketAddr;
