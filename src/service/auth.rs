@@ -171,12 +171,13 @@ async fn cache_put(ctx: &Ctx, session_id: Uuid, actor: &CachedActor) {
     }
 }
 
-/// Marks sessions revoked in the cache of every instance (Postgres already says so).
-async fn cache_revoke(ctx: &Ctx, session_ids: &[Uuid]) {
-    let Some(kv) = &ctx.kv else { return };
+/// Marks sessions revoked in the cache of every instance (tombstones); false when Redis is
+/// configured but could not be written. Without Redis nothing is cached: true.
+async fn cache_revoke(ctx: &Ctx, session_ids: &[Uuid]) -> bool {
+    let Some(kv) = &ctx.kv else { return true };
     let Ok(mut conn) = kv.conn().await else {
-        // Without Redis no instance caches, so Postgres alone already decides.
-        return;
+        tracing::warn!("could not reach redis to write session revocations");
+        return false;
     };
     let mut pipe = redis::pipe();
     for id in session_ids {
@@ -187,9 +188,12 @@ async fn cache_revoke(ctx: &Ctx, session_ids: &[Uuid]) {
             .arg(TOMBSTONE_TTL.as_secs())
             .ignore();
     }
-    if let Err(e) = pipe.query_async::<()>(&mut *conn).await {
-        // Entries expire within SESSION_CACHE_TTL anyway; say so loudly.
-        tracing::warn!(error = %e, "could not write session revocation to redis");
+    match pipe.query_async::<()>(&mut *conn).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not write session revocations to redis");
+            false
+        }
     }
 }
 
@@ -395,6 +399,7 @@ pub async fn login(
         })
         .await?;
     drop(conn);
+    // Best effort: an evicted session's cached entry expires within SESSION_CACHE_TTL.
     if !evicted.is_empty() {
         cache_revoke(ctx, &evicted).await;
     }
@@ -442,6 +447,7 @@ pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<(Me, Tokens)> {
             Ok((me_from(&user, sid)?, tokens))
         }
         Err(why) => {
+            // Best effort, as for evictions: Postgres already refuses the session.
             cache_revoke(ctx, &[sid]).await;
             Err(Error::Unauthenticated(why))
         }
@@ -454,13 +460,28 @@ pub async fn logout(ctx: &Ctx, actor: &Actor) -> Result<()> {
 }
 
 /// Revokes one of the caller's sessions (another user's session answers 404).
+///
+/// The tombstone goes to Redis BEFORE Postgres commits: if Redis is configured but
+/// unreachable, the logout fails with 503 and changes nothing, instead of succeeding while
+/// other instances keep a cached "live" entry for up to [`SESSION_CACHE_TTL`].
 pub async fn revoke_session(ctx: &Ctx, actor: &Actor, session_id: SessionId) -> Result<()> {
     let sid = session_id.into_inner();
     let user_id = actor.user_id.into_inner();
     let mut conn = ctx.db.conn().await?;
+    let owned = sessions::find_live_with_user(&mut conn, sid)
+        .await?
+        .is_some_and(|(s, _)| s.user_id == user_id);
+    if !owned {
+        return Err(DomainError::NotFound { what: "session" }.into());
+    }
+    if !cache_revoke(ctx, &[sid]).await {
+        return Err(Error::Unavailable {
+            retry_after: 1,
+            reason: "session cache unreachable: not logged out, retry",
+        });
+    }
     conn.transaction(async |conn| -> Result<_> {
-        let revoked = sessions::revoke_for_user(conn, user_id, sid, "logout").await?;
-        if !revoked {
+        if !sessions::revoke_for_user(conn, user_id, sid, "logout").await? {
             return Err(DomainError::NotFound { what: "session" }.into());
         }
         crate::store::audit::insert(
@@ -476,10 +497,7 @@ pub async fn revoke_session(ctx: &Ctx, actor: &Actor, session_id: SessionId) -> 
         .await?;
         Ok(())
     })
-    .await?;
-    drop(conn);
-    cache_revoke(ctx, &[sid]).await;
-    Ok(())
+    .await
 }
 
 /// The caller's profile.

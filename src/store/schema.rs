@@ -1,7 +1,7 @@
 //! Diesel table definitions, matching `migrations/` exactly. Written in `diesel
 //! print-schema`'s format; hand-maintained because diesel_cli needs libpq, which this project
-//! keeps out of the tree. `tests/it/migrations.rs::schema_matches_the_database` checks every
-//! column here against the migrated database.
+//! keeps out of the tree. `tests/it/migrations.rs::schema_rs_matches_the_migrated_database`
+//! compares every table, column and nullability here with the migrated database.
 
 diesel::table! {
     audit_log (id) {

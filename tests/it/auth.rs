@@ -661,3 +661,42 @@ async fn expired_sessions_do_not_count_towards_the_limit() {
     );
     assert_eq!(revoked_reason(&ctx, live.session_id).await, None);
 }
+
+#[actix_web::test]
+async fn a_logout_that_cannot_reach_redis_fails_instead_of_half_applying() {
+    use crate::support::chaos::ChaosProxy;
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    // Instance A reaches Redis through a proxy the test can cut; B reaches it directly.
+    let (proxy, via) = ChaosProxy::in_front_of(&redis.url).await;
+    let mut config_a = config_for(&db.url, Some(&redis));
+    config_a.redis_url = Some(itsur::config::Secret::new(via));
+    let ctx_a = Ctx::new(config_a).unwrap();
+    let ctx_b = ctx_for(&db.url, Some(&redis));
+    World::create(&ctx_a).await;
+    let a = Api::new(ctx_a.clone()).await;
+    let b = Api::new(ctx_b.clone()).await;
+
+    let s = a.login("student@a.edu").await;
+    assert_eq!(
+        b.get("/me", s.token()).await.status,
+        200,
+        "B caches the live session"
+    );
+
+    proxy.cut();
+    let res = a.post("/auth/logout", s.token(), &json!({})).await;
+    res.assert_problem(503);
+    assert!(res.header("retry-after").is_some());
+    // Nothing changed: the session is still live everywhere, as the 503 told the client.
+    assert_eq!(revoked_reason(&ctx_a, s.session_id).await, None);
+    assert_eq!(b.get("/me", s.token()).await.status, 200);
+
+    proxy.restore();
+    let ok = crate::support::eventually(std::time::Duration::from_secs(10), || async {
+        a.post("/auth/logout", s.token(), &json!({})).await.status == 204
+    })
+    .await;
+    assert!(ok, "the retried logout succeeds once Redis is back");
+    b.get("/me", s.token()).await.assert_problem(401);
+}

@@ -15,4 +15,3 @@ mod health;
 mod migrations;
 mod openapi;
 mod orders;
-mod scratch_partition;
