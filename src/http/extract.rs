@@ -15,6 +15,52 @@ use crate::app::Ctx;
 use crate::domain::Actor;
 use crate::service::{self, PageRequest};
 
+/// A JSON body whose deserialisation errors name the field (`items[0].quantity`).
+///
+/// The body is first read as a `serde_json::Value` by actix's `Json` extractor, so content
+/// type, size limit and syntax errors go through `error::json_error_handler` (415, 413, 400);
+/// then `serde_path_to_error` maps it onto `T`, keeping the path of the first bad field.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let value = web::Json::<serde_json::Value>::from_request(req, payload);
+        Box::pin(async move {
+            let web::Json(value) = value.await?;
+            serde_path_to_error::deserialize::<_, T>(value)
+                .map(Self)
+                .map_err(|e| {
+                    let path = e.path().to_string();
+                    let field = if path == "." { "body".to_owned() } else { path };
+                    let mut api = ApiError::validation(vec![FieldError {
+                        field,
+                        message: e.into_inner().to_string(),
+                    }]);
+                    api.detail = "the JSON body does not match the expected shape".to_owned();
+                    api.into()
+                })
+        })
+    }
+}
+
+impl<T> JsonBody<T> {
+    /// The deserialised body.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for JsonBody<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The authenticated actor: a valid access token whose session is still live.
 #[derive(Debug, Clone)]
 pub struct Authed(pub Actor);

@@ -580,3 +580,33 @@ async fn a_real_listener_answers_oversize_and_mistyped_bodies_with_problems() {
     server.shutdown.trigger();
     server.task.await.unwrap().unwrap();
 }
+
+#[actix_web::test]
+async fn shape_errors_name_the_field_that_is_wrong() {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let student = api.login(&world.a.student.email).await;
+    let vendor = world.a.vendor.id;
+    let cases = [
+        (
+            json!({"vendorId": vendor, "items": [{"menuItemId": vendor, "quantity": "two"}]}),
+            "items[0].quantity",
+        ),
+        (
+            json!({"vendorId": vendor, "items": [{"menuItemId": vendor, "quantity": 1e20}]}),
+            "items[0].quantity",
+        ),
+        (json!({"vendorId": "nope", "items": []}), "vendorId"),
+        (
+            json!({"vendorId": vendor, "items": [{"menuItemId": vendor, "quantity": 1, "extra": 1}]}),
+            "items[0].extra",
+        ),
+        (json!({"items": []}), "body"),
+    ];
+    for (body, field) in cases {
+        let res = api.post("/orders", student.token(), &body).await;
+        res.assert_problem(400);
+        assert_eq!(res.field_errors(), [field], "{body}: {}", res.text());
+    }
+}

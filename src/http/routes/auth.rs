@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::app::Ctx;
 use crate::http::dto::{Data, data};
 use crate::http::error::{ApiError, ProblemBody};
-use crate::http::extract::Authed;
+use crate::http::extract::{Authed, JsonBody};
 use crate::service::{auth, devices};
 
 /// Registration form.
@@ -113,7 +113,7 @@ fn user_agent(req: &HttpRequest) -> Option<String> {
 pub async fn register(
     ctx: web::Data<Ctx>,
     req: HttpRequest,
-    body: web::Json<RegisterRequest>,
+    body: JsonBody<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let out = auth::register(
@@ -135,7 +135,7 @@ pub async fn register(
 pub async fn login(
     ctx: web::Data<Ctx>,
     req: HttpRequest,
-    body: web::Json<LoginRequest>,
+    body: JsonBody<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let out = auth::login(&ctx, &body.email, body.password, user_agent(&req)).await?;
@@ -147,7 +147,7 @@ pub async fn login(
     responses((status = 200, body = inline(Data<SessionResponse>)), (status = 401, body = ProblemBody)))]
 pub async fn refresh(
     ctx: web::Data<Ctx>,
-    body: web::Json<RefreshRequest>,
+    body: JsonBody<RefreshRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let out = auth::refresh(&ctx, &body.refresh_token).await?;
     Ok(HttpResponse::Ok().json(session_dto(out)))
@@ -250,7 +250,7 @@ pub struct DeviceResponse {
 pub async fn register_device(
     ctx: web::Data<Ctx>,
     Authed(actor): Authed,
-    body: web::Json<DeviceRequest>,
+    body: JsonBody<DeviceRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let d = devices::register_device(&ctx, &actor, &body.platform, &body.token).await?;
     Ok(HttpResponse::Created().json(data(DeviceResponse {

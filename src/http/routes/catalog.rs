@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::app::Ctx;
 use crate::http::dto::{Data, data};
 use crate::http::error::{ApiError, ProblemBody};
-use crate::http::extract::Authed;
+use crate::http::extract::{Authed, JsonBody};
 use crate::service::catalog;
 
 /// A campus.
@@ -196,7 +196,7 @@ pub async fn create_menu_item(
     ctx: web::Data<Ctx>,
     Authed(actor): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<CreateMenuItemRequest>,
+    body: JsonBody<CreateMenuItemRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let row = catalog::create_menu_item(
@@ -223,7 +223,7 @@ pub async fn update_menu_item(
     ctx: web::Data<Ctx>,
     Authed(actor): Authed,
     id: web::Path<Uuid>,
-    body: web::Json<UpdateMenuItemRequest>,
+    body: JsonBody<UpdateMenuItemRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let row = catalog::update_menu_item(

@@ -9,7 +9,7 @@ use crate::app::Ctx;
 use crate::domain::OrderStatus;
 use crate::http::dto::{Data, List, data};
 use crate::http::error::{ApiError, FieldError, ProblemBody};
-use crate::http::extract::{Authed, IdempotencyKey, IfMatch, PageParams, ReqId, etag};
+use crate::http::extract::{Authed, IdempotencyKey, IfMatch, JsonBody, PageParams, ReqId, etag};
 use crate::service::orders::{self, OrderView, Placed};
 
 /// One line of a new order.
@@ -70,7 +70,7 @@ pub async fn place_order(
     Authed(actor): Authed,
     key: IdempotencyKey,
     ReqId(request_id): ReqId,
-    body: web::Json<PlaceOrderRequest>,
+    body: JsonBody<PlaceOrderRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let input = orders::PlaceOrder {
@@ -146,7 +146,7 @@ pub async fn transition_order(
     id: web::Path<Uuid>,
     if_match: IfMatch,
     ReqId(request_id): ReqId,
-    body: web::Json<TransitionRequest>,
+    body: JsonBody<TransitionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let to = parse_status("to", &body.to)?;
     let order =
