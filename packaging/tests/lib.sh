@@ -154,3 +154,16 @@ http {
 CONF
     printf '%s\n' "$dir/nginx.conf"
 }
+
+# PyYAML for the python3 on PATH: pip first (it serves whichever python3 this is), then
+# Debian's python3-yaml (for the system python3); skips only when neither works.
+need_pyyaml() {
+    python3 -c 'import yaml' 2>/dev/null && return 0
+    say "installing PyYAML"
+    python3 -m pip install -q pyyaml >/dev/null 2>&1 ||
+        python3 -m pip install -q --user pyyaml >/dev/null 2>&1 ||
+        python3 -m pip install -q --break-system-packages pyyaml >/dev/null 2>&1 ||
+        apt_install python3-yaml || true
+    python3 -c 'import yaml' 2>/dev/null ||
+        skip "PyYAML cannot be installed for $(command -v python3) (pip and apt-get both failed)"
+}
