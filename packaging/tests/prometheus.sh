@@ -41,6 +41,7 @@ def names(expr):
     expr = re.sub(r'"[^"]*"', '""', expr)           # label values
     expr = re.sub(r"\{[^}]*\}", "", expr)            # matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)           # ranges
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
     words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
     funcs = {"sum", "by", "without", "rate", "irate", "increase", "max", "min", "avg", "count",
              "histogram_quantile", "absent", "or", "and", "unless", "on", "ignoring", "le",
@@ -70,6 +71,25 @@ for p in walk(d["panels"]):
     for t in p.get("targets", []):
         exprs.append((f"itsur.json panel {p.get('title')!r}", t["expr"]))
 bad = []
+# Dashboard layout: unique ids, inside the 24-column grid, no two panels overlapping,
+# every query on the dashboard's datasource variable.
+ids, cells = set(), {}
+for p in walk(d["panels"]):
+    if p["id"] in ids:
+        bad.append(f"itsur.json: duplicate panel id {p['id']}")
+    ids.add(p["id"])
+    g = p["gridPos"]
+    if g["x"] < 0 or g["x"] + g["w"] > 24:
+        bad.append(f"itsur.json panel {p['title']!r}: outside the 24-column grid")
+    for cx in range(g["x"], g["x"] + g["w"]):
+        for cy in range(g["y"], g["y"] + g["h"]):
+            if (cx, cy) in cells:
+                bad.append(f"itsur.json: panels {cells[(cx, cy)]!r} and {p['title']!r} overlap")
+                break
+            cells[(cx, cy)] = p["title"]
+    for t in p.get("targets", []):
+        if t.get("datasource", {}).get("uid") != "${datasource}":
+            bad.append(f"itsur.json panel {p['title']!r}: query not on the ${{datasource}} variable")
 for where, e in exprs:
     for n in names(e):
         if base(n) not in known:
