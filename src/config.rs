@@ -152,6 +152,14 @@ pub struct CommonArgs {
     #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_sessions_per_user: u32,
 
+    /// Hours finished (completed or cancelled) jobs are kept before maintenance prunes them.
+    #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 168)]
+    pub job_retention_hours: u32,
+
+    /// Hours published outbox events are kept (the WebSocket resume window).
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 24)]
+    pub outbox_retention_hours: u32,
+
     /// Seconds a stopping role waits for in-flight requests and jobs before it gives up.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout_secs: u64,
@@ -243,6 +251,40 @@ impl HttpArgs {
     }
 }
 
+/// Settings of the job worker (`worker` and `all`).
+#[derive(Args, Clone, Debug)]
+pub struct JobArgs {
+    /// Queues to claim jobs from, comma-separated.
+    #[arg(
+        long,
+        env = "JOB_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+
+    /// Jobs run at once by this worker.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+
+    /// Seconds a claimed job stays leased without a heartbeat; a dead worker's jobs return
+    /// to the queue within it.
+    #[arg(long, env = "JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease_secs: u64,
+
+    /// Polling interval in ms (the fallback when no NOTIFY arrives).
+    #[arg(long, env = "JOB_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_interval_ms: u64,
+
+    /// Never LISTEN, only poll (for connection poolers in transaction mode).
+    #[arg(long, env = "JOB_POLL_ONLY", default_value_t = false)]
+    pub poll_only: bool,
+
+    /// Do not run the cron schedules in this worker.
+    #[arg(long, env = "JOB_NO_CRON", default_value_t = false)]
+    pub no_cron: bool,
+}
+
 /// The validated, immutable settings a process runs with; shared through `app::Ctx`.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -270,6 +312,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Live sessions per user before the oldest is revoked.
     pub max_sessions_per_user: u32,
+    /// How long finished jobs are kept.
+    pub job_retention: chrono::Duration,
+    /// How long published outbox events are kept.
+    pub outbox_retention: chrono::Duration,
     /// JWT signing key; present only for roles that serve HTTP.
     pub jwt_secret: Option<Secret<String>>,
 }
@@ -296,6 +342,8 @@ impl Config {
             redis_pool_size: common.redis_pool_size,
             shutdown_timeout: common.shutdown_timeout(),
             max_sessions_per_user: common.max_sessions_per_user,
+            job_retention: chrono::Duration::hours(i64::from(common.job_retention_hours)),
+            outbox_retention: chrono::Duration::hours(i64::from(common.outbox_retention_hours)),
             jwt_secret,
         })
     }
@@ -315,6 +363,8 @@ impl Config {
             redis_pool_size: 4,
             shutdown_timeout: Duration::from_secs(10),
             max_sessions_per_user: 10,
+            job_retention: chrono::Duration::hours(168),
+            outbox_retention: chrono::Duration::hours(24),
             jwt_secret: Some(Secret::new(
                 "test-secret-that-is-long-enough-0123456789".to_owned(),
             )),

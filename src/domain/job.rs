@@ -156,7 +156,9 @@ pub fn states_for_public(public: &str) -> Option<&'static [JobState]> {
 /// jitter. `jitter` in [0, 1) spreads retries of jobs that failed together by up to +20 %.
 pub fn retry_delay(attempt: i32, jitter: f64) -> Duration {
     let exp = u32::try_from(attempt.clamp(1, 12) - 1).unwrap_or(0);
-    let base = 5_u64.saturating_mul(5_u64.saturating_pow(exp)).min(6 * 3600);
+    let base = 5_u64
+        .saturating_mul(5_u64.saturating_pow(exp))
+        .min(6 * 3600);
     let spread = Duration::from_secs(base).mul_f64(0.2 * jitter.clamp(0.0, 1.0));
     Duration::from_secs(base) + spread
 }

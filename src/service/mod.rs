@@ -13,7 +13,10 @@ pub mod catalog;
 pub mod credentials;
 pub mod devices;
 pub mod health;
+pub mod imports;
+pub mod jobs;
 pub mod orders;
+pub mod reports;
 pub mod seed;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};

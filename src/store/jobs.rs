@@ -226,7 +226,10 @@ pub async fn heartbeat(
     .bind::<BigInt, _>(lease_ms)
     .load(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.cancel_requested)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.cancel_requested))
+        .collect())
 }
 
 /// Fences a worker's write: the job is still running under this worker and attempt.
@@ -558,7 +561,9 @@ struct StateCount {
 
 /// Jobs per unfinished state (queued, running) plus dead — the states the partial indexes
 /// cover, so this stays cheap on a table with millions of finished jobs.
-pub async fn count_active_by_state(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, i64)>> {
+pub async fn count_active_by_state(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<Vec<(String, i64)>> {
     let rows: Vec<StateCount> = diesel::sql_query(
         "SELECT 'queued' AS state, count(*) AS count FROM jobs WHERE state = 'queued' \
          UNION ALL SELECT 'running', count(*) FROM jobs WHERE state = 'running' \
@@ -650,10 +655,13 @@ pub async fn list_live_workers(
     alive_within: Duration,
 ) -> QueryResult<Vec<WorkerRow>> {
     let cutoff = Utc::now()
-        - chrono::Duration::from_std(alive_within).unwrap_or_else(|_| chrono::Duration::seconds(60));
-    diesel::delete(workers::table.filter(workers::heartbeat_at.lt(cutoff - chrono::Duration::minutes(10))))
-        .execute(conn)
-        .await?;
+        - chrono::Duration::from_std(alive_within)
+            .unwrap_or_else(|_| chrono::Duration::seconds(60));
+    diesel::delete(
+        workers::table.filter(workers::heartbeat_at.lt(cutoff - chrono::Duration::minutes(10))),
+    )
+    .execute(conn)
+    .await?;
     workers::table
         .filter(workers::heartbeat_at.ge(cutoff))
         .order(workers::started_at.asc())
@@ -661,4 +669,3 @@ pub async fn list_live_workers(
         .load(conn)
         .await
 }
-

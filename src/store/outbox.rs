@@ -92,3 +92,19 @@ pub async fn list_for_aggregate(
         .load(conn)
         .await
 }
+
+/// Deletes up to `batch` events published before `before` (the resume window has passed).
+pub async fn delete_published_before(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
+         WHERE published_at < $1 LIMIT $2)",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(before)
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .execute(conn)
+    .await
+}
