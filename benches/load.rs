@@ -143,7 +143,6 @@ async fn seed(name: &str) -> World {
     let hash = credentials::hash_password("bench-password".to_owned())
         .await
         .unwrap();
-    let secret = itsur::config::Secret::new(SECRET.to_owned());
     let mut tokens = Vec::new();
     for s in 0..STUDENTS {
         let user = users::insert(
@@ -160,24 +159,7 @@ async fn seed(name: &str) -> World {
         )
         .await
         .unwrap();
-        let now = Utc::now();
-        let session = sessions::insert(
-            &mut conn,
-            &sessions::NewSessionRow {
-                id: Uuid::now_v7(),
-                user_id: user.id,
-                refresh_token_hash: credentials::hash_refresh_secret("x"),
-                refresh_generation: 0,
-                created_at: now,
-                last_used_at: now,
-                expires_at: now + chrono::Duration::days(1),
-                user_agent: None,
-            },
-        )
-        .await
-        .unwrap();
-        let (token, _) = credentials::issue_access_token(&secret, user.id, session.id).unwrap();
-        tokens.push(token);
+        tokens.push(session_token(&mut conn, user.id).await);
     }
     World {
         db: url,
@@ -185,6 +167,30 @@ async fn seed(name: &str) -> World {
         items,
         tokens,
     }
+}
+
+/// Opens a live session for `user_id` and signs its access token (no login traffic).
+async fn session_token(conn: &mut AsyncPgConnection, user_id: Uuid) -> String {
+    let now = Utc::now();
+    let session = sessions::insert(
+        conn,
+        &sessions::NewSessionRow {
+            id: Uuid::now_v7(),
+            user_id,
+            refresh_token_hash: credentials::hash_refresh_secret("unused"),
+            refresh_generation: 0,
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + chrono::Duration::days(1),
+            user_agent: None,
+        },
+    )
+    .await
+    .unwrap();
+    let secret = itsur::config::Secret::new(SECRET.to_owned());
+    credentials::issue_access_token(&secret, user_id, session.id)
+        .unwrap()
+        .0
 }
 
 /// A running itsur process.
@@ -691,29 +697,7 @@ async fn bench_menu_and_isolation(rows: &mut Vec<Row>, run_menu: bool, run_isola
             )
             .await
             .unwrap();
-            let now = Utc::now();
-            let s = sessions::insert(
-                &mut conn,
-                &sessions::NewSessionRow {
-                    id: Uuid::now_v7(),
-                    user_id: staff.id,
-                    refresh_token_hash: "x".to_owned(),
-                    refresh_generation: 0,
-                    created_at: now,
-                    last_used_at: now,
-                    expires_at: now + chrono::Duration::days(1),
-                    user_agent: None,
-                },
-            )
-            .await
-            .unwrap();
-            credentials::issue_access_token(
-                &itsur::config::Secret::new(SECRET.to_owned()),
-                staff.id,
-                s.id,
-            )
-            .unwrap()
-            .0
+            session_token(&mut conn, staff.id).await
         };
         let reports = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
