@@ -10,5 +10,6 @@
 #[expect(dead_code, reason = "shared with the it binary, which uses all of it")]
 mod support;
 
+mod jobs;
 mod proc;
 mod roles;

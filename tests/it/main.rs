@@ -12,6 +12,7 @@ mod auth;
 mod authz;
 mod bad_input;
 mod health;
+mod jobs;
 mod migrations;
 mod openapi;
 mod orders;
