@@ -7,6 +7,7 @@
 //! `outbox` or diesel.
 
 pub mod dto;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -34,9 +35,10 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let json_limit = ctx.config.edge.json_body_limit;
     App::new()
         .app_data(web::Data::new(ctx))
-        .configure(error::extractor_config)
+        .configure(error::extractor_config(json_limit))
         .configure(health::routes)
         .configure(openapi::routes)
         .configure(routes::auth::routes)
@@ -44,5 +46,11 @@ pub fn app(
         .configure(routes::orders::routes)
         .configure(routes::admin::routes)
         .default_service(web::to(error::not_found))
+        // Innermost first: limits, then admission (shedding, body size, deadline), CORS,
+        // security headers; the request context (id, span, metrics) stays outermost.
+        .wrap(actix_web::middleware::from_fn(edge::rate_limit))
+        .wrap(actix_web::middleware::from_fn(edge::admission))
+        .wrap(actix_web::middleware::from_fn(edge::cors))
+        .wrap(actix_web::middleware::from_fn(edge::security_headers))
         .wrap(actix_web::middleware::from_fn(middleware::request_context))
 }
