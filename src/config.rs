@@ -497,7 +497,7 @@ pub struct EdgeConfig {
     pub max_in_flight: usize,
     /// Largest JSON body accepted (413 beyond).
     pub json_body_limit: usize,
-    /// Largest body accepted on `/auth/*` (413 beyond).
+    /// Largest body accepted on `POST /auth/{login,register,refresh}` (413 beyond).
     pub auth_body_limit: usize,
     /// `Strict-Transport-Security: max-age=…` (None = header not sent).
     pub hsts_max_age: Option<Duration>,
@@ -513,7 +513,7 @@ impl Default for EdgeConfig {
             request_timeout: Duration::from_secs(10),
             max_in_flight: 1024,
             json_body_limit: 64 * 1024,
-            auth_body_limit: 8 * 1024,
+            auth_body_limit: 32 * 1024,
             hsts_max_age: Some(Duration::from_secs(365 * 24 * 3600)),
             cors: CorsConfig {
                 origins: Vec::new(),
@@ -563,8 +563,8 @@ pub struct EdgeArgs {
     #[arg(long, env = "JSON_BODY_LIMIT_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=104_857_600))]
     pub json_body_limit_bytes: u32,
 
-    /// Largest request body on /auth/* in bytes (413 beyond).
-    #[arg(long, env = "AUTH_BODY_LIMIT_BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
+    /// Largest request body of POST /auth/login, /auth/register and /auth/refresh in bytes.
+    #[arg(long, env = "AUTH_BODY_LIMIT_BYTES", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
     pub auth_body_limit_bytes: u32,
 
     /// Strict-Transport-Security max-age in seconds (0 = header not sent).
@@ -819,7 +819,7 @@ mod tests {
             request_timeout_ms: 10_000,
             max_in_flight: 1024,
             json_body_limit_bytes: 65_536,
-            auth_body_limit_bytes: 8192,
+            auth_body_limit_bytes: 32_768,
             hsts_max_age_secs: 0,
             cors_origins: vec![],
             cors_allow_credentials: false,

@@ -7,7 +7,8 @@
 //! 2. [`cors`]: origins from `CORS_ORIGINS`; preflights answered here (before limits and
 //!    authentication); never `*` with credentials (refused by config validation).
 //! 3. [`admission`]: load shedding (`MAX_IN_FLIGHT` permits per process → 503 +
-//!    `Retry-After`), the declared body size per route (413), and the per-request deadline
+//!    `Retry-After`), the smaller body limit of the credential routes (413), and the
+//!    per-request deadline
 //!    (`REQUEST_TIMEOUT_MS` → 503: a hanging dependency never hangs a client).
 //! 4. [`rate_limit`]: the buckets `ip`, `user`, `auth`, `login` and `orders` (see
 //!    `config::RateLimits`), decided by `resilience::RateLimiter`; 429 problem with
@@ -202,13 +203,14 @@ pub async fn cors(
     Ok(res)
 }
 
-/// The body limit of a route: `/auth/*` is small (credentials only), the rest JSON-sized.
-fn body_limit(ctx: &Ctx, path: &str) -> usize {
-    if path.starts_with("/auth/") {
-        ctx.config.edge.auth_body_limit
-    } else {
-        ctx.config.edge.json_body_limit
-    }
+/// Routes whose JSON body holds credentials only: they get the smaller
+/// `AUTH_BODY_LIMIT_BYTES` (checked here on the declared length, and on the bytes when the
+/// login bucket reads the body). Every other route has the JSON extractor's
+/// `JSON_BODY_LIMIT_BYTES`, enforced when its handler reads the body, so routes that ignore
+/// their body (logout) never answer 413.
+fn auth_body_limit(ctx: &Ctx, method: &Method, path: &str) -> Option<usize> {
+    let credentials = matches!(path, "/auth/login" | "/auth/register" | "/auth/refresh");
+    (method == Method::POST && credentials).then_some(ctx.config.edge.auth_body_limit)
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -249,8 +251,9 @@ pub async fn admission(
         );
         return Ok(reject(req, &err));
     };
-    let limit = body_limit(&ctx, req.path());
-    if declared_length(req.headers()).is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    if let Some(limit) = auth_body_limit(&ctx, req.method(), req.path())
+        && declared_length(req.headers())
+            .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
     {
         return Ok(reject(req, &too_large(limit)));
     }
@@ -446,7 +449,7 @@ pub async fn rate_limit(
         && path == "/auth/login"
         && let Some(q) = limits.login
     {
-        let limit = body_limit(&ctx, &path);
+        let limit = ctx.config.edge.auth_body_limit;
         match login_email(req, limit).await {
             Ok((r, email)) => {
                 req = r;
