@@ -20,11 +20,9 @@
 //! `BREAKER_WINDOW_SECS`, `BREAKER_CONSECUTIVE_FAILURES`, `BREAKER_COOLDOWN_SECS`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 use clap::{Args, ValueEnum};
 
@@ -369,6 +367,54 @@ impl Config {
     }
 }
 
+/// An IP network such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is a /32 (/128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// True when `ip` is inside this network (IPv4 and IPv6 never match each other).
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(*ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(*ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = || format!("`{s}` is not an address or CIDR such as 10.0.0.0/8");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
 /// A rate-limit quota: at most `limit` requests in any window of `period` (sliding window).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {
@@ -490,7 +536,7 @@ pub struct EdgeConfig {
     /// Per-bucket quotas.
     pub rate_limits: RateLimits,
     /// Peers whose `X-Forwarded-For` is believed (nginx).
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Vec<Cidr>,
     /// A request that has not produced its response by then answers 503.
     pub request_timeout: Duration,
     /// Requests handled at once by this process; beyond it, 503 + Retry-After.
@@ -549,7 +595,7 @@ pub struct EdgeArgs {
 
     /// Comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Vec<Cidr>,
 
     /// Deadline of one request in ms: past it the request answers 503 (never hangs).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
@@ -838,6 +884,25 @@ mod tests {
             "", "100", "0/1m", "10/0s", "10/1d", "x/1m", "10/1m/2", "10/48h",
         ] {
             assert!(q(bad).is_err(), "{bad} refused");
+        }
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let net: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains(&"10.200.3.4".parse().unwrap()));
+        assert!(!net.contains(&"11.0.0.1".parse().unwrap()));
+        assert!(!net.contains(&"::1".parse().unwrap()));
+        let one: Cidr = "192.0.2.7".parse().unwrap();
+        assert!(one.contains(&"192.0.2.7".parse().unwrap()));
+        assert!(!one.contains(&"192.0.2.8".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(&"2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains(&"2001:db9::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(&"8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/x", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }
 

@@ -30,12 +30,11 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{Error, ResponseError, web};
 use futures_util::StreamExt;
-use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use crate::app::Ctx;
-use crate::config::Quota;
+use crate::config::{Cidr, Quota};
 use crate::resilience::rate_limit::Decision;
 use crate::service::credentials;
 use crate::telemetry::{HTTP_REQUESTS_SHED_TOTAL, RATE_LIMIT_REJECTIONS_TOTAL};
@@ -279,7 +278,7 @@ pub async fn admission(
 /// The client's address: the socket peer, unless the peer is a trusted proxy, in which case
 /// the right-most address of `X-Forwarded-For` that is not itself a trusted proxy (entries
 /// to its left are client-controlled and could be forged).
-pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[Cidr]) -> Option<IpAddr> {
     let peer = peer.map(canonical)?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
@@ -514,7 +513,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
         let h = xff(&["6.6.6.6, 1.2.3.4"]);
         // Untrusted peer: its header is ignored.
         assert_eq!(
