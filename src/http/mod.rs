@@ -3,8 +3,9 @@
 //! [`app`] is THE application factory: production (`server::run`) and the in-process tests
 //! (`actix_web::test::init_service(http::app(ctx))`) build the same thing.
 //!
-//! L3: depends on `service`, `app`, `domain`, `kv` and the leaf utilities; never on `jobs`,
-//! `outbox` or diesel.
+//! L3: depends on `service`, `app`, `domain`, `kv`, `resilience` (the limiter's decisions,
+//! through `Ctx`) and the leaf utilities; never on `jobs`, `outbox` or diesel. Edge
+//! protection (limits, shedding, deadline, CORS, security headers) lives in [`edge`].
 
 pub mod dto;
 pub mod edge;
