@@ -77,6 +77,11 @@ async fn two_instances_sharing_redis_allow_exactly_the_limit_in_total() {
     assert!((99..=101).contains(&ok), "allowed {ok} of 300 (limit 100)");
     assert_eq!(ok + limited, 300);
     assert_eq!(last_remaining, 0);
+    let metrics = itsur::telemetry::install_metrics().render();
+    assert!(
+        metrics.contains("rate_limit_rejections_total{bucket=\"ip\"}"),
+        "{metrics}"
+    );
 
     // Another client is not affected; the decisions were taken in Redis.
     let res = b.send(get("/campuses", "203.0.113.8:40000")).await;
