@@ -26,6 +26,7 @@ pub fn main(args: AllArgs) -> ExitCode {
         .http
         .validate(args.common.environment)
         .and_then(|jwt| Config::from_args(&args.common, Some(jwt)))
+        .and_then(|c| c.with_edge(&args.http.edge))
     {
         Ok(c) => c,
         Err(e) => return super::config_exit(&e),

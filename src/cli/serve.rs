@@ -22,6 +22,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
         .http
         .validate(args.common.environment)
         .and_then(|jwt| Config::from_args(&args.common, Some(jwt)))
+        .and_then(|c| c.with_edge(&args.http.edge))
     {
         Ok(c) => c,
         Err(e) => return super::config_exit(&e),

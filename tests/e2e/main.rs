@@ -12,3 +12,4 @@ mod support;
 
 mod proc;
 mod roles;
+mod secrets;
