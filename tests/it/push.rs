@@ -380,3 +380,117 @@ async fn an_open_breaker_shows_in_health_and_metrics_but_never_in_readiness() {
         "{metrics}"
     );
 }
+
+/// The `send_push` job end to end: a worker delivers to the user's FCM device once, and a
+/// token FCM calls UNREGISTERED is deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_push_jobs_deliver_once_and_drop_dead_tokens() {
+    use crate::support::fixtures::{World, config_for};
+    use itsur::jobs::registry::Registry;
+    use itsur::jobs::runner::{WorkerOptions, run};
+    use itsur::store::{devices, jobs};
+
+    let fake = FakeProvider::start(fcm_ok());
+    let db = crate::support::TestDb::new().await;
+    let redis = TestRedis::new();
+    let mut config = config_for(&db.url, Some(&redis));
+    config.push = push_config(&fake.base);
+    let ctx = itsur::app::Ctx::new(config).unwrap();
+    let world = World::create(&ctx).await;
+    let user = world.a.student.id;
+    let mut conn =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&db.url)
+            .await
+            .unwrap();
+    let device = |token: &str| devices::NewDeviceRow {
+        id: uuid::Uuid::now_v7(),
+        user_id: user,
+        platform: "fcm".to_owned(),
+        token: token.to_owned(),
+    };
+    devices::upsert(&mut conn, &device("live-token"))
+        .await
+        .unwrap();
+    let job = |key: &str| jobs::NewJob {
+        id: uuid::Uuid::now_v7(),
+        kind: "send_push".to_owned(),
+        queue: "default".to_owned(),
+        priority: 0,
+        payload: serde_json::json!({ "userId": user, "title": "Order ready", "body": "Pick it up" }),
+        unique_key: Some(key.to_owned()),
+        run_at: chrono::Utc::now(),
+        max_attempts: 3,
+        timeout_secs: 30,
+        owner_id: None,
+        campus_id: None,
+    };
+    // The same event delivered twice enqueues one job (unique key).
+    let (first, inserted) = jobs::enqueue(&mut conn, &job("push:event:1"))
+        .await
+        .unwrap();
+    let (again, dup) = jobs::enqueue(&mut conn, &job("push:event:1"))
+        .await
+        .unwrap();
+    assert!(inserted && !dup);
+    assert_eq!(first.id, again.id);
+
+    let shutdown = itsur::shutdown::Shutdown::new();
+    let options = WorkerOptions {
+        lease: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(100),
+        cron: false,
+        ..WorkerOptions::default()
+    };
+    let worker = tokio::spawn(run(
+        ctx.clone(),
+        shutdown.clone(),
+        options,
+        Registry::standard(),
+    ));
+    let state = |id: uuid::Uuid| {
+        let url = db.url.clone();
+        async move {
+            let mut c =
+                <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+                    .await
+                    .unwrap();
+            jobs::find(&mut c, id).await.unwrap().unwrap().state
+        }
+    };
+    let done = eventually(Duration::from_secs(20), || async {
+        state(first.id).await == "completed"
+    })
+    .await;
+    assert!(done, "{:?}", jobs::find(&mut conn, first.id).await.unwrap());
+    assert_eq!(fake.hits(), 1, "delivered exactly once");
+    let sent = &fake.received()[0];
+    assert_eq!(sent.body["message"]["token"], "live-token");
+    assert_eq!(sent.body["message"]["notification"]["title"], "Order ready");
+
+    // A dead token: FCM answers UNREGISTERED, the device is forgotten, the job completes.
+    fake.always(fcm_invalid_token());
+    devices::delete_by_token(&mut conn, user, "live-token")
+        .await
+        .unwrap();
+    devices::upsert(&mut conn, &device("dead-token"))
+        .await
+        .unwrap();
+    let (second, _) = jobs::enqueue(&mut conn, &job("push:event:2"))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            state(second.id).await == "completed"
+        })
+        .await
+    );
+    assert!(
+        devices::list_for_user(&mut conn, user)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    shutdown.trigger();
+    worker.await.unwrap();
+}
