@@ -6,7 +6,9 @@
 //! [`keys`]; every key and channel carries the deployment prefix (`REDIS_PREFIX`), which is
 //! also how tests isolate themselves on a shared Redis.
 
+pub mod hub;
 pub mod keys;
+pub mod pubsub;
 
 use std::time::Duration;
 
