@@ -381,7 +381,9 @@ impl OutboxArgs {
                 if secret.len() < MIN_JWT_SECRET_BYTES && environment != Environment::Dev {
                     return Err(ConfigError::new(
                         "WEBHOOK_SECRET",
-                        format!("must be at least {MIN_JWT_SECRET_BYTES} bytes unless ITSUR_ENV=dev"),
+                        format!(
+                            "must be at least {MIN_JWT_SECRET_BYTES} bytes unless ITSUR_ENV=dev"
+                        ),
                     ));
                 }
                 Some(WebhookSettings {

@@ -111,7 +111,11 @@ mod tests {
             Some(VendorId::new())
         )));
         assert!(sees(&actor(Role::CampusAdmin, Some(campus), None)));
-        assert!(!sees(&actor(Role::CampusAdmin, Some(CampusId::new()), None)));
+        assert!(!sees(&actor(
+            Role::CampusAdmin,
+            Some(CampusId::new()),
+            None
+        )));
         assert!(sees(&actor(Role::PlatformAdmin, None, None)));
         // A staff row without its vendor receives nothing rather than everything.
         assert_eq!(

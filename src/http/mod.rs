@@ -4,7 +4,7 @@
 //! (`actix_web::test::init_service(http::app(ctx))`) build the same thing.
 //!
 //! L3: depends on `service`, `app`, `domain`, `kv` and the leaf utilities; never on `jobs`,
-//! `outbox` or diesel.
+//! `outbox` or diesel. `ws` is the realtime gateway (`GET /ws`).
 
 pub mod dto;
 pub mod error;
@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod ws;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -43,6 +44,7 @@ pub fn app(
         .configure(routes::catalog::routes)
         .configure(routes::orders::routes)
         .configure(routes::admin::routes)
+        .configure(ws::routes)
         .default_service(web::to(error::not_found))
         .wrap(actix_web::middleware::from_fn(middleware::request_context))
 }

@@ -34,14 +34,14 @@ impl Modify for BearerAuth {
         catalog::list_campuses, catalog::list_vendors, catalog::get_menu,
         catalog::create_menu_item, catalog::update_menu_item,
         orders::place_order, orders::list_orders, orders::get_order, orders::transition_order,
-        admin::list_audit,
+        admin::list_audit, admin::list_outbox, admin::retry_outbox_event,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Accounts, sessions and devices"),
         (name = "catalog", description = "Campuses, vendors and menus"),
         (name = "orders", description = "Placing and following orders"),
-        (name = "admin", description = "Campus administration"),
+        (name = "admin", description = "Campus administration: audit trail, outbox dead letters"),
     )
 )]
 pub struct ApiDoc;

@@ -340,9 +340,19 @@ impl Subscriber {
         self.overflowed.clone()
     }
 
-    /// Resolves when the hub signals a possible gap in its feed.
-    pub async fn gap(&mut self) {
-        if self.gaps.changed().await.is_err() {
+    /// The hub's gap signal, as seen from now on.
+    pub fn gap_signal(&self) -> GapSignal {
+        GapSignal(self.gaps.clone())
+    }
+}
+
+/// Resolves [`GapSignal::changed`] when the hub's feed may have lost events.
+pub struct GapSignal(watch::Receiver<u64>);
+
+impl GapSignal {
+    /// Resolves at the next gap signal.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
             // The hub is gone: never resolve again.
             std::future::pending::<()>().await;
         }

@@ -81,7 +81,9 @@ impl std::ops::AddAssign for BatchReport {
 // TODO(#6): use resilience::backoff once it lands; this duplicates its schedule.
 pub fn backoff(attempts: i32) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 12)).unwrap_or(0);
-    let base = 5_u64.saturating_mul(5_u64.saturating_pow(exp)).min(6 * 3600);
+    let base = 5_u64
+        .saturating_mul(5_u64.saturating_pow(exp))
+        .min(6 * 3600);
     let jitter = rand::random_range(0.8..1.2);
     Duration::from_secs(base).mul_f64(jitter)
 }
@@ -276,14 +278,17 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown) {
     while !shutdown.is_triggered() {
         match relay.publish_batch().await {
             // A full batch: more may be due right now.
-            Ok(report) if i64::try_from(report.claimed).unwrap_or(i64::MAX) >= settings.batch_size => {
+            Ok(report)
+                if i64::try_from(report.claimed).unwrap_or(i64::MAX) >= settings.batch_size =>
+            {
                 errors = 0;
                 continue;
             }
             Ok(_) => errors = 0,
             Err(e) => {
                 errors = errors.saturating_add(1);
-                let delay = Duration::from_millis(250u64 << errors.min(5)).min(Duration::from_secs(5));
+                let delay =
+                    Duration::from_millis(250u64 << errors.min(5)).min(Duration::from_secs(5));
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "outbox batch failed");
                 if !shutdown.sleep(delay).await {
                     break;

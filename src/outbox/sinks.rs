@@ -68,7 +68,9 @@ pub fn default_sinks(ctx: &Ctx) -> Vec<Box<dyn Sink>> {
     if let Some(webhook) = &ctx.config.outbox.webhook {
         match Webhook::new(webhook, Arc::new(NoBreaker)) {
             Ok(sink) => sinks.push(Box::new(sink)),
-            Err(e) => tracing::error!(error = %e, "webhook sink disabled: cannot build its HTTP client"),
+            Err(e) => {
+                tracing::error!(error = %e, "webhook sink disabled: cannot build its HTTP client")
+            }
         }
     }
     sinks
@@ -231,7 +233,10 @@ impl Webhook {
             }
             Ok(res) => {
                 self.guard.record(false);
-                Err(SinkError::Failed(format!("webhook answered {}", res.status())))
+                Err(SinkError::Failed(format!(
+                    "webhook answered {}",
+                    res.status()
+                )))
             }
             Err(e) => {
                 self.guard.record(false);

@@ -29,9 +29,7 @@ pub async fn wake_on_notify(
     shutdown: Shutdown,
 ) {
     debug_assert!(
-        channel
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'_'),
+        channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
         "channel names are interpolated into LISTEN"
     );
     let mut delay = Duration::from_millis(250);
@@ -42,7 +40,9 @@ pub async fn wake_on_notify(
         };
         match outcome {
             Ok(()) => delay = Duration::from_millis(250),
-            Err(e) => tracing::warn!(channel, error = %e, retry_in_ms = delay.as_millis(), "LISTEN connection lost"),
+            Err(e) => {
+                tracing::warn!(channel, error = %e, retry_in_ms = delay.as_millis(), "LISTEN connection lost")
+            }
         }
         if !shutdown.sleep(delay).await {
             return;

@@ -121,9 +121,11 @@ pub async fn insert_event(
 
 /// Sends the relay wake-up (`pg_notify`). Run it outside any business transaction.
 pub async fn notify_relay(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-    diesel::select(sql::<Text>("pg_notify(")
-        .bind::<Text, _>(RELAY_CHANNEL)
-        .sql(", '')::text"))
+    diesel::select(
+        sql::<Text>("pg_notify(")
+            .bind::<Text, _>(RELAY_CHANNEL)
+            .sql(", '')::text"),
+    )
     .execute(conn)
     .await
     .map(|_| ())
@@ -180,7 +182,10 @@ pub async fn claim_batch(
 /// Bounds how long the caller's claim transaction may sit idle between statements: a relay
 /// that vanishes without closing its socket (host crash, partition) then loses its row
 /// locks after `limit` instead of after the OS's TCP keepalive (hours).
-pub async fn limit_claim_idle(conn: &mut AsyncPgConnection, limit: std::time::Duration) -> QueryResult<()> {
+pub async fn limit_claim_idle(
+    conn: &mut AsyncPgConnection,
+    limit: std::time::Duration,
+) -> QueryResult<()> {
     diesel::sql_query(format!(
         "SET LOCAL idle_in_transaction_session_timeout = {}",
         limit.as_millis()
@@ -399,9 +404,11 @@ pub async fn pending_stats(conn: &mut AsyncPgConnection) -> QueryResult<PendingS
 /// Takes the prune lock for the caller's transaction; false when another relay holds it.
 pub async fn try_lock_prune(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
     // An arbitrary constant key ("outbxprn") shared by every relay.
-    diesel::select(sql::<Bool>("pg_try_advisory_xact_lock(")
-        .bind::<BigInt, _>(0x6f75_7462_7870_726e_i64)
-        .sql(")"))
+    diesel::select(
+        sql::<Bool>("pg_try_advisory_xact_lock(")
+            .bind::<BigInt, _>(0x6f75_7462_7870_726e_i64)
+            .sql(")"),
+    )
     .get_result(conn)
     .await
 }

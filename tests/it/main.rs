@@ -15,3 +15,5 @@ mod health;
 mod migrations;
 mod openapi;
 mod orders;
+mod outbox;
+mod ws;

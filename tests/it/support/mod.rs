@@ -5,6 +5,7 @@ pub mod chaos;
 pub mod db;
 pub mod fixtures;
 pub mod redis;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
