@@ -34,7 +34,7 @@ impl Modify for BearerAuth {
         catalog::list_campuses, catalog::list_vendors, catalog::get_menu,
         catalog::create_menu_item, catalog::update_menu_item,
         orders::place_order, orders::list_orders, orders::get_order, orders::transition_order,
-        admin::list_audit, admin::list_outbox, admin::retry_outbox_event,
+        admin::list_audit, admin::list_outbox, admin::retry_dead_event,
     ),
     modifiers(&BearerAuth),
     tags(

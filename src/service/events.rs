@@ -185,7 +185,7 @@ pub async fn list_outbox(
 
 /// Brings a dead event back for another round of delivery (attempts reset; sinks that
 /// already took it are not run again). 404 outside the admin's campus, 409 when not dead.
-pub async fn retry_outbox_event(
+pub async fn retry_dead_event(
     ctx: &Ctx,
     actor: &Actor,
     id: i64,

@@ -11,4 +11,5 @@
 mod support;
 
 mod proc;
+mod realtime;
 mod roles;

@@ -184,13 +184,13 @@ pub async fn list_outbox(
     params(("id" = i64, Path, description = "Outbox event id")),
     responses((status = 200, body = inline(Data<OutboxEvent>)), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody),
         (status = 404, body = ProblemBody), (status = 409, body = ProblemBody)))]
-pub async fn retry_outbox_event(
+pub async fn retry_dead_event(
     ctx: web::Data<Ctx>,
     Authed(actor): Authed,
     id: web::Path<i64>,
     ReqId(request_id): ReqId,
 ) -> Result<HttpResponse, ApiError> {
-    let row = events::retry_outbox_event(&ctx, &actor, id.into_inner(), request_id).await?;
+    let row = events::retry_dead_event(&ctx, &actor, id.into_inner(), request_id).await?;
     Ok(HttpResponse::Ok().json(data(OutboxEvent::from(row))))
 }
 
@@ -198,8 +198,5 @@ pub async fn retry_outbox_event(
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/audit", web::get().to(list_audit))
         .route("/admin/outbox", web::get().to(list_outbox))
-        .route(
-            "/admin/outbox/{id}/retry",
-            web::post().to(retry_outbox_event),
-        );
+        .route("/admin/outbox/{id}/retry", web::post().to(retry_dead_event));
 }
