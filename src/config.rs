@@ -10,7 +10,8 @@
 //! `REDIS_POOL_SIZE`, `ITSUR_ENV`, `LOG_FORMAT`, `RUST_LOG`, `SHUTDOWN_TIMEOUT_SECS`,
 //! `BIND_ADDR`, `HTTP_WORKERS`, `JWT_SECRET`, `METRICS_BIND`, `HEALTHCHECK_URL`,
 //! `RESUME_WINDOW_HOURS`; WebSocket gateway ([`WsArgs`]): `WS_MAX_CONNECTIONS_PER_IP`,
-//! `WS_MAX_CONNECTIONS_PER_USER`, `WS_SEND_QUEUE`, `WS_PING_SECS`, `WS_IDLE_TIMEOUT_SECS`;
+//! `WS_MAX_CONNECTIONS_PER_USER`, `WS_SEND_QUEUE`, `WS_PING_SECS`, `WS_IDLE_TIMEOUT_SECS`,
+//! `WS_SESSION_RECHECK_SECS`;
 //! outbox relay ([`OutboxArgs`]): `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`,
 //! `OUTBOX_POLL_ONLY`, `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`,
 //! `WEBHOOK_TIMEOUT_MS`.
@@ -274,6 +275,11 @@ pub struct WsArgs {
     /// Seconds without any frame from the client (pongs count) before it is closed.
     #[arg(long, env = "WS_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=86_400))]
     pub ws_idle_timeout_secs: u64,
+
+    /// Seconds between checks that a socket's session is still live (closed with 4001 once
+    /// it is revoked or expired).
+    #[arg(long, env = "WS_SESSION_RECHECK_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ws_session_recheck_secs: u64,
 }
 
 impl WsArgs {
@@ -291,6 +297,7 @@ impl WsArgs {
             send_queue: usize_from(self.ws_send_queue),
             ping_interval: Duration::from_secs(self.ws_ping_secs),
             idle_timeout: Duration::from_secs(self.ws_idle_timeout_secs),
+            session_recheck: Duration::from_secs(self.ws_session_recheck_secs),
         })
     }
 }
@@ -312,6 +319,8 @@ pub struct WsSettings {
     pub ping_interval: Duration,
     /// Silence after which a client is closed.
     pub idle_timeout: Duration,
+    /// Period of the session-liveness check of each socket.
+    pub session_recheck: Duration,
 }
 
 impl Default for WsSettings {
@@ -322,6 +331,7 @@ impl Default for WsSettings {
             send_queue: 256,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            session_recheck: Duration::from_secs(60),
         }
     }
 }

@@ -1,20 +1,37 @@
 #!/usr/bin/env bash
-# Measures what NOTIFY costs an order-like transaction (see docs/ARCHITECTURE.md, "Waking the
-# relay"). Usage: bench/notify/run.sh [seconds per run] ; needs pgbench and a database set up
-# by setup.sql on top of `itsur migrate` (DB env var, default itsur_notify_bench).
+# What NOTIFY costs an order-like transaction under concurrency (docs/ARCHITECTURE.md,
+# "Waking the relay"). Three variants of the same transaction (lock a menu item, decrement
+# stock, insert order + line + outbox event + audit row):
+#   plain                no NOTIFY (the relay polls)
+#   notify_in_tx         pg_notify inside the transaction (what a trigger or insert_event
+#                        would do): takes the database-wide notify lock during COMMIT
+#   notify_after_commit  pg_notify as its own statement right after COMMIT (the shape of the
+#                        chosen design, without its per-process coalescing: an upper bound)
+# Each point is the median of REPS runs of SECS seconds; pgbench counts a whole script as
+# one transaction, so notify_after_commit's latency includes the extra round trip.
+#
+# Usage: DB=postgres://… bench/notify/run.sh [SECS] [REPS]
+# The database: `itsur migrate`, then `psql -f bench/notify/setup.sql`.
 set -euo pipefail
 cd "$(dirname "$0")"
 DB="${DB:-postgres://postgres@127.0.0.1:5432/itsur_notify_bench}"
-T="${1:-15}"
+SECS="${1:-10}"
+REPS="${2:-3}"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf '%-6s %-7s %-20s %10s %12s\n' items clients variant tps latency_ms
 for items in 1000 5; do
   for c in 1 8 32 64; do
     for v in plain notify_in_tx notify_after_commit; do
-      psql -qAt "$DB" -c "TRUNCATE orders, order_items, outbox_events, audit_log CASCADE" >/dev/null
-      psql -qAt "$DB" -c "CHECKPOINT" >/dev/null
-      out="$(pgbench -n -M prepared -c "$c" -j 2 -T "$T" -D items="$items" -f "$v.sql" "$DB" 2>&1)"
-      tps="$(grep -oP 'tps = \K[0-9.]+' <<<"$out" | head -1)"
-      lat="$(grep -oP 'latency average = \K[0-9.]+' <<<"$out")"
-      printf 'items=%-5s clients=%-3s %-20s tps=%-10s avg_latency_ms=%s\n' "$items" "$c" "$v" "$tps" "$lat"
+      tps=(); lat=()
+      for _ in $(seq "$REPS"); do
+        psql -qAt "$DB" -c "TRUNCATE orders, order_items, outbox_events, audit_log CASCADE" >/dev/null
+        psql -qAt "$DB" -c "CHECKPOINT" >/dev/null
+        out="$(pgbench -n -M prepared -c "$c" -j 2 -T "$SECS" -D items="$items" -f "$v.sql" "$DB" 2>&1)"
+        tps+=("$(grep -oP 'tps = \K[0-9.]+' <<<"$out" | head -1)")
+        lat+=("$(grep -oP 'latency average = \K[0-9.]+' <<<"$out")")
+      done
+      printf '%-6s %-7s %-20s %10.0f %12.2f\n' "$items" "$c" "$v" \
+        "$(printf '%s\n' "${tps[@]}" | median)" "$(printf '%s\n' "${lat[@]}" | median)"
     done
   done
 done

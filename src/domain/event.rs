@@ -39,41 +39,55 @@ pub struct EventRouting {
     pub user_id: Option<UserId>,
 }
 
-/// Which events an actor receives: the live-delivery form of `domain::access`. A student
-/// gets their own events, vendor staff their vendor's, a campus admin their campus's, a
-/// platform admin everything.
+/// The tenant part of a [`Subscription`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Subscription {
-    /// Events whose `user_id` is this user.
-    User(UserId),
-    /// Events whose `vendor_id` is this vendor.
+pub enum Tenant {
+    /// Nothing beyond the actor's own events (students).
+    Own,
+    /// Events whose `vendor_id` is this vendor (vendor staff).
     Vendor(VendorId),
-    /// Events whose `campus_id` is this campus.
+    /// Events whose `campus_id` is this campus (campus admins).
     Campus(CampusId),
-    /// Every event.
+    /// Every event (platform admins).
     All,
+}
+
+/// Which events an actor receives: the live form of `domain::access`. Everyone gets the
+/// events addressed to their own user (their orders, their jobs); vendor staff also get
+/// their vendor's, a campus admin their campus's, a platform admin everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Subscription {
+    /// The actor's own user.
+    pub user: UserId,
+    /// What the actor's role adds.
+    pub tenant: Tenant,
 }
 
 impl Subscription {
     /// The subscription of an actor; None when the actor's row lacks its tenant (a vendor
     /// staff member without a vendor), which then receives nothing.
     pub fn for_actor(actor: &Actor) -> Option<Self> {
-        match actor.role {
-            Role::Student => Some(Self::User(actor.user_id)),
-            Role::VendorStaff => actor.vendor_id.map(Self::Vendor),
-            Role::CampusAdmin => actor.campus_id.map(Self::Campus),
-            Role::PlatformAdmin => Some(Self::All),
-        }
+        let tenant = match actor.role {
+            Role::Student => Tenant::Own,
+            Role::VendorStaff => Tenant::Vendor(actor.vendor_id?),
+            Role::CampusAdmin => Tenant::Campus(actor.campus_id?),
+            Role::PlatformAdmin => Tenant::All,
+        };
+        Some(Self {
+            user: actor.user_id,
+            tenant,
+        })
     }
 
     /// True when an event with these routing keys reaches this subscription.
     pub fn matches(&self, routing: &EventRouting) -> bool {
-        match self {
-            Self::User(u) => routing.user_id == Some(*u),
-            Self::Vendor(v) => routing.vendor_id == Some(*v),
-            Self::Campus(c) => routing.campus_id == Some(*c),
-            Self::All => true,
-        }
+        routing.user_id == Some(self.user)
+            || match self.tenant {
+                Tenant::Own => false,
+                Tenant::Vendor(v) => routing.vendor_id == Some(v),
+                Tenant::Campus(c) => routing.campus_id == Some(c),
+                Tenant::All => true,
+            }
     }
 }
 
@@ -124,7 +138,18 @@ mod tests {
         );
         // An event without routing keys reaches only platform admins.
         let bare = EventRouting::default();
-        assert!(!Subscription::User(student.user_id).matches(&bare));
-        assert!(Subscription::All.matches(&bare));
+        assert!(!Subscription::for_actor(&student).unwrap().matches(&bare));
+        assert!(
+            Subscription::for_actor(&actor(Role::PlatformAdmin, None, None))
+                .unwrap()
+                .matches(&bare)
+        );
+        // Everyone receives what is addressed to them (a campus admin's own report job).
+        let admin = actor(Role::CampusAdmin, Some(campus), None);
+        let own = EventRouting {
+            user_id: Some(admin.user_id),
+            ..EventRouting::default()
+        };
+        assert!(Subscription::for_actor(&admin).unwrap().matches(&own));
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::event::{EventRouting, Subscription};
+use crate::domain::event::{EventRouting, Subscription, Tenant};
 use crate::domain::{CampusId, UserId, VendorId};
 
 /// Gauge: open realtime connections of this process.
@@ -66,10 +66,8 @@ pub struct HubLimits {
 /// Who wants to subscribe.
 #[derive(Debug, Clone, Copy)]
 pub struct Admission {
-    /// The events they receive.
+    /// The events they receive; its user also counts against the per-user cap.
     pub subscription: Subscription,
-    /// The user behind the connection (per-user cap).
-    pub user: UserId,
     /// The client address (per-IP cap).
     pub ip: IpAddr,
 }
@@ -90,7 +88,6 @@ pub enum Rejected {
 
 struct Entry {
     subscription: Subscription,
-    user: UserId,
     ip: IpAddr,
     tx: mpsc::Sender<Arc<EventEnvelope>>,
     overflowed: CancellationToken,
@@ -109,39 +106,47 @@ struct Registry {
 }
 
 impl Registry {
-    fn index(&mut self, subscription: Subscription) -> &mut Vec<u64> {
-        match subscription {
-            Subscription::User(u) => self.by_user.entry(u).or_default(),
-            Subscription::Vendor(v) => self.by_vendor.entry(v).or_default(),
-            Subscription::Campus(c) => self.by_campus.entry(c).or_default(),
-            Subscription::All => &mut self.everything,
+    /// The index of the tenant part of a subscription (None for `Own`: the user index
+    /// covers it).
+    fn tenant_index(&mut self, tenant: Tenant) -> Option<&mut Vec<u64>> {
+        match tenant {
+            Tenant::Own => None,
+            Tenant::Vendor(v) => Some(self.by_vendor.entry(v).or_default()),
+            Tenant::Campus(c) => Some(self.by_campus.entry(c).or_default()),
+            Tenant::All => Some(&mut self.everything),
         }
+    }
+
+    fn insert(&mut self, id: u64, entry: Entry) {
+        let Subscription { user, tenant } = entry.subscription;
+        self.by_user.entry(user).or_default().push(id);
+        if let Some(index) = self.tenant_index(tenant) {
+            index.push(id);
+        }
+        *self.per_ip.entry(entry.ip).or_default() += 1;
+        *self.per_user.entry(user).or_default() += 1;
+        self.entries.insert(id, entry);
     }
 
     fn remove(&mut self, id: u64) -> bool {
         let Some(entry) = self.entries.remove(&id) else {
             return false;
         };
-        self.index(entry.subscription).retain(|x| *x != id);
-        match entry.subscription {
-            Subscription::User(u) if self.by_user.get(&u).is_some_and(Vec::is_empty) => {
-                self.by_user.remove(&u);
-            }
-            Subscription::Vendor(v) if self.by_vendor.get(&v).is_some_and(Vec::is_empty) => {
-                self.by_vendor.remove(&v);
-            }
-            Subscription::Campus(c) if self.by_campus.get(&c).is_some_and(Vec::is_empty) => {
-                self.by_campus.remove(&c);
-            }
-            _ => {}
+        let Subscription { user, tenant } = entry.subscription;
+        unindex(&mut self.by_user, user, id);
+        match tenant {
+            Tenant::Own => {}
+            Tenant::Vendor(v) => unindex(&mut self.by_vendor, v, id),
+            Tenant::Campus(c) => unindex(&mut self.by_campus, c, id),
+            Tenant::All => self.everything.retain(|x| *x != id),
         }
         decrement(&mut self.per_ip, entry.ip);
-        decrement(&mut self.per_user, entry.user);
+        decrement(&mut self.per_user, user);
         true
     }
 
-    /// Subscribers an event with `routing` reaches (each at most once: a subscriber sits in
-    /// exactly one index).
+    /// Subscribers an event with `routing` reaches, each once (a subscriber can match both
+    /// through its user and through its tenant).
     fn audience(&self, routing: &EventRouting) -> Vec<u64> {
         let mut out = self.everything.clone();
         if let Some(ids) = routing.user_id.and_then(|u| self.by_user.get(&u)) {
@@ -153,7 +158,18 @@ impl Registry {
         if let Some(ids) = routing.campus_id.and_then(|c| self.by_campus.get(&c)) {
             out.extend_from_slice(ids);
         }
+        out.sort_unstable();
+        out.dedup();
         out
+    }
+}
+
+fn unindex<K: std::hash::Hash + Eq>(index: &mut HashMap<K, Vec<u64>>, key: K, id: u64) {
+    if let Some(ids) = index.get_mut(&key) {
+        ids.retain(|x| *x != id);
+        if ids.is_empty() {
+            index.remove(&key);
+        }
     }
 }
 
@@ -220,24 +236,26 @@ impl Hub {
             if reg.per_ip.get(&who.ip).copied().unwrap_or(0) >= limits.per_ip {
                 return Err(Rejected::TooManyForIp);
             }
-            if reg.per_user.get(&who.user).copied().unwrap_or(0) >= limits.per_user {
+            if reg
+                .per_user
+                .get(&who.subscription.user)
+                .copied()
+                .unwrap_or(0)
+                >= limits.per_user
+            {
                 return Err(Rejected::TooManyForUser);
             }
             reg.next_id = reg.next_id.wrapping_add(1);
             let id = reg.next_id;
-            reg.entries.insert(
+            reg.insert(
                 id,
                 Entry {
                     subscription: who.subscription,
-                    user: who.user,
                     ip: who.ip,
                     tx,
                     overflowed: overflowed.clone(),
                 },
             );
-            reg.index(who.subscription).push(id);
-            *reg.per_ip.entry(who.ip).or_default() += 1;
-            *reg.per_user.entry(who.user).or_default() += 1;
             gauge(reg.entries.len());
             id
         };
@@ -372,6 +390,10 @@ impl Drop for Subscriber {
 mod tests {
     use super::*;
 
+    fn sub(user: UserId, tenant: Tenant) -> Subscription {
+        Subscription { user, tenant }
+    }
+
     fn hub(queue: usize) -> Hub {
         Hub::new(HubLimits {
             per_ip: 2,
@@ -403,23 +425,20 @@ mod tests {
         let (student, vendor, campus) = (UserId::new(), VendorId::new(), CampusId::new());
         let mut s = hub
             .subscribe(Admission {
-                subscription: Subscription::User(student),
-                user: student,
+                subscription: sub(student, Tenant::Own),
                 ip: ip(1),
             })
             .unwrap();
         let staff = UserId::new();
         let mut v = hub
             .subscribe(Admission {
-                subscription: Subscription::Vendor(vendor),
-                user: staff,
+                subscription: sub(staff, Tenant::Vendor(vendor)),
                 ip: ip(1),
             })
             .unwrap();
         assert_eq!(
             hub.subscribe(Admission {
-                subscription: Subscription::All,
-                user: UserId::new(),
+                subscription: sub(UserId::new(), Tenant::All),
                 ip: ip(1),
             })
             .err(),
@@ -427,15 +446,13 @@ mod tests {
         );
         let _v2 = hub
             .subscribe(Admission {
-                subscription: Subscription::Vendor(vendor),
-                user: staff,
+                subscription: sub(staff, Tenant::Vendor(vendor)),
                 ip: ip(2),
             })
             .unwrap();
         assert_eq!(
             hub.subscribe(Admission {
-                subscription: Subscription::Vendor(vendor),
-                user: staff,
+                subscription: sub(staff, Tenant::Vendor(vendor)),
                 ip: ip(3),
             })
             .err(),
@@ -461,11 +478,40 @@ mod tests {
         // The freed slot of address 1 can be taken again.
         let _again = hub
             .subscribe(Admission {
-                subscription: Subscription::Campus(campus),
-                user: UserId::new(),
+                subscription: sub(UserId::new(), Tenant::Campus(campus)),
                 ip: ip(1),
             })
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_matching_twice_gets_the_event_once() {
+        let hub = hub(8);
+        let (admin, campus) = (UserId::new(), CampusId::new());
+        let mut s = hub
+            .subscribe(Admission {
+                subscription: sub(admin, Tenant::Campus(campus)),
+                ip: ip(1),
+            })
+            .unwrap();
+        // The admin's own report job on their own campus: matches by user and by campus.
+        let routing = EventRouting {
+            campus_id: Some(campus),
+            vendor_id: None,
+            user_id: Some(admin),
+        };
+        assert_eq!(hub.dispatch(event(1, routing)), 1);
+        assert_eq!(s.try_recv().map(|e| e.id), Some(1));
+        assert!(s.try_recv().is_none());
+        // Addressed to the admin alone (no campus): still theirs.
+        let own = EventRouting {
+            user_id: Some(admin),
+            ..EventRouting::default()
+        };
+        assert_eq!(hub.dispatch(event(2, own)), 1);
+        drop(s);
+        assert!(hub.is_empty());
+        assert_eq!(hub.dispatch(event(3, own)), 0);
     }
 
     #[tokio::test]
@@ -474,8 +520,7 @@ mod tests {
         let user = UserId::new();
         let sub = hub
             .subscribe(Admission {
-                subscription: Subscription::User(user),
-                user,
+                subscription: sub(user, Tenant::Own),
                 ip: ip(1),
             })
             .unwrap();

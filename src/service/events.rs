@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::{Page, PageRequest, Result};
 use crate::app::Ctx;
-use crate::domain::event::{EventRouting, Subscription};
+use crate::domain::event::{EventRouting, Subscription, Tenant};
 use crate::domain::{Actor, DomainError, Role};
 use crate::kv::hub::EventEnvelope;
 use crate::shutdown::Shutdown;
@@ -53,11 +53,14 @@ pub fn envelope(row: &OutboxEventRow) -> EventEnvelope {
 }
 
 fn scope_of(actor: &Actor) -> Option<outbox::Scope> {
-    Subscription::for_actor(actor).map(|s| match s {
-        Subscription::User(u) => outbox::Scope::User(u.into_inner()),
-        Subscription::Vendor(v) => outbox::Scope::Vendor(v.into_inner()),
-        Subscription::Campus(c) => outbox::Scope::Campus(c.into_inner()),
-        Subscription::All => outbox::Scope::All,
+    Subscription::for_actor(actor).map(|s| {
+        let user = s.user.into_inner();
+        match s.tenant {
+            Tenant::Own => outbox::Scope::User(user),
+            Tenant::Vendor(v) => outbox::Scope::UserOrVendor(user, v.into_inner()),
+            Tenant::Campus(c) => outbox::Scope::UserOrCampus(user, c.into_inner()),
+            Tenant::All => outbox::Scope::All,
+        }
     })
 }
 
@@ -147,7 +150,8 @@ pub async fn replay_after(ctx: &Ctx, actor: &Actor, req: ReplayRequest) -> Resul
 /// True while the actor's session is live (not revoked, not expired): a WebSocket outlives
 /// its access token, so the gateway re-checks periodically.
 pub async fn session_is_live(ctx: &Ctx, actor: &Actor) -> Result<bool> {
-    let mut conn = ctx.db.read_conn().await?;
+    // The primary: a replica lagging behind a fresh login must not end a live socket.
+    let mut conn = ctx.db.conn().await?;
     let live = sessions::find_live_with_user(&mut conn, actor.session_id.into_inner()).await?;
     Ok(live.is_some_and(|(_, user)| user.id == actor.user_id.into_inner()))
 }

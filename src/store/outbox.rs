@@ -80,15 +80,15 @@ pub struct NewOutboxEventRow {
 }
 
 /// Which events a reader may see, by routing key (`domain::event::Subscription` in store
-/// terms).
+/// terms): the reader's own user's events, plus a tenant's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// `user_id` = this user.
     User(Uuid),
-    /// `vendor_id` = this vendor.
-    Vendor(Uuid),
-    /// `campus_id` = this campus.
-    Campus(Uuid),
+    /// `user_id` = this user, or `vendor_id` = this vendor.
+    UserOrVendor(Uuid, Uuid),
+    /// `user_id` = this user, or `campus_id` = this campus.
+    UserOrCampus(Uuid, Uuid),
     /// Everything.
     All,
 }
@@ -99,8 +99,16 @@ fn scoped<'a>(scope: Scope) -> Boxed<'a> {
     let q = outbox_events::table.into_boxed();
     match scope {
         Scope::User(u) => q.filter(outbox_events::user_id.eq(u)),
-        Scope::Vendor(v) => q.filter(outbox_events::vendor_id.eq(v)),
-        Scope::Campus(c) => q.filter(outbox_events::campus_id.eq(c)),
+        Scope::UserOrVendor(u, v) => q.filter(
+            outbox_events::user_id
+                .eq(u)
+                .or(outbox_events::vendor_id.eq(v)),
+        ),
+        Scope::UserOrCampus(u, c) => q.filter(
+            outbox_events::user_id
+                .eq(u)
+                .or(outbox_events::campus_id.eq(c)),
+        ),
         Scope::All => q,
     }
 }
@@ -353,8 +361,10 @@ pub async fn list_by_state(
 ) -> QueryResult<(Vec<OutboxEventRow>, i64)> {
     let filtered = || {
         let q = match campus_id {
-            Some(c) => scoped(Scope::Campus(c)),
-            None => scoped(Scope::All),
+            Some(c) => outbox_events::table
+                .into_boxed()
+                .filter(outbox_events::campus_id.eq(c)),
+            None => outbox_events::table.into_boxed(),
         };
         match state {
             State::Dead => q.filter(outbox_events::dead_at.is_not_null()),

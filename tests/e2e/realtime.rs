@@ -31,6 +31,17 @@ struct Stack {
     logs: std::path::PathBuf,
 }
 
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // The processes' logs are kept only when the test failed.
+        if std::thread::panicking() {
+            eprintln!("process logs kept in {}", self.logs.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.logs);
+        }
+    }
+}
+
 /// A running `serve`.
 struct Serve {
     child: Child,

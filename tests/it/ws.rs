@@ -463,6 +463,29 @@ async fn a_silent_client_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_closes_once_its_session_is_revoked() {
+    let r = rig_with(|c| c.ws.session_recheck = Duration::from_millis(200)).await;
+    let student = r.http.login(&r.world.a.student.email).await;
+    let mut ws = r.connect(&student).await;
+    assert!(
+        ws.sync().await.is_empty(),
+        "still open while the session lives"
+    );
+    let res = r
+        .http
+        .send(
+            reqwest::Method::POST,
+            "/auth/logout",
+            student.token(),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 204, "{}", res.text());
+    assert_eq!(ws.close_code(WAIT).await, Some(4001));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_sockets_to_reconnect_elsewhere() {
     let r = rig().await;
     let student = r.http.login(&r.world.a.student.email).await;

@@ -24,7 +24,7 @@ use super::protocol::{
 };
 use crate::app::Ctx;
 use crate::domain::Actor;
-use crate::domain::event::Subscription;
+use crate::domain::event::{Subscription, Tenant};
 use crate::kv::hub::{EventEnvelope, Subscriber};
 use crate::service::events::{self, ReplayRequest};
 
@@ -37,8 +37,6 @@ pub const WS_EVENTS_SENT_TOTAL: &str = "ws_events_sent_total";
 const REPLAY_PAGE: i64 = 500;
 /// Events one resume replays at most; beyond it the client is told to reload.
 const REPLAY_MAX: usize = 10_000;
-/// How often a connection checks that its session is still live.
-const SESSION_RECHECK: Duration = Duration::from_secs(60);
 /// How long a close frame may wait behind a backed-up socket.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// Client frames are small JSON commands.
@@ -102,11 +100,11 @@ pub struct Conn {
 }
 
 fn subscription_name(s: Subscription) -> &'static str {
-    match s {
-        Subscription::User(_) => "user",
-        Subscription::Vendor(_) => "vendor",
-        Subscription::Campus(_) => "campus",
-        Subscription::All => "all",
+    match s.tenant {
+        Tenant::Own => "user",
+        Tenant::Vendor(_) => "vendor",
+        Tenant::Campus(_) => "campus",
+        Tenant::All => "all",
     }
 }
 
@@ -211,8 +209,8 @@ impl Conn {
             ws.ping_interval,
         );
         let mut recheck = tokio::time::interval_at(
-            tokio::time::Instant::now() + SESSION_RECHECK,
-            SESSION_RECHECK,
+            tokio::time::Instant::now() + ws.session_recheck,
+            ws.session_recheck,
         );
         loop {
             let step = tokio::select! {

@@ -78,7 +78,6 @@ pub async fn connect(
         .hub
         .subscribe(Admission {
             subscription,
-            user: actor.user_id,
             ip: client_ip(&req),
         })
         .map_err(|r| match r {
