@@ -41,8 +41,10 @@ const REPLAY_MAX: usize = 10_000;
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// Client frames are small JSON commands.
 const MAX_CLIENT_FRAME: usize = 4096;
-/// Ids remembered for de-duplication (duplicates arrive within about one relay batch).
-const SENT_WINDOW: usize = 1024;
+/// Ids remembered for de-duplication: duplicates arrive within about one relay batch (a
+/// relay that died re-publishes at most `OUTBOX_BATCH_SIZE`) or one send queue (the resume
+/// seam); at most 4 KiB per connection.
+const SENT_WINDOW: usize = 512;
 
 /// The ids a connection has sent: the highest, and a window of recent ones.
 #[derive(Debug)]
