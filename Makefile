@@ -21,7 +21,7 @@ STATIC_BIN := target/$(STATIC_TARGET)/release/itsur
 DEV_BIN := ./target/debug/itsur
 RUN_BIND_ADDR ?= 127.0.0.1:8080
 
-.PHONY: help build run test lint check-layers check-no-pq-sys fmt static \
+.PHONY: help build run test test-packaging bench lint check-layers check-no-pq-sys fmt static \
         services services-stop clean-local
 
 help: ## list the targets
@@ -57,6 +57,16 @@ test: ## cargo test --all-targets against the dev services; extra args in TEST_A
 	export TEST_DATABASE_URL TEST_REDIS_URL
 	set -x
 	$(CARGO) test --locked --all-targets $(TEST_ARGS)
+
+test-packaging: build ## systemd/nginx/compose/prometheus/debian checks and the rolling restart
+	ITSUR_BIN=$(DEV_BIN) packaging/tests/run-all.sh
+
+bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=orders|menu|jobs|report-isolation); figures in bench/results/
+	@env_lines="$$(scripts/services.sh env)"
+	eval "$$env_lines"
+	export BENCH_DATABASE_URL="$$TEST_DATABASE_URL" BENCH_REDIS_URL="$$TEST_REDIS_URL"
+	$(CARGO) build --locked --release
+	$(CARGO) bench --locked --bench load -- $(SCENARIO)
 
 lint: ## fmt --check, clippy -D warnings, layer rules, no pq-sys
 	@set -x

@@ -8,13 +8,12 @@
 //! Env vars: `DATABASE_URL`, `DATABASE_READ_URL`, `DB_POOL_SIZE`, `DB_READ_POOL_SIZE`,
 //! `DB_CONNECT_TIMEOUT_MS`, `DB_STATEMENT_TIMEOUT_MS`, `REDIS_URL`, `REDIS_PREFIX`,
 //! `REDIS_POOL_SIZE`, `ITSUR_ENV`, `LOG_FORMAT`, `RUST_LOG`, `SHUTDOWN_TIMEOUT_SECS`,
-//! `BIND_ADDR`, `HTTP_WORKERS`, `JWT_SECRET`, `METRICS_BIND`, `HEALTHCHECK_URL`,
-//! `RESUME_WINDOW_HOURS`; WebSocket gateway ([`WsArgs`]): `WS_MAX_CONNECTIONS_PER_IP`,
-//! `WS_MAX_CONNECTIONS_PER_USER`, `WS_SEND_QUEUE`, `WS_PING_SECS`, `WS_IDLE_TIMEOUT_SECS`,
-//! `WS_SESSION_RECHECK_SECS`;
-//! outbox relay ([`OutboxArgs`]): `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`,
-//! `OUTBOX_POLL_ONLY`, `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`,
-//! `WEBHOOK_TIMEOUT_MS`.
+//! `BIND_ADDR`, `HTTP_WORKERS`, `JWT_SECRET`, `METRICS_BIND`, `HEALTHCHECK_URL`, `JOB_*`,
+//! `OUTBOX_RETENTION_HOURS` (also the WebSocket resume window); WebSocket gateway
+//! ([`WsArgs`]): `WS_MAX_CONNECTIONS_PER_IP`, `WS_MAX_CONNECTIONS_PER_USER`, `WS_SEND_QUEUE`,
+//! `WS_PING_SECS`, `WS_IDLE_TIMEOUT_SECS`, `WS_SESSION_RECHECK_SECS`; outbox relay
+//! ([`OutboxArgs`]): `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`,
+//! `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_TIMEOUT_MS`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -158,13 +157,17 @@ pub struct CommonArgs {
     #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_sessions_per_user: u32,
 
+    /// Hours finished (completed or cancelled) jobs are kept before maintenance prunes them.
+    #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 168)]
+    pub job_retention_hours: u32,
+
+    /// Hours published outbox events are kept (the WebSocket resume window).
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 24)]
+    pub outbox_retention_hours: u32,
+
     /// Seconds a stopping role waits for in-flight requests and jobs before it gives up.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout_secs: u64,
-
-    /// Hours published outbox events are kept for WebSocket resume before the relay prunes them.
-    #[arg(long, env = "RESUME_WINDOW_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=24 * 90))]
-    pub resume_window_hours: u64,
 }
 
 impl CommonArgs {
@@ -451,6 +454,40 @@ impl Default for OutboxSettings {
     }
 }
 
+/// Settings of the job worker (`worker` and `all`).
+#[derive(Args, Clone, Debug)]
+pub struct JobArgs {
+    /// Queues to claim jobs from, comma-separated.
+    #[arg(
+        long,
+        env = "JOB_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+
+    /// Jobs run at once by this worker.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+
+    /// Seconds a claimed job stays leased without a heartbeat; a dead worker's jobs return
+    /// to the queue within it.
+    #[arg(long, env = "JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease_secs: u64,
+
+    /// Polling interval in ms (the fallback when no NOTIFY arrives).
+    #[arg(long, env = "JOB_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_interval_ms: u64,
+
+    /// Never LISTEN, only poll (for connection poolers in transaction mode).
+    #[arg(long, env = "JOB_POLL_ONLY", default_value_t = false)]
+    pub poll_only: bool,
+
+    /// Do not run the cron schedules in this worker.
+    #[arg(long, env = "JOB_NO_CRON", default_value_t = false)]
+    pub no_cron: bool,
+}
+
 /// The validated, immutable settings a process runs with; shared through `app::Ctx`.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -478,10 +515,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Live sessions per user before the oldest is revoked.
     pub max_sessions_per_user: u32,
+    /// How long finished jobs are kept.
+    pub job_retention: chrono::Duration,
+    /// How long published outbox events are kept.
+    pub outbox_retention: chrono::Duration,
     /// JWT signing key; present only for roles that serve HTTP.
     pub jwt_secret: Option<Secret<String>>,
-    /// How long published outbox events stay available for WebSocket resume.
-    pub resume_window: Duration,
     /// WebSocket gateway (defaults unless the role takes [`WsArgs`]).
     pub ws: WsSettings,
     /// Outbox relay (defaults unless the role takes [`OutboxArgs`]).
@@ -510,8 +549,9 @@ impl Config {
             redis_pool_size: common.redis_pool_size,
             shutdown_timeout: common.shutdown_timeout(),
             max_sessions_per_user: common.max_sessions_per_user,
+            job_retention: chrono::Duration::hours(i64::from(common.job_retention_hours)),
+            outbox_retention: chrono::Duration::hours(i64::from(common.outbox_retention_hours)),
             jwt_secret,
-            resume_window: Duration::from_secs(common.resume_window_hours.saturating_mul(3600)),
             ws: WsSettings::default(),
             outbox: OutboxSettings::default(),
         })
@@ -532,10 +572,11 @@ impl Config {
             redis_pool_size: 4,
             shutdown_timeout: Duration::from_secs(10),
             max_sessions_per_user: 10,
+            job_retention: chrono::Duration::hours(168),
+            outbox_retention: chrono::Duration::hours(24),
             jwt_secret: Some(Secret::new(
                 "test-secret-that-is-long-enough-0123456789".to_owned(),
             )),
-            resume_window: Duration::from_secs(24 * 3600),
             ws: WsSettings::default(),
             // Tests drive the relay explicitly or wake it; a short poll keeps e2e-style tests
             // that rely on the fallback quick.

@@ -1,4 +1,3 @@
-DROP INDEX outbox_events_created_brin;
 DROP INDEX outbox_events_dead_idx;
 DROP INDEX outbox_events_campus_idx;
 DROP INDEX outbox_events_vendor_idx;

@@ -11,7 +11,3 @@ CREATE INDEX outbox_events_campus_idx ON outbox_events (campus_id, id);
 
 -- `GET /admin/outbox?state=dead`: dead events are few and kept until retried.
 CREATE INDEX outbox_events_dead_idx ON outbox_events (id) WHERE dead_at IS NOT NULL;
-
--- Pruning published events past the retention window. Rows are appended in time order, so
--- a BRIN index answers `created_at < cutoff` for almost nothing on the insert path.
-CREATE INDEX outbox_events_created_brin ON outbox_events USING brin (created_at);

@@ -21,6 +21,8 @@ pub struct AllArgs {
     ws: WsArgs,
     #[command(flatten)]
     outbox: OutboxArgs,
+    #[command(flatten)]
+    jobs: crate::config::JobArgs,
 }
 
 pub fn main(args: AllArgs) -> ExitCode {
@@ -59,7 +61,14 @@ pub fn main(args: AllArgs) -> ExitCode {
             return Ok(());
         };
         tracing::info!(addr = %args.http.bind, "all: serving, working and relaying");
-        let worker = shutdown.spawn(crate::jobs::runner::run(ctx.clone(), shutdown.clone()));
+        let options =
+            crate::jobs::runner::WorkerOptions::from_args(&args.jobs, ctx.config.shutdown_timeout);
+        let worker = shutdown.spawn(crate::jobs::runner::run(
+            ctx.clone(),
+            shutdown.clone(),
+            options,
+            crate::jobs::registry::Registry::standard(),
+        ));
         let relay = shutdown.spawn(crate::outbox::relay::run(ctx.clone(), shutdown.clone()));
         shutdown.notify_ready();
         let served = crate::http::server::run(

@@ -14,6 +14,8 @@ use crate::shutdown::Shutdown;
 pub struct WorkerArgs {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    jobs: crate::config::JobArgs,
     /// Ops listener for /metrics and /health*.
     #[arg(long, env = "METRICS_BIND", default_value = DEFAULT_WORKER_METRICS_BIND)]
     metrics_bind: SocketAddr,
@@ -38,7 +40,15 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             ctx.clone(),
             shutdown.clone(),
         ));
-        crate::jobs::runner::run(ctx.clone(), shutdown.clone()).await;
+        let options =
+            crate::jobs::runner::WorkerOptions::from_args(&args.jobs, ctx.config.shutdown_timeout);
+        crate::jobs::runner::run(
+            ctx.clone(),
+            shutdown.clone(),
+            options,
+            crate::jobs::registry::Registry::standard(),
+        )
+        .await;
         ctx.readiness.set_draining();
         shutdown.trigger();
         ops.await??;

@@ -7,6 +7,7 @@ pub mod access;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod job;
 pub mod money;
 pub mod order;
 pub mod user;

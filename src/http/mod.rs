@@ -44,6 +44,7 @@ pub fn app(
         .configure(routes::catalog::routes)
         .configure(routes::orders::routes)
         .configure(routes::admin::routes)
+        .configure(routes::jobs::routes)
         .configure(ws::routes)
         .default_service(web::to(error::not_found))
         .wrap(actix_web::middleware::from_fn(middleware::request_context))

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{admin, auth, catalog, orders};
+use super::routes::{admin, auth, catalog, jobs, orders};
 
 struct BearerAuth;
 
@@ -35,6 +35,8 @@ impl Modify for BearerAuth {
         catalog::create_menu_item, catalog::update_menu_item,
         orders::place_order, orders::list_orders, orders::get_order, orders::transition_order,
         admin::list_audit, admin::list_outbox, admin::retry_dead_event,
+        jobs::request_sales_report, jobs::import_users, jobs::list_jobs, jobs::get_job,
+        jobs::cancel_job, jobs::job_result, jobs::list_workers, jobs::retry_job,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -42,6 +44,7 @@ impl Modify for BearerAuth {
         (name = "catalog", description = "Campuses, vendors and menus"),
         (name = "orders", description = "Placing and following orders"),
         (name = "admin", description = "Campus administration: audit trail, outbox dead letters"),
+        (name = "jobs", description = "Long-running work: reports, imports, their progress and results"),
     )
 )]
 pub struct ApiDoc;

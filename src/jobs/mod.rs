@@ -1,5 +1,180 @@
 //! Role `worker`: runs background jobs claimed from Postgres.
 //!
+//! A handler implements [`Handler`]: it gets a [`JobCx`] (payload, progress, cancellation)
+//! and returns an [`Output`] or a [`JobError`] — `Retryable` (backs off 5 s, 25 s, 125 s, …
+//! until the attempts run out, then dead) or `Permanent` (dead at once). Handlers must be
+//! idempotent: a job can run twice when a worker dies after finishing the work but before
+//! recording it.
+//!
 //! L3: depends on `service`, `store`, `domain`, `app`; never on `http` or `outbox`.
 
+pub mod cron;
+pub mod handlers;
+pub mod registry;
 pub mod runner;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::app::Ctx;
+use crate::store::jobs::JobRow;
+
+/// How a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Transient: try again after the backoff (network, lock timeout, provider 5xx/429,
+    /// open circuit breaker).
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// Will never succeed (bad payload, missing data): the job is dead at once.
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The handler stopped because it was asked to.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<crate::service::Error> for JobError {
+    fn from(e: crate::service::Error) -> Self {
+        use crate::service::Error as S;
+        match e {
+            S::Unavailable { reason, .. } => Self::Retryable(reason.to_owned()),
+            S::Internal(e) => Self::Retryable(format!("{e:#}")),
+            other => Self::Permanent(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for JobError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Retryable(e.to_string())
+    }
+}
+
+impl From<diesel::result::Error> for JobError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Retryable(e.to_string())
+    }
+}
+
+/// What a job produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// JSON summary shown in `GET /jobs/{id}` (`result`).
+    pub summary: serde_json::Value,
+    /// Downloadable body for `GET /jobs/{id}/result`: (media type, bytes).
+    pub body: Option<(String, Vec<u8>)>,
+}
+
+/// A job handler.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one attempt.
+    fn run<'a>(&'a self, cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>>;
+}
+
+/// Why a running job is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `DELETE /jobs/{id}`: end it as cancelled.
+    CancelRequested,
+    /// The worker is shutting down: hand it back.
+    Shutdown,
+    /// The lease was lost (rescued elsewhere): abandon it.
+    LeaseLost,
+}
+
+/// The context of one running attempt.
+pub struct JobCx {
+    /// Shared handles (pools, config).
+    pub ctx: Ctx,
+    /// The claimed job.
+    pub job: JobRow,
+    /// This worker.
+    pub worker_id: Uuid,
+    pub(crate) stop: CancellationToken,
+    pub(crate) stop_reason: Arc<std::sync::Mutex<Option<StopReason>>>,
+    last_progress: Mutex<Option<Instant>>,
+}
+
+/// Progress is persisted at most this often (the last update of a job always is).
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+impl JobCx {
+    pub(crate) fn new(ctx: Ctx, job: JobRow, worker_id: Uuid) -> Self {
+        Self {
+            ctx,
+            job,
+            worker_id,
+            stop: CancellationToken::new(),
+            stop_reason: Arc::new(std::sync::Mutex::new(None)),
+            last_progress: Mutex::new(None),
+        }
+    }
+
+    /// The payload as `T`; a payload that does not parse is a permanent failure.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_value(self.job.payload.clone())
+            .map_err(|e| JobError::Permanent(format!("bad payload: {e}")))
+    }
+
+    /// True once the job should stop (cancel requested, shutdown, lease lost).
+    pub fn is_cancelled(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// `Err(Cancelled)` once the job should stop: `cx.check()?` between units of work.
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.is_cancelled() {
+            Err(JobError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A token for blocking code (`spawn_blocking`) to poll.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Records progress (0..=100) and a message; throttled to one write per 500 ms.
+    pub async fn progress(&self, pct: u8, message: &str) {
+        let mut last = self.last_progress.lock().await;
+        let due = pct >= 100 || last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+        if !due {
+            return;
+        }
+        *last = Some(Instant::now());
+        let Ok(mut conn) = self.ctx.db.conn().await else {
+            return; // progress is advisory; the job goes on
+        };
+        let written = crate::store::jobs::set_progress(
+            &mut conn,
+            self.job.id,
+            self.worker_id,
+            self.job.attempt,
+            i16::from(pct.min(100)),
+            Some(message),
+        )
+        .await;
+        if let Err(e) = written {
+            tracing::debug!(job.id = %self.job.id, error = %e, "progress not recorded");
+        }
+    }
+
+    pub(crate) fn request_stop(&self, reason: StopReason) {
+        if let Ok(mut r) = self.stop_reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.stop.cancel();
+    }
+
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
+        self.stop_reason.lock().ok().and_then(|r| *r)
+    }
+}

@@ -3,8 +3,7 @@
 //!
 //! L3: depends on `store`, `kv`, `service`, `domain`, `app`; never on `http` or `jobs`.
 //! Env vars (through `config::OutboxSettings`): `OUTBOX_BATCH_SIZE`,
-//! `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`, `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_*`,
-//! `RESUME_WINDOW_HOURS`.
+//! `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`, `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_*`.
 
 pub mod relay;
 pub mod sinks;

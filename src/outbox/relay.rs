@@ -11,9 +11,9 @@
 //! - a *failed* delivery spends an attempt and backs off 5 s·5ⁿ (±20 % jitter, capped at
 //!   6 h); after `OUTBOX_MAX_ATTEMPTS` the event is dead (kept; listed and retried by admins).
 //!
-//! Shutdown finishes the batch in hand, then stops. Housekeeping runs beside the loop: the
-//! `outbox_pending` / `outbox_lag_seconds` / `outbox_dead` gauges every 5 s, and pruning of
-//! published events older than `RESUME_WINDOW_HOURS`.
+//! Shutdown finishes the batch in hand, then stops. Beside the loop, the `outbox_pending` /
+//! `outbox_lag_seconds` / `outbox_dead` gauges are refreshed every 5 s. Published events are
+//! pruned after `OUTBOX_RETENTION_HOURS` by the worker's `maintenance` cron job (issue #4).
 //!
 //! L3: depends on `store`, `kv`, `service::events`, `app`; never on `http` or `jobs`.
 
@@ -49,10 +49,6 @@ pub const OUTBOX_DEAD: &str = "outbox_dead";
 const CLAIM_IDLE_LIMIT: Duration = Duration::from_secs(30);
 /// Gauges refresh period.
 const STATS_EVERY: Duration = Duration::from_secs(5);
-/// Pruning period (the first run is at start-up).
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// Rows deleted per pruning transaction.
-const PRUNE_CHUNK: i64 = 5000;
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -305,20 +301,11 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown) {
     tracing::info!("outbox relay stopped");
 }
 
-/// Gauges every few seconds, pruning every ten minutes.
+/// Refreshes the gauges every few seconds until shutdown.
 async fn housekeeping(ctx: Ctx, shutdown: Shutdown) {
-    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         if let Err(e) = record_stats(&ctx).await {
             tracing::debug!(error = %e, "outbox stats not refreshed");
-        }
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-            last_prune = Some(tokio::time::Instant::now());
-            match prune(&ctx).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "pruned published outbox events"),
-                Err(e) => tracing::warn!(error = %e, "outbox pruning failed"),
-            }
         }
         if !shutdown.sleep(STATS_EVERY).await {
             return;
@@ -342,36 +329,6 @@ pub async fn record_stats(ctx: &Ctx) -> Result<(), StoreError> {
     }
     metrics::gauge!(OUTBOX_LAG_SECONDS).set(events::lag_seconds(stats.oldest, Utc::now()));
     Ok(())
-}
-
-/// Deletes published events older than the resume window, a chunk per transaction; only
-/// one relay prunes at a time. Returns how many were deleted.
-pub async fn prune(ctx: &Ctx) -> Result<usize, StoreError> {
-    let cutoff = Utc::now()
-        - chrono::Duration::from_std(ctx.config.resume_window).unwrap_or(chrono::Duration::MAX);
-    let mut total = 0;
-    loop {
-        let mut conn = ctx.db.conn().await?;
-        let deleted = conn
-            .transaction(async |tx| -> Result<Option<usize>, StoreError> {
-                if !outbox::try_lock_prune(tx).await? {
-                    return Ok(None);
-                }
-                Ok(Some(
-                    outbox::delete_published_before(tx, cutoff, PRUNE_CHUNK).await?,
-                ))
-            })
-            .await?;
-        match deleted {
-            Some(n) => {
-                total += n;
-                if i64::try_from(n).unwrap_or(i64::MAX) < PRUNE_CHUNK {
-                    return Ok(total);
-                }
-            }
-            None => return Ok(total),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,10 @@ pub mod credentials;
 pub mod devices;
 pub mod events;
 pub mod health;
+pub mod imports;
+pub mod jobs;
 pub mod orders;
+pub mod reports;
 pub mod seed;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};

@@ -99,3 +99,14 @@ pub async fn complete(
     .await
     .map(drop)
 }
+
+/// Deletes up to `batch` expired keys.
+pub async fn delete_expired(conn: &mut AsyncPgConnection, batch: i64) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM idempotency_keys WHERE (user_id, key) IN (SELECT user_id, key \
+         FROM idempotency_keys WHERE expires_at <= now() LIMIT $1)",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .execute(conn)
+    .await
+}

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod campuses;
 pub mod devices;
 pub mod idempotency;
+pub mod jobs;
 pub mod listen;
 pub mod menu_items;
 pub mod migrations;

@@ -234,3 +234,51 @@ pub async fn list(
     let total = scoped(*scope, status).count().get_result(conn).await?;
     Ok((rows, total))
 }
+
+/// One (day, item) cell of a sales report.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct SalesRow {
+    /// UTC day.
+    #[diesel(sql_type = diesel::sql_types::Date)]
+    pub day: chrono::NaiveDate,
+    /// Menu item.
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub menu_item_id: Uuid,
+    /// Item name as ordered.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub name: String,
+    /// Units sold.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub quantity: i64,
+    /// Revenue in cents.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub revenue_cents: i64,
+    /// Orders containing the item.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub orders: i64,
+}
+
+/// Sales of a vendor in `[from, to)` (cancelled orders excluded), by UTC day and item.
+pub async fn sales_by_day_item(
+    conn: &mut AsyncPgConnection,
+    vendor_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> QueryResult<Vec<SalesRow>> {
+    use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
+    diesel::sql_query(
+        "SELECT (o.created_at AT TIME ZONE 'UTC')::date AS day, oi.menu_item_id, \
+                min(oi.name) AS name, sum(oi.quantity)::bigint AS quantity, \
+                sum(oi.quantity::bigint * oi.unit_price_cents)::bigint AS revenue_cents, \
+                count(DISTINCT o.id)::bigint AS orders \
+         FROM orders o JOIN order_items oi ON oi.order_id = o.id \
+         WHERE o.vendor_id = $1 AND o.created_at >= $2 AND o.created_at < $3 \
+           AND o.status <> 'cancelled' \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind::<SqlUuid, _>(vendor_id)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await
+}

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -411,37 +411,18 @@ pub async fn pending_stats(conn: &mut AsyncPgConnection) -> QueryResult<PendingS
     .await
 }
 
-/// Takes the prune lock for the caller's transaction; false when another relay holds it.
-pub async fn try_lock_prune(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
-    // An arbitrary constant key ("outbxprn") shared by every relay.
-    diesel::select(
-        sql::<Bool>("pg_try_advisory_xact_lock(")
-            .bind::<BigInt, _>(0x6f75_7462_7870_726e_i64)
-            .sql(")"),
-    )
-    .get_result(conn)
-    .await
-}
-
-/// Deletes up to `limit` published events written before `cutoff`; returns how many.
-/// Dead and unpublished events are never pruned.
+/// Deletes up to `batch` events published before `before` (the resume window has passed).
 pub async fn delete_published_before(
     conn: &mut AsyncPgConnection,
-    cutoff: DateTime<Utc>,
-    limit: i64,
+    before: DateTime<Utc>,
+    batch: i64,
 ) -> QueryResult<usize> {
-    let ids: Vec<i64> = outbox_events::table
-        .filter(outbox_events::created_at.lt(cutoff))
-        .filter(outbox_events::published_at.is_not_null())
-        .order(outbox_events::id.asc())
-        .limit(limit)
-        .select(outbox_events::id)
-        .load(conn)
-        .await?;
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    diesel::delete(outbox_events::table.filter(outbox_events::id.eq_any(&ids)))
-        .execute(conn)
-        .await
+    diesel::sql_query(
+        "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
+         WHERE published_at < $1 LIMIT $2)",
+    )
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(batch)
+    .execute(conn)
+    .await
 }

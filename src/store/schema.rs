@@ -53,6 +53,37 @@ diesel::table! {
 }
 
 diesel::table! {
+    jobs (id) {
+        id -> Uuid,
+        kind -> Text,
+        queue -> Text,
+        priority -> Int2,
+        state -> Text,
+        payload -> Jsonb,
+        unique_key -> Nullable<Text>,
+        run_at -> Timestamptz,
+        attempt -> Int4,
+        max_attempts -> Int4,
+        timeout_secs -> Int4,
+        worker_id -> Nullable<Uuid>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        progress -> Int2,
+        progress_message -> Nullable<Text>,
+        cancel_requested -> Bool,
+        last_error -> Nullable<Text>,
+        result -> Nullable<Jsonb>,
+        result_content_type -> Nullable<Text>,
+        result_body -> Nullable<Bytea>,
+        owner_id -> Nullable<Uuid>,
+        campus_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     menu_items (id) {
         id -> Uuid,
         vendor_id -> Uuid,
@@ -153,6 +184,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    workers (id) {
+        id -> Uuid,
+        host -> Text,
+        pid -> Int4,
+        queues -> Array<Text>,
+        concurrency -> Int4,
+        running -> Int4,
+        started_at -> Timestamptz,
+        heartbeat_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(devices -> users (user_id));
 diesel::joinable!(menu_items -> vendors (vendor_id));
 diesel::joinable!(order_items -> menu_items (menu_item_id));
@@ -168,6 +212,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     campuses,
     devices,
     idempotency_keys,
+    jobs,
     menu_items,
     order_items,
     orders,
@@ -175,4 +220,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     sessions,
     users,
     vendors,
+    workers,
 );

@@ -203,3 +203,19 @@ pub async fn revoke_oldest_beyond(
     .get_results(conn)
     .await
 }
+
+/// Deletes up to `batch` sessions that expired or were revoked before `before`.
+pub async fn delete_ended_before(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
+         WHERE expires_at < $1 OR revoked_at < $1 LIMIT $2)",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(before)
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .execute(conn)
+    .await
+}

@@ -81,3 +81,32 @@ pub async fn find_by_email(
         .await
         .optional()
 }
+
+/// Inserts users whose e-mail is not taken; returns the e-mails actually inserted.
+pub async fn insert_many_new(
+    conn: &mut AsyncPgConnection,
+    rows: &[NewUserRow],
+) -> QueryResult<Vec<String>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::insert_into(users::table)
+        .values(rows)
+        .on_conflict(users::email)
+        .do_nothing()
+        .returning(users::email)
+        .get_results(conn)
+        .await
+}
+
+/// Which of `emails` already have an account.
+pub async fn existing_emails(
+    conn: &mut AsyncPgConnection,
+    emails: &[String],
+) -> QueryResult<Vec<String>> {
+    users::table
+        .filter(users::email.eq_any(emails))
+        .select(users::email)
+        .load(conn)
+        .await
+}

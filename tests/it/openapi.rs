@@ -14,8 +14,13 @@ use crate::support::fixtures::Api;
 fn registered_routes(source: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = source;
-    while let Some(at) = rest.find(".route(\"") {
-        rest = &rest[at + ".route(\"".len()..];
+    while let Some(at) = rest.find(".route(") {
+        // rustfmt may break the line after `.route(`.
+        rest = rest[at + ".route(".len()..].trim_start();
+        let Some(quoted) = rest.strip_prefix('"') else {
+            continue;
+        };
+        rest = quoted;
         let end = rest.find('"').expect("closing quote of the route path");
         let pattern = &rest[..end];
         rest = &rest[end..];

@@ -1,0 +1,785 @@
+//! `make bench`: how fast itsur is, and how close to the ceiling its database sets.
+//!
+//! Each scenario provisions a fresh database with a fixed seed, starts the real release
+//! binary as a process, drives it with an in-repo load generator (tokio + reqwest, one
+//! keep-alive connection per virtual client) and writes `bench/results/<scenario>.json`;
+//! the run ends with one Markdown table. See `bench/README.md` for what each scenario does.
+//!
+//! Usage: `cargo bench --bench load -- [orders|menu|jobs|report-isolation|all]`
+//! (settings: BENCH_DATABASE_URL admin URL, BENCH_REDIS_URL, BENCH_SECS).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::as_conversions,
+    reason = "a benchmark driver: failures abort the run, figures are printed"
+)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use itsur::service::credentials;
+use itsur::store::{self, campuses, menu_items, sessions, users, vendors};
+use rand::Rng;
+use rand::SeedableRng;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const SECRET: &str = "bench-secret-that-is-long-enough-0123456789";
+const SEED: u64 = 20_261_123;
+const VENDORS: usize = 10;
+const ITEMS: usize = 20;
+const STUDENTS: usize = 1000;
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the bench reads its own settings"
+)]
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn admin_url() -> String {
+    env(
+        "BENCH_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+fn db_url(name: &str) -> String {
+    let admin = admin_url();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+fn secs() -> u64 {
+    env("BENCH_SECS", "20").parse().unwrap_or(20)
+}
+
+fn bin() -> String {
+    format!("{}/target/release/itsur", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Seed data shared by the HTTP scenarios.
+struct World {
+    db: String,
+    vendors: Vec<Uuid>,
+    items: Vec<Vec<Uuid>>,
+    tokens: Vec<String>,
+}
+
+async fn fresh_db(name: &str) -> String {
+    let mut admin = AsyncPgConnection::establish(&admin_url()).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = db_url(name);
+    store::migrations::run(url.clone()).await.unwrap();
+    url
+}
+
+async fn seed(name: &str) -> World {
+    let url = fresh_db(name).await;
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    let campus = campuses::insert(
+        &mut conn,
+        &campuses::NewCampusRow {
+            id: Uuid::now_v7(),
+            name: "Bench".to_owned(),
+            slug: "bench".to_owned(),
+            email_domains: vec!["bench.edu".to_owned()],
+            time_zone: "UTC".to_owned(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut vendor_ids = Vec::new();
+    let mut items = Vec::new();
+    for v in 0..VENDORS {
+        let vendor = vendors::insert(
+            &mut conn,
+            &vendors::NewVendorRow {
+                id: Uuid::now_v7(),
+                campus_id: campus.id,
+                name: format!("Vendor {v}"),
+                description: None,
+                is_open: true,
+            },
+        )
+        .await
+        .unwrap();
+        let mut ids = Vec::new();
+        for i in 0..ITEMS {
+            let item = menu_items::insert(
+                &mut conn,
+                &menu_items::NewMenuItemRow {
+                    id: Uuid::now_v7(),
+                    vendor_id: vendor.id,
+                    name: format!("Item {v}-{i}"),
+                    description: None,
+                    price_cents: rng.random_range(500..5000),
+                    stock: 1_000_000,
+                    available: true,
+                },
+            )
+            .await
+            .unwrap();
+            ids.push(item.id);
+        }
+        vendor_ids.push(vendor.id);
+        items.push(ids);
+    }
+    let hash = credentials::hash_password("bench-password".to_owned())
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for s in 0..STUDENTS {
+        let user = users::insert(
+            &mut conn,
+            &users::NewUserRow {
+                id: Uuid::now_v7(),
+                campus_id: Some(campus.id),
+                vendor_id: None,
+                email: format!("s{s}@bench.edu"),
+                display_name: format!("Student {s}"),
+                password_hash: hash.clone(),
+                role: "student".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+        tokens.push(session_token(&mut conn, user.id).await);
+    }
+    World {
+        db: url,
+        vendors: vendor_ids,
+        items,
+        tokens,
+    }
+}
+
+/// Opens a live session for `user_id` and signs its access token (no login traffic).
+async fn session_token(conn: &mut AsyncPgConnection, user_id: Uuid) -> String {
+    let now = Utc::now();
+    let session = sessions::insert(
+        conn,
+        &sessions::NewSessionRow {
+            id: Uuid::now_v7(),
+            user_id,
+            refresh_token_hash: credentials::hash_refresh_secret("unused"),
+            refresh_generation: 0,
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + chrono::Duration::days(1),
+            user_agent: None,
+        },
+    )
+    .await
+    .unwrap();
+    let secret = itsur::config::Secret::new(SECRET.to_owned());
+    credentials::issue_access_token(&secret, user_id, session.id)
+        .unwrap()
+        .0
+}
+
+/// A running itsur process.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(role: &str, db: &str, extra: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(bin());
+        cmd.arg(role)
+            .env("DATABASE_URL", db)
+            .env("JWT_SECRET", SECRET)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_BIND", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .env("LOG_FORMAT", "json")
+            .env("DB_POOL_SIZE", "32")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let redis = env("BENCH_REDIS_URL", "redis://127.0.0.1:6379");
+        if !redis.is_empty() {
+            cmd.env("REDIS_URL", redis)
+                .env("REDIS_PREFIX", format!("bench{}", std::process::id()));
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .expect("start the release binary (cargo build --release)");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = http.get(format!("{}/health/ready", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server never became ready");
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Latencies (µs) and outcome counts of one load run.
+#[derive(Default)]
+struct Stats {
+    latencies_us: Vec<u64>,
+    ok: u64,
+    non_2xx: u64,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[idx] as f64 / 1000.0
+    }
+
+    fn rps(&self) -> f64 {
+        (self.ok + self.non_2xx) as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "requests": self.ok + self.non_2xx + self.errors,
+            "ok": self.ok, "non2xx": self.non_2xx, "errors": self.errors,
+            "seconds": self.elapsed.as_secs_f64(),
+            "rps": self.rps(),
+            "p50_ms": self.pct(0.50), "p90_ms": self.pct(0.90), "p99_ms": self.pct(0.99),
+        })
+    }
+}
+
+/// Runs `conns` virtual clients for `dur`; `make` builds each request.
+async fn load<F>(conns: usize, dur: Duration, make: F) -> Stats
+where
+    F: Fn(&reqwest::Client, &mut rand::rngs::StdRng) -> reqwest::RequestBuilder
+        + Send
+        + Sync
+        + 'static,
+{
+    let make = Arc::new(make);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(SEED + c as u64);
+            let mut s = Stats::default();
+            while start.elapsed() < dur {
+                let t = Instant::now();
+                match make(&http, &mut rng).send().await {
+                    Ok(r) => {
+                        let ok = r.status().is_success();
+                        let _ = r.bytes().await;
+                        s.latencies_us.push(t.elapsed().as_micros() as u64);
+                        if ok { s.ok += 1 } else { s.non_2xx += 1 }
+                    }
+                    Err(_) => s.errors += 1,
+                }
+            }
+            s
+        }));
+    }
+    let mut all = Stats::default();
+    for t in tasks {
+        let s = t.await.unwrap();
+        all.latencies_us.extend(s.latencies_us);
+        all.ok += s.ok;
+        all.non_2xx += s.non_2xx;
+        all.errors += s.errors;
+    }
+    all.elapsed = start.elapsed();
+    all.latencies_us.sort_unstable();
+    all
+}
+
+fn machine() -> Value {
+    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({ "nproc": nproc, "memory": mem.trim(), "loadavg": load.trim() })
+}
+
+fn write_result(scenario: &str, params: Value, figures: Value) {
+    let dir = format!("{}/bench/results", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = json!({
+        "scenario": scenario, "at": Utc::now(), "machine": machine(),
+        "parameters": params, "figures": figures,
+    });
+    std::fs::write(
+        format!("{dir}/{scenario}.json"),
+        serde_json::to_vec_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+}
+
+type Row = (String, String);
+
+async fn bench_orders(rows: &mut Vec<Row>) {
+    let w = seed("itsur_bench_orders").await;
+    let server = Server::start("serve", &w.db, &[]);
+    server.wait_ready().await;
+    let base = server.base.clone();
+    let (tokens, vendors, items) = (
+        Arc::new(w.tokens.clone()),
+        w.vendors.clone(),
+        w.items.clone(),
+    );
+    let stats = load(64, Duration::from_secs(secs()), move |http, rng| {
+        let v = rng.random_range(0..vendors.len());
+        let mut picked = Vec::new();
+        while picked.len() < 3 {
+            let i = items[v][rng.random_range(0..ITEMS)];
+            if !picked.contains(&i) {
+                picked.push(i);
+            }
+        }
+        let body = json!({ "vendorId": vendors[v], "items": picked.iter().map(|i| json!({"menuItemId": i, "quantity": 1})).collect::<Vec<_>>() });
+        http.post(format!("{base}/orders"))
+            .bearer_auth(&tokens[rng.random_range(0..tokens.len())])
+            .json(&body)
+    })
+    .await;
+    let rss = server.rss_kib();
+    drop(server);
+    let pgbench_tps = pgbench_orders(&w).await;
+    let ratio = stats.rps() / pgbench_tps.max(1.0);
+    let mut figures = stats.json();
+    figures["server_rss_kib"] = json!(rss);
+    figures["pgbench_tps"] = json!(pgbench_tps);
+    figures["itsur_over_pgbench"] = json!(ratio);
+    write_result(
+        "orders",
+        json!({"connections": 64, "seconds": secs(), "items_per_order": 3}),
+        figures,
+    );
+    rows.push((
+        "orders: POST /orders, 64 conns".to_owned(),
+        format!(
+            "{:.0} req/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, non-2xx {}, RSS {} MiB; pgbench {:.0} tps → itsur/pgbench {:.2}",
+            stats.rps(), stats.pct(0.5), stats.pct(0.9), stats.pct(0.99), stats.non_2xx + stats.errors, rss / 1024, pgbench_tps, ratio
+        ),
+    ));
+}
+
+/// The same SQL work as one order, run by pgbench at the same concurrency: the ceiling.
+async fn pgbench_orders(w: &World) -> f64 {
+    let mut conn = AsyncPgConnection::establish(&w.db).await.unwrap();
+    let user: Vec<IdRow> = diesel::sql_query("SELECT id FROM users LIMIT 1")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let user = user[0].id;
+    let (v, items) = (w.vendors[0], &w.items[0]);
+    let script = format!(
+        "\\set a random(0, {n})\n\
+         BEGIN;\n\
+         SELECT id FROM menu_items WHERE vendor_id = '{v}' AND id IN ('{i0}', '{i1}', '{i2}') ORDER BY id FOR UPDATE;\n\
+         UPDATE menu_items SET stock = stock - 1 WHERE id IN ('{i0}', '{i1}', '{i2}');\n\
+         INSERT INTO orders (id, campus_id, vendor_id, user_id, status, total_cents, version) SELECT gen_random_uuid(), campus_id, id, '{user}', 'placed', 3000, 1 FROM vendors WHERE id = '{v}' RETURNING id \\gset o_\n\
+         INSERT INTO order_items VALUES (:'o_id', '{i0}', 'x', 1000, 1), (:'o_id', '{i1}', 'x', 1000, 1), (:'o_id', '{i2}', 'x', 1000, 1);\n\
+         INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, event_type, payload, vendor_id) VALUES ('order', :'o_id', 1, 'order.created', '{{}}', '{v}');\n\
+         INSERT INTO audit_log (action, target_type, target_id) VALUES ('order.placed', 'order', :'o_id');\n\
+         COMMIT;\n",
+        n = ITEMS - 1,
+        i0 = items[0],
+        i1 = items[1],
+        i2 = items[2],
+    );
+    let path = std::env::temp_dir().join("itsur-bench-order.sql");
+    std::fs::write(&path, script).unwrap();
+    let out = Command::new("pgbench")
+        .args(["-n", "-c", "64", "-j", "2", "-T"])
+        .arg(secs().to_string())
+        .arg("-f")
+        .arg(&path)
+        .arg(&w.db)
+        .output()
+        .expect("pgbench (Debian package postgresql-client) on PATH");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps ="))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[derive(diesel::QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+}
+
+async fn bench_menu(
+    rows: &mut Vec<Row>,
+    conns: usize,
+    label: &str,
+    server: &Server,
+    w: &World,
+) -> Stats {
+    let base = server.base.clone();
+    let (tokens, vendors) = (Arc::new(w.tokens.clone()), w.vendors.clone());
+    let stats = load(conns, Duration::from_secs(secs()), move |http, rng| {
+        let v = vendors[rng.random_range(0..vendors.len())];
+        http.get(format!("{base}/vendors/{v}/menu"))
+            .bearer_auth(&tokens[rng.random_range(0..tokens.len())])
+    })
+    .await;
+    rows.push((
+        label.to_owned(),
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}",
+            stats.rps(),
+            stats.pct(0.5),
+            stats.pct(0.99),
+            stats.non_2xx + stats.errors
+        ),
+    ));
+    stats
+}
+
+fn noop_job(payload: Value, created: chrono::DateTime<Utc>) -> store::jobs::NewJob {
+    store::jobs::NewJob {
+        id: Uuid::now_v7(),
+        kind: "noop".to_owned(),
+        queue: "default".to_owned(),
+        priority: 1,
+        payload,
+        unique_key: None,
+        run_at: created,
+        max_attempts: 3,
+        timeout_secs: 60,
+        owner_id: None,
+        campus_id: None,
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+async fn count_finished(conn: &mut AsyncPgConnection) -> i64 {
+    let r: Vec<CountRow> =
+        diesel::sql_query("SELECT count(*) AS n FROM jobs WHERE state = 'completed'")
+            .load(conn)
+            .await
+            .unwrap();
+    r[0].n
+}
+
+async fn drain(db: &str, total: i64, concurrency: &str) -> Duration {
+    let mut conn = AsyncPgConnection::establish(db).await.unwrap();
+    let base = count_finished(&mut conn).await;
+    let start = Instant::now();
+    let worker = Server::start(
+        "worker",
+        db,
+        &[("WORKER_CONCURRENCY", concurrency), ("JOB_NO_CRON", "true")],
+    );
+    while count_finished(&mut conn).await - base < total {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed();
+    drop(worker);
+    took
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pickup {
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    ms: f64,
+}
+
+async fn bench_jobs(rows: &mut Vec<Row>) {
+    let db = fresh_db("itsur_bench_jobs").await;
+    let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
+    // (a) bulk enqueue, then drain with one worker at concurrency 32.
+    let n = 20_000;
+    let batch: Vec<_> = (0..n).map(|_| noop_job(json!({}), Utc::now())).collect();
+    let t = Instant::now();
+    store::jobs::enqueue_many(&mut conn, &batch).await.unwrap();
+    let enqueue_rate = n as f64 / t.elapsed().as_secs_f64();
+    let took = drain(&db, n, "32").await;
+    let exec_rate = n as f64 / took.as_secs_f64();
+    // (b) idle worker, 2,000 jobs one per transaction at 200/s → pickup latency.
+    let worker = Server::start(
+        "worker",
+        &db,
+        &[("WORKER_CONCURRENCY", "32"), ("JOB_NO_CRON", "true")],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for _ in 0..2000 {
+        tick.tick().await;
+        store::jobs::enqueue(&mut conn, &noop_job(json!({}), Utc::now()))
+            .await
+            .unwrap();
+    }
+    while count_finished(&mut conn).await < n + 2000 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(worker);
+    let mut pick: Vec<f64> = diesel::sql_query(
+        "SELECT extract(epoch FROM (started_at - created_at)) * 1000 AS ms FROM jobs \
+         ORDER BY created_at DESC LIMIT 2000",
+    )
+    .load::<Pickup>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|p| p.ms)
+    .collect();
+    pick.sort_by(f64::total_cmp);
+    let p = |q: f64| pick[((pick.len() as f64 - 1.0) * q) as usize];
+    // (c) 10,000 jobs sleeping 5 ms each at concurrency 32.
+    let batch: Vec<_> = (0..10_000)
+        .map(|_| noop_job(json!({"sleepMs": 5}), Utc::now()))
+        .collect();
+    store::jobs::enqueue_many(&mut conn, &batch).await.unwrap();
+    let took_c = drain(&db, 10_000, "32").await;
+    let sleep_rate = 10_000.0 / took_c.as_secs_f64();
+    write_result(
+        "jobs",
+        json!({"bulk": n, "concurrency": 32, "trickle": 2000, "trickle_rate_per_s": 200, "sleepers": 10000, "sleep_ms": 5}),
+        json!({
+            "enqueue_jobs_per_s": enqueue_rate, "execute_jobs_per_s": exec_rate,
+            "pickup_ms_p50": p(0.5), "pickup_ms_p95": p(0.95), "pickup_ms_p99": p(0.99),
+            "sleep5ms_jobs_per_s": sleep_rate,
+        }),
+    );
+    rows.push((
+        "jobs: bulk 20k no-op, 1 worker × 32".to_owned(),
+        format!("enqueue {enqueue_rate:.0} jobs/s, execute {exec_rate:.0} jobs/s"),
+    ));
+    rows.push((
+        "jobs: 2k trickled at 200/s, idle worker".to_owned(),
+        format!(
+            "pickup p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+            p(0.5),
+            p(0.95),
+            p(0.99)
+        ),
+    ));
+    rows.push((
+        "jobs: 10k × 5 ms sleep, concurrency 32".to_owned(),
+        format!("{sleep_rate:.0} jobs/s"),
+    ));
+}
+
+async fn bench_menu_and_isolation(rows: &mut Vec<Row>, run_menu: bool, run_isolation: bool) {
+    let w = seed("itsur_bench_menu").await;
+    if run_menu {
+        let server = Server::start("serve", &w.db, &[]);
+        server.wait_ready().await;
+        let s = bench_menu(
+            rows,
+            64,
+            "menu: GET /vendors/{id}/menu, 64 conns",
+            &server,
+            &w,
+        )
+        .await;
+        write_result(
+            "menu",
+            json!({"connections": 64, "seconds": secs()}),
+            s.json(),
+        );
+    }
+    if run_isolation {
+        // A large history for the report: 200,000 orders of vendor 0 over a year.
+        let mut conn = AsyncPgConnection::establish(&w.db).await.unwrap();
+        conn.batch_execute(&format!(
+            "INSERT INTO orders (id, campus_id, vendor_id, user_id, status, total_cents, version, created_at) \
+             SELECT gen_random_uuid(), v.campus_id, v.id, (SELECT id FROM users LIMIT 1), 'picked_up', 1000, 4, \
+                    now() - (g % 365) * interval '1 day' \
+             FROM generate_series(1, 200000) g, vendors v WHERE v.id = '{}'; \
+             INSERT INTO order_items (order_id, menu_item_id, name, unit_price_cents, quantity) \
+             SELECT o.id, '{}', 'x', 1000, 1 FROM orders o;",
+            w.vendors[0], w.items[0][0]
+        ))
+        .await
+        .unwrap();
+        let server = Server::start("all", &w.db, &[]);
+        server.wait_ready().await;
+        let quiet = bench_menu(
+            rows,
+            16,
+            "report-isolation: menu p99, 16 conns, idle",
+            &server,
+            &w,
+        )
+        .await;
+        // Staff of vendor 0 asks for reports continuously while the menu is read.
+        let staff_token = {
+            let hash = credentials::hash_password("x-bench-pass".to_owned())
+                .await
+                .unwrap();
+            let campus: Vec<IdRow> = diesel::sql_query("SELECT id FROM campuses LIMIT 1")
+                .load(&mut conn)
+                .await
+                .unwrap();
+            let staff = users::insert(
+                &mut conn,
+                &users::NewUserRow {
+                    id: Uuid::now_v7(),
+                    campus_id: Some(campus[0].id),
+                    vendor_id: Some(w.vendors[0]),
+                    email: "staff@bench.edu".to_owned(),
+                    display_name: "Staff".to_owned(),
+                    password_hash: hash,
+                    role: "vendor_staff".to_owned(),
+                },
+            )
+            .await
+            .unwrap();
+            session_token(&mut conn, staff.id).await
+        };
+        let reports = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (base, v0) = (server.base.clone(), w.vendors[0]);
+        let (r2, s2) = (reports.clone(), stop.clone());
+        let driver = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while !AtomicBool::load(&s2, Ordering::Relaxed) {
+                let res: Value = http.post(format!("{base}/vendors/{v0}/reports/sales"))
+                    .bearer_auth(&staff_token)
+                    .json(&json!({"from": "2025-01-01T00:00:00Z", "to": "2027-01-01T00:00:00Z", "format": "csv"}))
+                    .send().await.unwrap().json().await.unwrap();
+                let id = res["data"]["jobId"].as_str().unwrap_or_default().to_owned();
+                loop {
+                    let j: Value = http
+                        .get(format!("{base}/jobs/{id}"))
+                        .bearer_auth(&staff_token)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    if j["data"]["status"] == "completed" || j["data"]["status"] == "failed" {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                AtomicU64::fetch_add(&r2, 1, Ordering::Relaxed);
+            }
+        });
+        let busy = bench_menu(
+            rows,
+            16,
+            "report-isolation: menu p99, 16 conns, reports running",
+            &server,
+            &w,
+        )
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = driver.await;
+        write_result(
+            "report-isolation",
+            json!({"connections": 16, "seconds": secs(), "orders_in_report": 200000}),
+            json!({"idle": quiet.json(), "with_reports": busy.json(), "reports_completed": AtomicU64::load(&reports, Ordering::Relaxed)}),
+        );
+        rows.push((
+            "report-isolation: reports completed meanwhile".to_owned(),
+            format!("{}", AtomicU64::load(&reports, Ordering::Relaxed)),
+        ));
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; anything else (a test run) must not start the load.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let all = which.is_empty() || which.iter().any(|w| w == "all");
+    let want = |s: &str| all || which.iter().any(|w| w == s);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows: Vec<Row> = Vec::new();
+    rt.block_on(async {
+        if want("orders") {
+            bench_orders(&mut rows).await;
+        }
+        if want("menu") || want("report-isolation") {
+            bench_menu_and_isolation(&mut rows, want("menu"), want("report-isolation")).await;
+        }
+        if want("jobs") {
+            bench_jobs(&mut rows).await;
+        }
+    });
+    println!("\n| scenario | figures |\n|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+}

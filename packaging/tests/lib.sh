@@ -1,0 +1,169 @@
+# Shared helpers of the packaging tests; sourced, never run.
+#
+# Exit codes of every test script: 0 passed, 1 failed, 77 skipped (a tool that truly cannot
+# be installed here; the reason is printed on stderr and repeated by run-all.sh).
+# shellcheck shell=bash disable=SC2034 # variables for the scripts that source this file
+
+TEST_NAME="${TEST_NAME:-$(basename "${BASH_SOURCE[1]:-$0}" .sh)}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+PACKAGING="$REPO_ROOT/packaging"
+SKIP=77
+
+say() { printf '%s: %s\n' "$TEST_NAME" "$*" >&2; }
+fail() {
+    printf '%s: FAIL: %s\n' "$TEST_NAME" "$*" >&2
+    exit 1
+}
+skip() {
+    printf '%s: SKIP: %s\n' "$TEST_NAME" "$*" >&2
+    exit "$SKIP"
+}
+
+# apt_install PKG... : installs Debian packages when apt-get works; returns non-zero when
+# they cannot be installed (no apt-get, not root, no package list, no network).
+APT_UPDATED=""
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || return 1
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null || return 1
+        sudo=(sudo -n)
+    fi
+    say "installing Debian package(s): $*"
+    if [[ -z $APT_UPDATED ]]; then
+        "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 || true
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" \
+        >/dev/null 2>&1
+}
+
+# need_tool CMD PKG... : makes CMD available, installing the first Debian package of the list
+# that installs; skips the test (exit 77) only when none can be installed.
+need_tool() {
+    local cmd="$1" pkg
+    shift
+    command -v "$cmd" >/dev/null 2>&1 && return 0
+    for pkg in "$@"; do
+        if apt_install "$pkg" && command -v "$cmd" >/dev/null 2>&1; then
+            return 0
+        fi
+    done
+    skip "'$cmd' is missing and could not be installed from Debian packages ($*): no apt-get, no root, or no network"
+}
+
+# The itsur binary under test: $ITSUR_BIN, else target/debug/itsur of this repository.
+itsur_bin() {
+    local bin="${ITSUR_BIN:-$REPO_ROOT/target/debug/itsur}"
+    [[ -x $bin ]] || fail "no itsur binary at $bin: build it (cargo build --locked) or set ITSUR_BIN"
+    printf '%s\n' "$bin"
+}
+
+# A TCP port nobody listens on right now, on 127.0.0.1.
+free_port() {
+    python3 - <<'PY'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+PY
+}
+
+# wait_http URL SECONDS [PID]: until URL answers 200; fails early when PID died.
+wait_http() {
+    local url="$1" secs="$2" pid="${3:-}" i
+    for ((i = 0; i < secs * 10; i++)); do
+        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+            return 0
+        fi
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            return 1
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Temp directory removed on exit (scripts add their own cleanup before calling this).
+make_tmp() {
+    TMP="$(mktemp -d "${TMPDIR:-/tmp}/itsur-$TEST_NAME.XXXXXX")"
+}
+
+# Database helpers for tests that need a migrated database of their own.
+# pg_admin_url URL: the same server, database "postgres".
+pg_admin_url() {
+    python3 - "$1" <<'PY'
+import sys, urllib.parse as u
+p = u.urlsplit(sys.argv[1])
+print(u.urlunsplit((p.scheme, p.netloc, "/postgres", p.query, "")))
+PY
+}
+# pg_with_db URL DBNAME: the same server and options, another database.
+pg_with_db() {
+    python3 - "$1" "$2" <<'PY'
+import sys, urllib.parse as u
+p = u.urlsplit(sys.argv[1])
+print(u.urlunsplit((p.scheme, p.netloc, "/" + sys.argv[2], p.query, "")))
+PY
+}
+
+# render_nginx SRC DIR LISTEN_PORT UPSTREAM_PORT... : a runnable copy of an nginx conf of
+# packaging/nginx/ under DIR (prefix, logs, temp paths, pid all inside DIR): nginx listens
+# on 127.0.0.1:LISTEN_PORT and balances over 127.0.0.1:UPSTREAM_PORT...; everything else
+# is the file as shipped. Prints the path of the wrapper nginx.conf (use with -p DIR/ -c).
+render_nginx() {
+    local src="$1" dir="$2" port="$3"
+    shift 3
+    mkdir -p "$dir/logs" "$dir/tmp"
+    python3 - "$src" "$dir/itsur.conf" "$dir/logs/itsur.access.log" "$port" "$@" <<'PY' || return 1
+import re, sys
+src, dst, log, port, ups = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+text = open(src, encoding="utf-8").read()
+def sub(pattern, repl, count_expected, flags=re.M):
+    global text
+    text, n = re.subn(pattern, repl, text, flags=flags)
+    if n != count_expected:
+        sys.exit(f"render_nginx: {src}: expected {count_expected} match(es) of /{pattern}/, got {n}")
+sub(r"^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{port};", 1)
+sub(r"^\s*listen \[::\]:80;\n", "", 1)
+sub(r"^(\s*access_log )\S+( itsur_json;)$", rf"\g<1>{log}\2", 1)
+servers = re.findall(r"^\s*server (\S+:\d+) (.*);$", text, flags=re.M)
+if len(servers) < 1:
+    sys.exit(f"render_nginx: {src}: no upstream server lines")
+params = servers[0][1]
+block = "".join(f"    server 127.0.0.1:{p} {params};\n" for p in ups)
+text = re.sub(r"^\s*server \S+:\d+ .*;\n", "", text, flags=re.M)
+sub(r"^(\s*zone itsur_api 64k;\n)", lambda m: m.group(1) + block, 1)
+open(dst, "w", encoding="utf-8").write(text)
+PY
+    cat >"$dir/nginx.conf" <<CONF
+# test wrapper around $(basename "$src"), written by packaging/tests/lib.sh
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log notice;
+events { worker_connections 1024; }
+http {
+    client_body_temp_path $dir/tmp/client_body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    include $dir/itsur.conf;
+}
+CONF
+    printf '%s\n' "$dir/nginx.conf"
+}
+
+# PyYAML for the python3 on PATH: pip first (it serves whichever python3 this is), then
+# Debian's python3-yaml (for the system python3); skips only when neither works.
+need_pyyaml() {
+    python3 -c 'import yaml' 2>/dev/null && return 0
+    say "installing PyYAML"
+    python3 -m pip install -q pyyaml >/dev/null 2>&1 ||
+        python3 -m pip install -q --user pyyaml >/dev/null 2>&1 ||
+        python3 -m pip install -q --break-system-packages pyyaml >/dev/null 2>&1 ||
+        apt_install python3-yaml || true
+    python3 -c 'import yaml' 2>/dev/null ||
+        skip "PyYAML cannot be installed for $(command -v python3) (pip and apt-get both failed)"
+}

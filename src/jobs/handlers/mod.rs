@@ -1,0 +1,6 @@
+//! One module per job kind.
+
+pub mod bulk_import;
+pub mod maintenance;
+pub mod noop;
+pub mod sales_report;

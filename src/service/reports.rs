@@ -1,0 +1,190 @@
+//! Sales reports: a vendor's orders over a period, aggregated by day and item, rendered as
+//! CSV or JSON. The period is read in slices (progress after each) from the read pool, and
+//! rendering runs on the blocking pool, so a large report never stalls the async runtime.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Result;
+use crate::app::Ctx;
+use crate::domain::DomainError;
+use crate::store::orders::{self, SalesRow};
+
+/// Longest period one report may cover.
+pub const MAX_PERIOD_DAYS: i64 = 366;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `text/csv`: one row per day and item.
+    Csv,
+    /// `application/json`: totals, by item, by day.
+    Json,
+}
+
+/// A report request (also the job payload).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SalesReportSpec {
+    /// Vendor.
+    pub vendor_id: Uuid,
+    /// Start (inclusive).
+    pub from: DateTime<Utc>,
+    /// End (exclusive).
+    pub to: DateTime<Utc>,
+    /// Output format.
+    pub format: Format,
+}
+
+impl SalesReportSpec {
+    /// Checks the period.
+    pub fn validate(&self) -> Result<()> {
+        let mut errors = Vec::new();
+        if self.to <= self.from {
+            errors.push(("to".to_owned(), "must be after from".to_owned()));
+        } else if (self.to - self.from).num_days() > MAX_PERIOD_DAYS {
+            errors.push((
+                "to".to_owned(),
+                format!("the period may span at most {MAX_PERIOD_DAYS} days"),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::Invalid {
+                field_errors: errors,
+            }
+            .into())
+        }
+    }
+
+    /// Up to `n` consecutive slices covering the period.
+    pub fn slices(&self, n: i32) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let span = self.to - self.from;
+        let step = span / n.max(1);
+        let step = if step <= chrono::Duration::zero() {
+            span
+        } else {
+            step
+        };
+        let mut out = Vec::new();
+        let mut start = self.from;
+        while start < self.to {
+            let end = (start + step).min(self.to);
+            out.push((start, end));
+            start = end;
+        }
+        out
+    }
+}
+
+/// Reads one slice of the period.
+pub async fn read_slice(
+    ctx: &Ctx,
+    vendor_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<SalesRow>> {
+    let mut conn = ctx.db.read_conn().await?;
+    Ok(orders::sales_by_day_item(&mut conn, vendor_id, from, to).await?)
+}
+
+#[derive(Serialize, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+struct ItemTotal {
+    menu_item_id: Uuid,
+    name: String,
+    quantity: i64,
+    revenue_cents: i64,
+}
+
+#[derive(Serialize, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+struct DayTotal {
+    day: chrono::NaiveDate,
+    quantity: i64,
+    revenue_cents: i64,
+}
+
+/// The rendered report and its summary.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Media type of `body`.
+    pub content_type: &'static str,
+    /// The report file.
+    pub body: Vec<u8>,
+    /// Totals for `GET /jobs/{id}`.
+    pub summary: serde_json::Value,
+}
+
+/// Renders the rows (CPU work: call it on the blocking pool).
+pub fn render(spec: &SalesReportSpec, rows: &[SalesRow]) -> anyhow::Result<Rendered> {
+    let mut by_item: BTreeMap<Uuid, ItemTotal> = BTreeMap::new();
+    let mut by_day: BTreeMap<chrono::NaiveDate, DayTotal> = BTreeMap::new();
+    for r in rows {
+        let item = by_item.entry(r.menu_item_id).or_insert_with(|| ItemTotal {
+            menu_item_id: r.menu_item_id,
+            name: r.name.clone(),
+            ..ItemTotal::default()
+        });
+        item.quantity += r.quantity;
+        item.revenue_cents += r.revenue_cents;
+        let day = by_day.entry(r.day).or_insert_with(|| DayTotal {
+            day: r.day,
+            ..DayTotal::default()
+        });
+        day.quantity += r.quantity;
+        day.revenue_cents += r.revenue_cents;
+    }
+    let quantity: i64 = by_item.values().map(|i| i.quantity).sum();
+    let revenue: i64 = by_item.values().map(|i| i.revenue_cents).sum();
+    let summary = serde_json::json!({
+        "vendorId": spec.vendor_id, "from": spec.from, "to": spec.to,
+        "items": by_item.len(), "days": by_day.len(),
+        "quantity": quantity, "revenueCents": revenue,
+    });
+    let (content_type, body) = match spec.format {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record([
+                "day",
+                "menu_item_id",
+                "item",
+                "quantity",
+                "revenue_cents",
+                "orders",
+            ])?;
+            for r in rows {
+                w.write_record([
+                    r.day.to_string(),
+                    r.menu_item_id.to_string(),
+                    r.name.clone(),
+                    r.quantity.to_string(),
+                    r.revenue_cents.to_string(),
+                    r.orders.to_string(),
+                ])?;
+            }
+            (
+                "text/csv; charset=utf-8",
+                w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+        }
+        Format::Json => (
+            "application/json",
+            serde_json::to_vec(&serde_json::json!({
+                "summary": summary,
+                "byItem": by_item.values().collect::<Vec<_>>(),
+                "byDay": by_day.values().collect::<Vec<_>>(),
+            }))?,
+        ),
+    };
+    Ok(Rendered {
+        content_type,
+        body,
+        summary,
+    })
+}
