@@ -7,17 +7,18 @@
 #                        would do): takes the database-wide notify lock during COMMIT
 #   notify_after_commit  pg_notify as its own statement right after COMMIT (the shape of the
 #                        chosen design, without its per-process coalescing: an upper bound)
-# (48 clients at most: Postgres's default max_connections is 100.)
-# Each point is the median of REPS runs of SECS seconds; pgbench counts a whole script as
-# one transaction, so notify_after_commit's latency includes the extra round trip.
+# 48 clients at most: Postgres's default max_connections is 100. Each point is the median
+# of REPS runs of SECS seconds (the figures in the docs: SECS=6 REPS=5); pgbench counts a
+# whole script as one transaction, so notify_after_commit's latency includes the extra
+# round trip.
 #
 # Usage: DB=postgres://… bench/notify/run.sh [SECS] [REPS]
 # The database: `itsur migrate`, then `psql -f bench/notify/setup.sql`.
 set -euo pipefail
 cd "$(dirname "$0")"
 DB="${DB:-postgres://postgres@127.0.0.1:5432/itsur_notify_bench}"
-SECS="${1:-10}"
-REPS="${2:-3}"
+SECS="${1:-6}"
+REPS="${2:-5}"
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-6s %-7s %-20s %10s %12s\n' items clients variant tps latency_ms
 for items in 1000 5; do
