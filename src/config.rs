@@ -18,6 +18,12 @@
 //! `FCM_PROJECT_ID`, `FCM_ACCESS_TOKEN`, `ONESIGNAL_BASE_URL`, `ONESIGNAL_APP_ID`,
 //! `ONESIGNAL_API_KEY`, `PUSH_TIMEOUT_MS`, `BREAKER_FAILURE_RATIO`, `BREAKER_MIN_CALLS`,
 //! `BREAKER_WINDOW_SECS`, `BREAKER_CONSECUTIVE_FAILURES`, `BREAKER_COOLDOWN_SECS`.
+//!
+//! Jobs and the outbox: `JOB_*`, `OUTBOX_RETENTION_HOURS` (also the WebSocket resume window); WebSocket gateway
+//! ([`WsArgs`]): `WS_MAX_CONNECTIONS_PER_IP`, `WS_MAX_CONNECTIONS_PER_USER`, `WS_SEND_QUEUE`,
+//! `WS_PING_SECS`, `WS_IDLE_TIMEOUT_SECS`, `WS_SESSION_RECHECK_SECS`; outbox relay
+//! ([`OutboxArgs`]): `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`,
+//! `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_TIMEOUT_MS`.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -273,6 +279,204 @@ impl HttpArgs {
     }
 }
 
+/// Settings of the WebSocket gateway (`serve` and `all`).
+#[derive(Args, Clone, Debug)]
+pub struct WsArgs {
+    /// Open WebSocket connections per client address (beyond it the upgrade answers 429).
+    #[arg(long, env = "WS_MAX_CONNECTIONS_PER_IP", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_max_connections_per_ip: u32,
+
+    /// Open WebSocket connections per user (beyond it the upgrade answers 429).
+    #[arg(long, env = "WS_MAX_CONNECTIONS_PER_USER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_max_connections_per_user: u32,
+
+    /// Events queued per connection; a client that falls this far behind is closed (4008).
+    #[arg(long, env = "WS_SEND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=65_536))]
+    pub ws_send_queue: u32,
+
+    /// Seconds between server pings.
+    #[arg(long, env = "WS_PING_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ws_ping_secs: u64,
+
+    /// Seconds without any frame from the client (pongs count) before it is closed.
+    #[arg(long, env = "WS_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub ws_idle_timeout_secs: u64,
+
+    /// Seconds between checks that a socket's session is still live (closed with 4001 once
+    /// it is revoked or expired).
+    #[arg(long, env = "WS_SESSION_RECHECK_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ws_session_recheck_secs: u64,
+}
+
+impl WsArgs {
+    /// The gateway settings.
+    pub fn settings(&self) -> Result<WsSettings, ConfigError> {
+        if self.ws_idle_timeout_secs <= self.ws_ping_secs {
+            return Err(ConfigError::new(
+                "WS_IDLE_TIMEOUT_SECS",
+                "must be longer than WS_PING_SECS (an idle timeout shorter than the ping period closes healthy clients)",
+            ));
+        }
+        Ok(WsSettings {
+            max_per_ip: usize_from(self.ws_max_connections_per_ip),
+            max_per_user: usize_from(self.ws_max_connections_per_user),
+            send_queue: usize_from(self.ws_send_queue),
+            ping_interval: Duration::from_secs(self.ws_ping_secs),
+            idle_timeout: Duration::from_secs(self.ws_idle_timeout_secs),
+            session_recheck: Duration::from_secs(self.ws_session_recheck_secs),
+        })
+    }
+}
+
+fn usize_from(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// The WebSocket gateway's settings (see [`WsArgs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WsSettings {
+    /// Connections per client address.
+    pub max_per_ip: usize,
+    /// Connections per user.
+    pub max_per_user: usize,
+    /// Events queued per connection before it is closed as too slow.
+    pub send_queue: usize,
+    /// Period of server pings.
+    pub ping_interval: Duration,
+    /// Silence after which a client is closed.
+    pub idle_timeout: Duration,
+    /// Period of the session-liveness check of each socket.
+    pub session_recheck: Duration,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            max_per_ip: 1000,
+            max_per_user: 8,
+            send_queue: 256,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            session_recheck: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Settings of the outbox relay (`outbox-relay` and `all`).
+#[derive(Args, Clone, Debug)]
+pub struct OutboxArgs {
+    /// Events claimed (and published) per relay transaction.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub outbox_batch_size: u32,
+
+    /// Polling period in ms: the fallback when a NOTIFY is lost, or the only wake-up with
+    /// OUTBOX_POLL_ONLY.
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub outbox_poll_interval_ms: u64,
+
+    /// Never LISTEN, only poll (for a DATABASE_URL behind a transaction pooler).
+    #[arg(long, env = "OUTBOX_POLL_ONLY", default_value_t = false, action = clap::ArgAction::Set, value_name = "OUTBOX_POLL_ONLY")]
+    pub outbox_poll_only: bool,
+
+    /// Failed deliveries (backing off 5 s, 25 s, 125 s, …) before an event is marked dead.
+    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub outbox_max_attempts: u32,
+
+    /// Optional webhook receiving every event as a signed JSON POST.
+    #[arg(long, env = "WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<String>,
+
+    /// HMAC-SHA256 key for the `X-Itsur-Signature` header of webhook calls (required with
+    /// WEBHOOK_URL; at least 32 bytes unless ITSUR_ENV=dev).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Deadline of one webhook call, in ms.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub webhook_timeout_ms: u64,
+}
+
+impl OutboxArgs {
+    /// The relay settings, with the webhook checked.
+    pub fn settings(&self, environment: Environment) -> Result<OutboxSettings, ConfigError> {
+        let webhook = match (&self.webhook_url, &self.webhook_secret) {
+            (None, _) => None,
+            (Some(url), secret) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(ConfigError::new(
+                        "WEBHOOK_URL",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                let Some(secret) = secret.as_ref().filter(|s| !s.is_empty()) else {
+                    return Err(ConfigError::new(
+                        "WEBHOOK_SECRET",
+                        "is required when WEBHOOK_URL is set",
+                    ));
+                };
+                if secret.len() < MIN_JWT_SECRET_BYTES && environment != Environment::Dev {
+                    return Err(ConfigError::new(
+                        "WEBHOOK_SECRET",
+                        format!(
+                            "must be at least {MIN_JWT_SECRET_BYTES} bytes unless ITSUR_ENV=dev"
+                        ),
+                    ));
+                }
+                Some(WebhookSettings {
+                    url: Secret::new(url.clone()),
+                    secret: Secret::new(secret.clone()),
+                    timeout: Duration::from_millis(self.webhook_timeout_ms),
+                })
+            }
+        };
+        Ok(OutboxSettings {
+            batch_size: i64::from(self.outbox_batch_size),
+            poll_interval: Duration::from_millis(self.outbox_poll_interval_ms),
+            poll_only: self.outbox_poll_only,
+            max_attempts: i32::try_from(self.outbox_max_attempts).unwrap_or(i32::MAX),
+            webhook,
+        })
+    }
+}
+
+/// Where and how the optional webhook sink posts events.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// Target URL (may carry credentials: never logged).
+    pub url: Secret<String>,
+    /// HMAC-SHA256 signing key.
+    pub secret: Secret<String>,
+    /// Deadline of one call.
+    pub timeout: Duration,
+}
+
+/// The outbox relay's settings (see [`OutboxArgs`]).
+#[derive(Clone, Debug)]
+pub struct OutboxSettings {
+    /// Events per claim transaction.
+    pub batch_size: i64,
+    /// Poll period (fallback wake-up).
+    pub poll_interval: Duration,
+    /// Poll only, never LISTEN.
+    pub poll_only: bool,
+    /// Failed deliveries before an event is dead.
+    pub max_attempts: i32,
+    /// The optional signed webhook sink.
+    pub webhook: Option<WebhookSettings>,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 200,
+            poll_interval: Duration::from_secs(1),
+            poll_only: false,
+            max_attempts: 6,
+            webhook: None,
+        }
+    }
+}
+
 /// Settings of the job worker (`worker` and `all`).
 #[derive(Args, Clone, Debug)]
 pub struct JobArgs {
@@ -346,6 +550,10 @@ pub struct Config {
     pub push: PushConfig,
     /// Circuit-breaker policy shared by every outbound client.
     pub breaker: BreakerConfig,
+    /// WebSocket gateway (defaults unless the role takes [`WsArgs`]).
+    pub ws: WsSettings,
+    /// Outbox relay (defaults unless the role takes [`OutboxArgs`]).
+    pub outbox: OutboxSettings,
 }
 
 impl Config {
@@ -376,6 +584,8 @@ impl Config {
             edge: EdgeConfig::default(),
             push: common.push.to_config()?,
             breaker: common.breaker.to_config()?,
+            ws: WsSettings::default(),
+            outbox: OutboxSettings::default(),
         })
     }
 
@@ -413,6 +623,13 @@ impl Config {
             },
             push: PushConfig::default(),
             breaker: BreakerConfig::default(),
+            ws: WsSettings::default(),
+            // Tests drive the relay explicitly or wake it; a short poll keeps e2e-style tests
+            // that rely on the fallback quick.
+            outbox: OutboxSettings {
+                poll_interval: Duration::from_millis(100),
+                ..OutboxSettings::default()
+            },
         }
     }
 }

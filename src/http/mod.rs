@@ -5,7 +5,8 @@
 //!
 //! L3: depends on `service`, `app`, `domain`, `kv`, `resilience` (the limiter's decisions,
 //! through `Ctx`) and the leaf utilities; never on `jobs`, `outbox` or diesel. Edge
-//! protection (limits, shedding, deadline, CORS, security headers) lives in [`edge`].
+//! protection (limits, shedding, deadline, CORS, security headers) lives in [`edge`]; `ws` is
+//! the realtime gateway (`GET /ws`).
 
 pub mod dto;
 pub mod edge;
@@ -17,6 +18,7 @@ pub mod openapi;
 pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod ws;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -47,6 +49,7 @@ pub fn app(
         .configure(routes::orders::routes)
         .configure(routes::admin::routes)
         .configure(routes::jobs::routes)
+        .configure(ws::routes)
         .default_service(web::to(error::not_found))
         // Innermost first: limits, then admission (shedding, body size, deadline), CORS,
         // security headers; the request context (id, span, metrics) stays outermost.

@@ -11,7 +11,9 @@
 //! the next caller tries again, so recovery needs no restart. [`Kv::ping`] (health checks)
 //! always tries for real.
 
+pub mod hub;
 pub mod keys;
+pub mod pubsub;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,5 +11,6 @@
 mod support;
 
 mod proc;
+mod realtime;
 mod roles;
 mod secrets;

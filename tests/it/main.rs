@@ -17,4 +17,6 @@ mod migrations;
 mod openapi;
 mod orders;
 mod outage;
+mod outbox;
 mod push;
+mod ws;

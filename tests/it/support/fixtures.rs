@@ -484,9 +484,14 @@ pub struct Http {
 impl Http {
     /// A client for `server` that gives up on a request after 60 s.
     pub fn new(server: &TestServer) -> Self {
+        Self::at(&server.url(""))
+    }
+
+    /// A client for the server at `base` (`http://host:port`), e.g. a spawned binary.
+    pub fn at(base: &str) -> Self {
         Self {
             client: super::client(Duration::from_secs(60)),
-            base: server.url(""),
+            base: base.to_owned(),
         }
     }
 
