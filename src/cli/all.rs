@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::boot;
-use crate::config::{CommonArgs, Config, HttpArgs};
+use crate::config::{CommonArgs, Config, HttpArgs, OutboxArgs, WsArgs};
 use crate::shutdown::Shutdown;
 
 /// Settings of `itsur all`.
@@ -18,6 +18,10 @@ pub struct AllArgs {
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
+    ws: WsArgs,
+    #[command(flatten)]
+    outbox: OutboxArgs,
+    #[command(flatten)]
     jobs: crate::config::JobArgs,
 }
 
@@ -26,7 +30,12 @@ pub fn main(args: AllArgs) -> ExitCode {
         .http
         .validate(args.common.environment)
         .and_then(|jwt| Config::from_args(&args.common, Some(jwt)))
-    {
+        .and_then(|c| c.with_edge(&args.http.edge))
+        .and_then(|mut c| {
+            c.ws = args.ws.settings()?;
+            c.outbox = args.outbox.settings(args.common.environment)?;
+            Ok(c)
+        }) {
         Ok(c) => c,
         Err(e) => return super::config_exit(&e),
     };

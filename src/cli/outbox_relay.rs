@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::boot;
-use crate::config::{CommonArgs, Config, DEFAULT_RELAY_METRICS_BIND};
+use crate::config::{CommonArgs, Config, DEFAULT_RELAY_METRICS_BIND, OutboxArgs};
 use crate::shutdown::Shutdown;
 
 /// Settings of `itsur outbox-relay`.
@@ -14,13 +14,18 @@ use crate::shutdown::Shutdown;
 pub struct RelayArgs {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    outbox: OutboxArgs,
     /// Ops listener for /metrics and /health*.
     #[arg(long, env = "METRICS_BIND", default_value = DEFAULT_RELAY_METRICS_BIND)]
     metrics_bind: SocketAddr,
 }
 
 pub fn main(args: RelayArgs) -> ExitCode {
-    let config = match Config::from_args(&args.common, None) {
+    let config = match Config::from_args(&args.common, None).and_then(|mut c| {
+        c.outbox = args.outbox.settings(args.common.environment)?;
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => return super::config_exit(&e),
     };

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::boot;
-use crate::config::{CommonArgs, Config, HttpArgs};
+use crate::config::{CommonArgs, Config, HttpArgs, WsArgs};
 use crate::shutdown::Shutdown;
 
 /// Settings of `itsur serve`.
@@ -15,6 +15,8 @@ pub struct ServeArgs {
     common: CommonArgs,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    ws: WsArgs,
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
@@ -22,7 +24,11 @@ pub fn main(args: ServeArgs) -> ExitCode {
         .http
         .validate(args.common.environment)
         .and_then(|jwt| Config::from_args(&args.common, Some(jwt)))
-    {
+        .and_then(|c| c.with_edge(&args.http.edge))
+        .and_then(|mut c| {
+            c.ws = args.ws.settings()?;
+            Ok(c)
+        }) {
         Ok(c) => c,
         Err(e) => return super::config_exit(&e),
     };

@@ -34,7 +34,7 @@ impl Modify for BearerAuth {
         catalog::list_campuses, catalog::list_vendors, catalog::get_menu,
         catalog::create_menu_item, catalog::update_menu_item,
         orders::place_order, orders::list_orders, orders::get_order, orders::transition_order,
-        admin::list_audit,
+        admin::list_audit, admin::list_outbox, admin::retry_dead_event,
         jobs::request_sales_report, jobs::import_users, jobs::list_jobs, jobs::get_job,
         jobs::cancel_job, jobs::job_result, jobs::list_workers, jobs::retry_job,
     ),
@@ -43,7 +43,7 @@ impl Modify for BearerAuth {
         (name = "auth", description = "Accounts, sessions and devices"),
         (name = "catalog", description = "Campuses, vendors and menus"),
         (name = "orders", description = "Placing and following orders"),
-        (name = "admin", description = "Campus administration"),
+        (name = "admin", description = "Campus administration: audit trail, outbox dead letters"),
         (name = "jobs", description = "Long-running work: reports, imports, their progress and results"),
     )
 )]

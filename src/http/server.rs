@@ -1,10 +1,12 @@
 //! Runs the API on a bound listener until shutdown, then drains: readiness turns false at
-//! once (so nginx and probes stop sending), in-flight requests finish within the drain
-//! budget, and only then does the server stop.
+//! once (so nginx and probes stop sending), WebSockets are closed with 1012 (reconnect and
+//! resume elsewhere), in-flight requests finish within the drain budget, and only then does
+//! the server stop. Also starts the instance's Redis events subscription and relay waker.
 
 use std::net::TcpListener;
 
 use crate::app::Ctx;
+use crate::service::events::RelayWaker;
 use crate::shutdown::Shutdown;
 
 /// Serves [`super::app`] on `listener`; returns after a graceful stop.
@@ -17,9 +19,19 @@ pub async fn run(
     let drain = ctx.config.shutdown_timeout;
     let server = build(listener, ctx.clone(), workers)?;
     let handle = server.handle();
+    // The realtime side of this instance: its one Redis events subscription, and the task
+    // that wakes the relays after orders commit.
+    shutdown.spawn(super::ws::gateway::run_subscriber(
+        ctx.clone(),
+        shutdown.clone(),
+    ));
+    shutdown.spawn(RelayWaker::run(ctx.clone(), shutdown.clone()));
     tokio::spawn(async move {
         shutdown.cancelled().await;
         ctx.readiness.set_draining();
+        // WebSockets never finish on their own: tell them to reconnect elsewhere (1012) so
+        // the drain below is not spent waiting for them.
+        ctx.hub.close();
         tracing::info!(drain_secs = drain.as_secs(), "draining in-flight requests");
         // Graceful: stop accepting, let in-flight requests finish up to the drain budget.
         handle.stop(true).await;

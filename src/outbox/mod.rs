@@ -1,5 +1,9 @@
-//! Role `outbox-relay`: publishes committed outbox events to their sinks.
+//! Role `outbox-relay`: publishes committed outbox events to their sinks (Redis pub/sub or
+//! the in-process hub for the realtime gateway, an optional signed webhook).
 //!
-//! L3: depends on `store`, `kv`, `domain`, `app`; never on `http` or `jobs`.
+//! L3: depends on `store`, `kv`, `service`, `domain`, `app`; never on `http` or `jobs`.
+//! Env vars (through `config::OutboxSettings`): `OUTBOX_BATCH_SIZE`,
+//! `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`, `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_*`.
 
 pub mod relay;
+pub mod sinks;

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod catalog;
 pub mod credentials;
 pub mod devices;
+pub mod events;
 pub mod health;
 pub mod imports;
 pub mod jobs;

@@ -191,6 +191,8 @@ pub async fn place_order(
         .await?;
     if matches!(placed, Placed::New(_)) {
         metrics::counter!("order_creation_total", "outcome" => "created").increment(1);
+        // After commit, never inside the transaction: see service::events, "Waking the relay".
+        ctx.relay_waker.wake();
     }
     Ok(placed)
 }
@@ -495,5 +497,6 @@ pub async fn transition_order(
             Ok(view)
         })
         .await?;
+    ctx.relay_waker.wake();
     Ok(view)
 }

@@ -9,6 +9,7 @@ pub mod campuses;
 pub mod devices;
 pub mod idempotency;
 pub mod jobs;
+pub mod listen;
 pub mod menu_items;
 pub mod migrations;
 pub mod orders;

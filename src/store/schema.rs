@@ -139,6 +139,7 @@ diesel::table! {
         next_attempt_at -> Timestamptz,
         last_error -> Nullable<Text>,
         dead_at -> Nullable<Timestamptz>,
+        sinks_done -> Array<Text>,
     }
 }
 

@@ -12,4 +12,6 @@ mod support;
 
 mod jobs;
 mod proc;
+mod realtime;
 mod roles;
+mod secrets;

@@ -387,7 +387,15 @@ impl Api {
         let call = move |req: test::TestRequest| -> LocalBoxFuture<'static, Resp> {
             let app = Rc::clone(&app);
             Box::pin(async move {
-                let res = test::call_service(&*app, req.to_request()).await;
+                let res = match test::try_call_service(&*app, req.to_request()).await {
+                    Ok(res) => res.map_into_boxed_body(),
+                    // An error that escapes every middleware (the request deadline) is
+                    // rendered by actix's dispatcher from `error_response()`: do the same.
+                    Err(e) => actix_web::dev::ServiceResponse::new(
+                        test::TestRequest::default().to_http_request(),
+                        e.error_response(),
+                    ),
+                };
                 let status = res.status().as_u16();
                 let headers = res
                     .headers()
@@ -476,9 +484,14 @@ pub struct Http {
 impl Http {
     /// A client for `server` that gives up on a request after 60 s.
     pub fn new(server: &TestServer) -> Self {
+        Self::at(&server.url(""))
+    }
+
+    /// A client for the server at `base` (`http://host:port`), e.g. a spawned binary.
+    pub fn at(base: &str) -> Self {
         Self {
             client: super::client(Duration::from_secs(60)),
-            base: server.url(""),
+            base: base.to_owned(),
         }
     }
 

@@ -3,8 +3,10 @@
 
 pub mod chaos;
 pub mod db;
+pub mod fake_push;
 pub mod fixtures;
 pub mod redis;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

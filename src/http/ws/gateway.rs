@@ -1,0 +1,86 @@
+//! The instance's ONE Redis subscription: events published by any relay arrive here and are
+//! routed to this instance's sockets through the hub (`kv::hub`). When Redis drops, the
+//! sockets stay open; the loop resubscribes with backoff and then signals a gap, so every
+//! connection catches up from its own cursor (events published meanwhile are replayed from
+//! the outbox table). Without Redis there is nothing to subscribe to: the relay of the same
+//! process (`itsur all`) feeds the hub directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::Ctx;
+use crate::kv::pubsub::{EventFeed, FeedItem};
+use crate::shutdown::Shutdown;
+
+/// Deadline for connecting and subscribing.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the subscription connection proves it is alive (a black-holed connection
+/// delivers nothing and never ends by itself).
+const PING_EVERY: Duration = Duration::from_secs(15);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Gauge: 1 while this instance's Redis events subscription is up.
+pub const WS_FEED_UP: &str = "ws_feed_up";
+
+/// Subscribes to the events channel until shutdown, resubscribing whenever Redis drops.
+pub async fn run_subscriber(ctx: Ctx, shutdown: Shutdown) {
+    let Some(kv) = ctx.kv.clone() else {
+        return;
+    };
+    let mut delay = Duration::from_millis(250);
+    let mut subscribed_before = false;
+    loop {
+        let opened = tokio::select! {
+            o = EventFeed::open(&kv, OPEN_TIMEOUT) => o,
+            () = shutdown.cancelled() => return,
+        };
+        match opened {
+            Ok(mut feed) => {
+                metrics::gauge!(WS_FEED_UP).set(1.0);
+                delay = Duration::from_millis(250);
+                if subscribed_before {
+                    tracing::info!("redis events subscription restored; connections catch up");
+                    ctx.hub.signal_gap();
+                }
+                subscribed_before = true;
+                let lost = pump(&ctx, &mut feed, &shutdown).await;
+                metrics::gauge!(WS_FEED_UP).set(0.0);
+                match lost {
+                    Some(why) => tracing::warn!(error = %why, "redis events subscription lost"),
+                    None => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "cannot subscribe to redis events");
+            }
+        }
+        if !shutdown.sleep(delay).await {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Routes messages until the feed fails (`Some(why)`) or shutdown (`None`).
+async fn pump(ctx: &Ctx, feed: &mut EventFeed, shutdown: &Shutdown) -> Option<String> {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    loop {
+        tokio::select! {
+            item = feed.next() => match item {
+                Some(FeedItem::Event(event)) => {
+                    ctx.hub.dispatch(Arc::new(event));
+                }
+                Some(FeedItem::Malformed(why)) => {
+                    tracing::warn!(error = %why, "ignoring a malformed message on the events channel");
+                }
+                None => return Some("connection closed".to_owned()),
+            },
+            _ = ping.tick() => {
+                if let Err(e) = feed.ping(PING_TIMEOUT).await {
+                    return Some(e.to_string());
+                }
+            }
+            () = shutdown.cancelled() => return None,
+        }
+    }
+}

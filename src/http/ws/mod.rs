@@ -1,0 +1,118 @@
+//! `GET /ws`: the realtime gateway of `serve` (protocol in [`protocol`], one connection in
+//! [`conn`], the instance's Redis subscription in [`gateway`]).
+//!
+//! The upgrade authenticates with the access token — `Authorization: Bearer`, a
+//! `bearer.<token>` entry of `Sec-WebSocket-Protocol` (browsers cannot set headers), or
+//! `?token=` — and is admitted by the hub's per-IP and per-user caps (429 beyond them).
+//! Settings: `WS_*` (see `config::WsArgs`).
+
+pub mod conn;
+pub mod gateway;
+pub mod protocol;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+
+use self::protocol::{BEARER_PROTOCOL_PREFIX, SUBPROTOCOL};
+use crate::app::Ctx;
+use crate::domain::event::Subscription;
+use crate::http::error::ApiError;
+use crate::http::extract::bearer_token;
+use crate::kv::hub::{Admission, Rejected};
+use crate::service;
+
+/// Query parameters of the upgrade.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    /// Access token, for clients that can set neither a header nor a sub-protocol.
+    pub token: Option<String>,
+    /// Resume cursor: replay the events after this id before any live event.
+    pub after: Option<i64>,
+}
+
+/// The access token of an upgrade: header, then sub-protocol, then query.
+fn token_of(req: &HttpRequest, query: &WsQuery) -> Option<String> {
+    bearer_token(req)
+        .or_else(|| {
+            req.headers()
+                .get_all("sec-websocket-protocol")
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        })
+        .or_else(|| query.token.clone().filter(|t| !t.is_empty()))
+}
+
+/// The address the per-IP cap counts.
+// TODO(#6): resolve the client address through the trusted-proxy rules of the edge layer;
+// behind nginx the peer is the proxy, so WS_MAX_CONNECTIONS_PER_IP then caps the proxy.
+fn client_ip(req: &HttpRequest) -> IpAddr {
+    req.peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
+
+/// Upgrades to a WebSocket carrying the caller's events (see `protocol`).
+pub async fn connect(
+    ctx: web::Data<Ctx>,
+    req: HttpRequest,
+    query: web::Query<WsQuery>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = token_of(&req, &query)
+        .ok_or_else(|| ApiError::from(service::Error::Unauthenticated("missing access token")))?;
+    let actor = service::auth::authenticate(&ctx, &token).await?;
+    let subscription = Subscription::for_actor(&actor).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this account has no tenant to follow",
+        )
+    })?;
+    let subscriber = ctx
+        .hub
+        .subscribe(Admission {
+            subscription,
+            ip: client_ip(&req),
+        })
+        .map_err(|r| match r {
+            Rejected::TooManyForIp | Rejected::TooManyForUser => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-connections",
+                    r.to_string(),
+                );
+                e.retry_after = Some(5);
+                e
+            }
+            Rejected::ShuttingDown => ApiError::unavailable(r.to_string(), 1),
+        })?;
+    let (res, session, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "websocket-required",
+                "GET /ws expects a WebSocket upgrade",
+            )
+        })?;
+    actix_web::rt::spawn(conn::run(
+        ctx.get_ref().clone(),
+        actor,
+        subscription,
+        subscriber,
+        session,
+        stream,
+        query.after,
+    ));
+    Ok(res)
+}
+
+/// Registers `GET /ws`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(connect));
+}

@@ -1,0 +1,290 @@
+//! Where the relay hands events: the [`Sink`] trait and the sinks of this role.
+//!
+//! - [`RedisPublish`]: `PUBLISH` on the deployment's events channel, for every gateway.
+//! - [`HubPublish`]: the in-process hub, doing the same job when no Redis is configured
+//!   (`itsur all` on one machine).
+//! - [`Webhook`]: an optional signed POST per event (`WEBHOOK_URL`, `WEBHOOK_SECRET`).
+//!
+//! A sink receives the claim transaction's connection, so a sink can write in the same
+//! transaction as the mark-published — the job-enqueue sink (`order.status_changed` to
+//! `ready` → `send_push`) arrives with the job queue (issue #4) and plugs in here. Such a
+//! sink must wrap each event's writes in a nested transaction (`conn.transaction`, a
+//! SAVEPOINT): a failed statement otherwise aborts the whole claim transaction.
+//!
+//! Env vars (through `config::OutboxSettings`): `WEBHOOK_URL`, `WEBHOOK_SECRET`,
+//! `WEBHOOK_TIMEOUT_MS`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::app::Ctx;
+use crate::config::WebhookSettings;
+use crate::kv::Kv;
+use crate::kv::hub::{EventEnvelope, Hub};
+
+/// Why a sink did not take an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The sink's backend is down (Redis unreachable, circuit open, call skipped after an
+    /// earlier transport failure): the event waits without spending an attempt.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// This delivery failed: it counts as an attempt (backoff, then dead after the last).
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+/// A destination for outbox events.
+pub trait Sink: Send + Sync {
+    /// Stable name: metrics label and the entry in `outbox_events.sinks_done`.
+    fn name(&self) -> &'static str;
+
+    /// Delivers `events` (oldest first); returns one result per event, in order. `tx` is
+    /// the relay's claim transaction (see the module docs before writing through it).
+    fn deliver<'a>(
+        &'a self,
+        tx: &'a mut AsyncPgConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Vec<Result<(), SinkError>>>;
+}
+
+/// The sinks a relay on `ctx` runs: Redis (or the in-process hub without Redis), then the
+/// webhook when configured.
+pub fn default_sinks(ctx: &Ctx) -> Vec<Box<dyn Sink>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    match &ctx.kv {
+        Some(kv) => sinks.push(Box::new(RedisPublish { kv: kv.clone() })),
+        None => sinks.push(Box::new(HubPublish {
+            hub: ctx.hub.clone(),
+        })),
+    }
+    if let Some(webhook) = &ctx.config.outbox.webhook {
+        match Webhook::new(webhook, Arc::new(NoBreaker)) {
+            Ok(sink) => sinks.push(Box::new(sink)),
+            Err(e) => {
+                tracing::error!(error = %e, "webhook sink disabled: cannot build its HTTP client")
+            }
+        }
+    }
+    sinks
+}
+
+/// `PUBLISH` to the deployment's events channel (pipelined per batch).
+pub struct RedisPublish {
+    kv: Kv,
+}
+
+impl RedisPublish {
+    /// A sink publishing through `kv`.
+    pub fn new(kv: Kv) -> Self {
+        Self { kv }
+    }
+}
+
+impl Sink for RedisPublish {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        _tx: &'a mut AsyncPgConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Vec<Result<(), SinkError>>> {
+        async move {
+            let outcome = crate::kv::pubsub::publish(&self.kv, events)
+                .await
+                .map_err(|e| SinkError::Unavailable(e.to_string()));
+            vec![outcome; events.len()]
+        }
+        .boxed()
+    }
+}
+
+/// The in-process hub (no Redis): this process's sockets receive the events directly.
+pub struct HubPublish {
+    hub: Hub,
+}
+
+impl HubPublish {
+    /// A sink dispatching into `hub`.
+    pub fn new(hub: Hub) -> Self {
+        Self { hub }
+    }
+}
+
+impl Sink for HubPublish {
+    fn name(&self) -> &'static str {
+        "hub"
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        _tx: &'a mut AsyncPgConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Vec<Result<(), SinkError>>> {
+        for event in events {
+            self.hub.dispatch(Arc::new((*event).clone()));
+        }
+        std::future::ready(vec![Ok(()); events.len()]).boxed()
+    }
+}
+
+/// Seam for the circuit breaker of outbound calls (issue #6 builds it in `resilience`):
+/// the webhook asks before each call and reports each outcome. Until it lands,
+/// [`NoBreaker`] allows everything; the webhook's own per-batch short-circuit (skip the rest
+/// of a batch after a transport failure) keeps a dead endpoint from stalling the relay.
+pub trait CallGuard: Send + Sync {
+    /// False while the circuit is open: the call is skipped as unavailable.
+    fn allow(&self) -> bool;
+    /// The outcome of an allowed call.
+    fn record(&self, success: bool);
+}
+
+/// A guard that never opens (no breaker configured).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoBreaker;
+
+impl CallGuard for NoBreaker {
+    fn allow(&self) -> bool {
+        true
+    }
+
+    fn record(&self, _success: bool) {}
+}
+
+/// Signed webhook POSTs, one per event, a few at a time.
+pub struct Webhook {
+    client: reqwest::Client,
+    url: String,
+    secret: Vec<u8>,
+    guard: Arc<dyn CallGuard>,
+}
+
+/// Webhook calls in flight at once within a batch.
+const WEBHOOK_CONCURRENCY: usize = 8;
+
+/// The signature header of webhook calls.
+pub const SIGNATURE_HEADER: &str = "X-Itsur-Signature";
+
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`: the receiver recomputes it with
+/// the shared secret and rejects stale timestamps (replays).
+pub fn signature(secret: &[u8], unix_seconds: i64, body: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(unix_seconds.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "t={unix_seconds},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+impl Webhook {
+    /// A webhook sink from its settings, asking `guard` before each call.
+    pub fn new(settings: &WebhookSettings, guard: Arc<dyn CallGuard>) -> reqwest::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(2)))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            client,
+            url: settings.url.expose().clone(),
+            secret: settings.secret.expose().as_bytes().to_vec(),
+            guard,
+        })
+    }
+
+    async fn call(&self, event: &EventEnvelope, broken: &AtomicBool) -> Result<(), SinkError> {
+        if broken.load(Ordering::Relaxed) {
+            return Err(SinkError::Unavailable(
+                "skipped: the webhook failed earlier in this batch".to_owned(),
+            ));
+        }
+        if !self.guard.allow() {
+            return Err(SinkError::Unavailable("webhook circuit open".to_owned()));
+        }
+        let body = serde_json::to_vec(event).map_err(|e| SinkError::Failed(e.to_string()))?;
+        let signed = signature(&self.secret, chrono::Utc::now().timestamp(), &body);
+        let sent = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, signed)
+            .header("X-Itsur-Event-Id", event.id.to_string())
+            .header("X-Itsur-Event", event.event.as_str())
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(res) if res.status().is_success() => {
+                self.guard.record(true);
+                Ok(())
+            }
+            Ok(res) => {
+                self.guard.record(false);
+                Err(SinkError::Failed(format!(
+                    "webhook answered {}",
+                    res.status()
+                )))
+            }
+            Err(e) => {
+                self.guard.record(false);
+                // Timeouts and refused connections hit every event alike: spend this event's
+                // attempt, skip the rest of the batch without spending theirs.
+                broken.store(true, Ordering::Relaxed);
+                Err(SinkError::Failed(format!(
+                    "webhook unreachable: {}",
+                    e.without_url()
+                )))
+            }
+        }
+    }
+}
+
+impl Sink for Webhook {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        _tx: &'a mut AsyncPgConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Vec<Result<(), SinkError>>> {
+        async move {
+            let broken = AtomicBool::new(false);
+            let broken = &broken;
+            let calls: Vec<_> = events.iter().map(|e| self.call(e, broken)).collect();
+            futures_util::stream::iter(calls)
+                .buffered(WEBHOOK_CONCURRENCY)
+                .collect()
+                .await
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // Reference value: printf '1700000000.{"id":1}' | openssl dgst -sha256 -hmac secret
+        assert_eq!(
+            signature(b"secret", 1_700_000_000, br#"{"id":1}"#),
+            "t=1700000000,v1=3dd1b9aef568d75f6790a84bd2e5dfa1f44409eef3cbdbd3f10b837376100c11"
+        );
+    }
+}

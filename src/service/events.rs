@@ -1,0 +1,290 @@
+//! Outbox events as the realtime side sees them: the envelope built from a row, the
+//! tenant-scoped replay behind WebSocket `resume`, the admin view of dead events (list,
+//! retry), and [`RelayWaker`], which wakes the relays after a commit.
+//!
+//! L2: depends on `store::outbox`, `kv::hub` (the envelope), `domain` and `app::Ctx`.
+//!
+//! ## Waking the relay
+//! `NOTIFY` inside the order transaction takes Postgres's database-wide notify lock during
+//! commit, which serialises every committing order (measured in docs/ARCHITECTURE.md). So the
+//! outbox insert fires nothing; after commit the service calls [`RelayWaker::wake`], and one
+//! task per process ([`RelayWaker::run`]) sends `pg_notify` on a pooled connection, coalescing
+//! a burst of commits into one notification per round trip. A wake-up lost to a crash between
+//! commit and notify costs at most the relay's poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use tokio::sync::Notify;
+
+use super::{Page, PageRequest, Result};
+use crate::app::Ctx;
+use crate::domain::event::{EventRouting, Subscription, Tenant};
+use crate::domain::{Actor, DomainError, Role};
+use crate::kv::hub::EventEnvelope;
+use crate::shutdown::Shutdown;
+use crate::store::{audit, outbox, sessions};
+
+pub use crate::store::outbox::{OutboxEventRow, State as OutboxState};
+
+/// How far below a resume cursor the replay looks for events that committed (or were
+/// published) after a higher id: concurrent transactions take ids in one order and commit in
+/// another, and several relays publish batches in parallel.
+pub const LATE_LOOKBACK_IDS: i64 = 10_000;
+
+/// The envelope of an outbox row, as published and as sent to clients.
+pub fn envelope(row: &OutboxEventRow) -> EventEnvelope {
+    EventEnvelope {
+        id: row.id,
+        event: row.event_type.clone(),
+        aggregate_type: row.aggregate_type.clone(),
+        aggregate_id: row.aggregate_id,
+        version: row.aggregate_version,
+        created_at: row.created_at,
+        data: row.payload.clone(),
+        routing: EventRouting {
+            campus_id: row.campus_id.map(Into::into),
+            vendor_id: row.vendor_id.map(Into::into),
+            user_id: row.user_id.map(Into::into),
+        },
+    }
+}
+
+fn scope_of(actor: &Actor) -> Option<outbox::Scope> {
+    Subscription::for_actor(actor).map(|s| {
+        let user = s.user.into_inner();
+        match s.tenant {
+            Tenant::Own => outbox::Scope::User(user),
+            Tenant::Vendor(v) => outbox::Scope::UserOrVendor(user, v.into_inner()),
+            Tenant::Campus(c) => outbox::Scope::UserOrCampus(user, c.into_inner()),
+            Tenant::All => outbox::Scope::All,
+        }
+    })
+}
+
+/// The highest event id the actor may see (0 when none): where a fresh client's stream
+/// starts, sent in the WebSocket `hello`.
+pub async fn latest_event_id(ctx: &Ctx, actor: &Actor) -> Result<i64> {
+    let Some(scope) = scope_of(actor) else {
+        return Ok(0);
+    };
+    let mut conn = ctx.db.conn().await?;
+    Ok(outbox::max_id(&mut conn, scope).await?)
+}
+
+/// What a resume asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayRequest {
+    /// The client's cursor: the last event id it saw.
+    pub after: i64,
+    /// Also look below `after` for events published after it (the first page of a resume).
+    pub include_late: bool,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// One page of a replay.
+#[derive(Debug, Clone)]
+pub struct ReplayPage {
+    /// Events the actor may see, oldest first: the late ones below the cursor, then the
+    /// ones after it.
+    pub events: Vec<EventEnvelope>,
+    /// Cursor for the next page (the highest id above `after` in this page).
+    pub next_after: i64,
+    /// True when the page was full: ask again from `next_after`.
+    pub more: bool,
+    /// False when the cursor's own event is gone (pruned past the retention window): the
+    /// client may have missed events that no longer exist and should reload its state.
+    pub cursor_known: bool,
+}
+
+/// Replays, from the outbox table, the events the actor may see after `req.after`
+/// (tenant-scoped like `domain::access`). Unpublished events are included: the live stream
+/// may deliver them again, and consumers drop duplicates by id.
+pub async fn replay_after(ctx: &Ctx, actor: &Actor, req: ReplayRequest) -> Result<ReplayPage> {
+    let empty = ReplayPage {
+        events: Vec::new(),
+        next_after: req.after,
+        more: false,
+        cursor_known: true,
+    };
+    let Some(scope) = scope_of(actor) else {
+        return Ok(empty);
+    };
+    // The primary, not the replica: an event the relay published before this connection
+    // subscribed must be visible here, and a lagging replica may not have it yet.
+    let mut conn = ctx.db.conn().await?;
+    let mut events = Vec::new();
+    let mut cursor_known = true;
+    if req.include_late && req.after > 0 {
+        match outbox::find(&mut conn, req.after).await? {
+            Some(cursor) => {
+                let late = outbox::list_late(
+                    &mut conn,
+                    scope,
+                    req.after,
+                    cursor.published_at,
+                    LATE_LOOKBACK_IDS,
+                    req.limit,
+                )
+                .await?;
+                events.extend(late.iter().map(envelope));
+            }
+            None => cursor_known = false,
+        }
+    }
+    let rows = outbox::list_after(&mut conn, scope, req.after, req.limit).await?;
+    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= req.limit;
+    let next_after = rows.last().map_or(req.after, |r| r.id);
+    events.extend(rows.iter().map(envelope));
+    Ok(ReplayPage {
+        events,
+        next_after,
+        more,
+        cursor_known,
+    })
+}
+
+/// True while the actor's session is live (not revoked, not expired): a WebSocket outlives
+/// its access token, so the gateway re-checks periodically.
+pub async fn session_is_live(ctx: &Ctx, actor: &Actor) -> Result<bool> {
+    // The primary: a replica lagging behind a fresh login must not end a live socket.
+    let mut conn = ctx.db.conn().await?;
+    let live = sessions::find_live_with_user(&mut conn, actor.session_id.into_inner()).await?;
+    Ok(live.is_some_and(|(_, user)| user.id == actor.user_id.into_inner()))
+}
+
+fn admin_campus(actor: &Actor) -> Result<Option<uuid::Uuid>> {
+    match actor.role {
+        Role::PlatformAdmin => Ok(None),
+        Role::CampusAdmin => Ok(Some(
+            actor
+                .campus_id
+                .ok_or_else(|| anyhow::anyhow!("campus admin without campus"))?
+                .into_inner(),
+        )),
+        Role::Student | Role::VendorStaff => Err(DomainError::Forbidden {
+            reason: "only administrators see the outbox".to_owned(),
+        }
+        .into()),
+    }
+}
+
+/// Outbox events in `state` that the admin may see (campus admins: their campus), newest
+/// first.
+pub async fn list_outbox(
+    ctx: &Ctx,
+    actor: &Actor,
+    state: OutboxState,
+    page: PageRequest,
+) -> Result<Page<OutboxEventRow>> {
+    let campus = admin_campus(actor)?;
+    let mut conn = ctx.db.read_conn().await?;
+    let (rows, total) =
+        outbox::list_by_state(&mut conn, state, campus, page.limit, page.offset).await?;
+    Ok(Page::new(rows, total, page))
+}
+
+/// Brings a dead event back for another round of delivery (attempts reset; sinks that
+/// already took it are not run again). 404 outside the admin's campus, 409 when not dead.
+pub async fn retry_dead_event(
+    ctx: &Ctx,
+    actor: &Actor,
+    id: i64,
+    request_id: Option<String>,
+) -> Result<OutboxEventRow> {
+    let campus = admin_campus(actor)?;
+    let mut conn = ctx.db.conn().await?;
+    let row = conn
+        .transaction(async |conn| -> Result<OutboxEventRow> {
+            let row = outbox::lock(conn, id)
+                .await?
+                .filter(|r| campus.is_none() || r.campus_id == campus)
+                .ok_or(DomainError::NotFound {
+                    what: "outbox event",
+                })?;
+            if row.dead_at.is_none() {
+                return Err(DomainError::Conflict {
+                    reason: "the event is not dead".to_owned(),
+                }
+                .into());
+            }
+            let revived = outbox::revive(conn, id).await?;
+            audit::insert(
+                conn,
+                &audit::NewAuditRow {
+                    campus_id: row.campus_id,
+                    actor_id: Some(actor.user_id.into_inner()),
+                    action: "outbox.retried".to_owned(),
+                    target_type: "outbox_event".to_owned(),
+                    target_id: id.to_string(),
+                    detail: serde_json::json!({
+                        "event": row.event_type,
+                        "attempts": row.attempts,
+                        "lastError": row.last_error,
+                    }),
+                    request_id: request_id.clone(),
+                },
+            )
+            .await?;
+            Ok(revived)
+        })
+        .await?;
+    ctx.relay_waker.wake();
+    Ok(row)
+}
+
+/// Age of the oldest unpublished event, for `outbox_lag_seconds` (0 when none).
+pub fn lag_seconds(oldest: Option<DateTime<Utc>>, now: DateTime<Utc>) -> f64 {
+    oldest.map_or(0.0, |t| {
+        let ms = (now - t).num_milliseconds().max(0);
+        // Milliseconds of lag fit f64 exactly for any realistic age.
+        #[expect(
+            clippy::as_conversions,
+            clippy::cast_precision_loss,
+            reason = "a gauge value"
+        )]
+        let secs = ms as f64 / 1000.0;
+        secs
+    })
+}
+
+/// Wakes the relays after commits that wrote outbox events. Cloning shares the signal.
+#[derive(Clone, Default)]
+pub struct RelayWaker {
+    pending: Arc<Notify>,
+}
+
+impl RelayWaker {
+    /// Asks for one `pg_notify` soon; many calls before it is sent coalesce into one. Call it
+    /// after the transaction that wrote events has committed.
+    pub fn wake(&self) {
+        self.pending.notify_one();
+    }
+
+    /// Sends the coalesced notifications until shutdown (one task per process that writes
+    /// events: `serve` and `all`). A failure is logged and dropped: the relays' polling
+    /// fallback picks the events up.
+    pub async fn run(ctx: Ctx, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                () = ctx.relay_waker.pending.notified() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let sent = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut conn = ctx.db.conn().await.map_err(|e| e.to_string())?;
+                outbox::notify_relay(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "relay wake-up not sent; relays poll"),
+                Err(_) => tracing::debug!("relay wake-up timed out; relays poll"),
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `LISTEN` on a dedicated, non-pooled connection (a LISTEN on a pooled connection would go
+//! back to the pool with it), turned into wake-ups on a [`tokio::sync::Notify`]. The
+//! connection is re-opened with backoff whenever it dies, and checked with a `SELECT 1` every
+//! [`HEALTH_EVERY`] because a black-holed connection never ends its notification stream.
+//!
+//! After every (re)connect the listener wakes its owner once: notifications sent while it
+//! was not listening are lost, and the owner's claim query finds that work anyway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+use crate::config::Secret;
+use crate::shutdown::Shutdown;
+
+/// How often the listening connection proves it is alive.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(30);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Listens on `channel` until shutdown, calling `wake.notify_one()` for every notification
+/// (and once per connect). `channel` must be a plain lowercase identifier.
+pub async fn wake_on_notify(
+    url: Secret<String>,
+    channel: &'static str,
+    wake: Arc<Notify>,
+    shutdown: Shutdown,
+) {
+    debug_assert!(
+        channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+        "channel names are interpolated into LISTEN"
+    );
+    let mut delay = Duration::from_millis(250);
+    while !shutdown.is_triggered() {
+        let outcome = tokio::select! {
+            o = listen_once(&url, channel, &wake) => o,
+            () = shutdown.cancelled() => return,
+        };
+        match outcome {
+            Ok(()) => delay = Duration::from_millis(250),
+            Err(e) => {
+                tracing::warn!(channel, error = %e, retry_in_ms = delay.as_millis(), "LISTEN connection lost")
+            }
+        }
+        if !shutdown.sleep(delay).await {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection's life: connect, LISTEN, forward notifications until it fails.
+async fn listen_once(url: &Secret<String>, channel: &str, wake: &Notify) -> Result<(), String> {
+    let mut conn = tokio::time::timeout(CHECK_TIMEOUT, AsyncPgConnection::establish(url.expose()))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    conn.batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(channel, "listening");
+    wake.notify_one();
+    loop {
+        {
+            let mut stream = std::pin::pin!(conn.notifications_stream());
+            let health = tokio::time::sleep(HEALTH_EVERY);
+            tokio::pin!(health);
+            loop {
+                tokio::select! {
+                    n = stream.next() => match n {
+                        Some(Ok(_)) => wake.notify_one(),
+                        Some(Err(e)) => return Err(e.to_string()),
+                        None => return Err("notification stream ended".to_owned()),
+                    },
+                    () = &mut health => break,
+                }
+            }
+        }
+        // Notifications arriving meanwhile wait in the connection's channel.
+        tokio::time::timeout(
+            CHECK_TIMEOUT,
+            diesel::sql_query("SELECT 1").execute(&mut conn),
+        )
+        .await
+        .map_err(|_| "health check timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    }
+}
