@@ -2,15 +2,19 @@
 //! handle, readiness state, the realtime event hub and the relay wake-up. Built once by
 //! `cli/` (or a test) and cloned cheaply.
 //!
-//! L2: depends on `store`, `kv`, `config`, `telemetry` and `service::{health, events}` state.
+//! L2: depends on `store`, `kv`, `resilience`, `clients`, `config`, `telemetry` and
+//! `service::{health, events}` state.
 
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
 
+use crate::clients::Clients;
 use crate::config::Config;
 use crate::kv::Kv;
 use crate::kv::hub::{Hub, HubLimits};
+use crate::resilience::{Breakers, RateLimiter};
 use crate::service::events::RelayWaker;
 use crate::service::health::Readiness;
 use crate::store::Db;
@@ -28,6 +32,14 @@ pub struct Ctx {
     pub metrics: PrometheusHandle,
     /// Cached dependency checks and the draining flag behind `/health/ready`.
     pub readiness: Readiness,
+    /// Sliding-window rate limits (shared through Redis, local fallback).
+    pub limiter: RateLimiter,
+    /// Named circuit breakers of outbound calls (shared through Redis, local fallback).
+    pub breakers: Breakers,
+    /// Outbound HTTP clients (push providers), each behind its breaker.
+    pub clients: Clients,
+    /// Permits for requests in flight in this process (`MAX_IN_FLIGHT`): load shedding.
+    pub in_flight: Arc<Semaphore>,
     /// This process's realtime subscribers (WebSocket connections) and their fan-out; fed
     /// by the gateway's Redis subscriber, or by the relay directly when there is no Redis.
     pub hub: Hub,
@@ -40,6 +52,7 @@ impl Ctx {
     pub fn new(config: Config) -> Result<Self, redis::RedisError> {
         let db = Db::new(&config);
         let kv = Kv::from_config(&config)?;
+        let breakers = Breakers::new(kv.clone(), config.breaker);
         let hub = Hub::new(HubLimits {
             per_ip: config.ws.max_per_ip,
             per_user: config.ws.max_per_user,
@@ -47,6 +60,10 @@ impl Ctx {
         });
         Ok(Self {
             db,
+            limiter: RateLimiter::new(kv.clone()),
+            clients: Clients::new(&config, &breakers),
+            breakers,
+            in_flight: Arc::new(Semaphore::new(config.edge.max_in_flight)),
             kv,
             config: Arc::new(config),
             metrics: crate::telemetry::install_metrics(),

@@ -8,15 +8,26 @@
 //! Env vars: `DATABASE_URL`, `DATABASE_READ_URL`, `DB_POOL_SIZE`, `DB_READ_POOL_SIZE`,
 //! `DB_CONNECT_TIMEOUT_MS`, `DB_STATEMENT_TIMEOUT_MS`, `REDIS_URL`, `REDIS_PREFIX`,
 //! `REDIS_POOL_SIZE`, `ITSUR_ENV`, `LOG_FORMAT`, `RUST_LOG`, `SHUTDOWN_TIMEOUT_SECS`,
-//! `BIND_ADDR`, `HTTP_WORKERS`, `JWT_SECRET`, `METRICS_BIND`, `HEALTHCHECK_URL`, `JOB_*`,
-//! `OUTBOX_RETENTION_HOURS` (also the WebSocket resume window); WebSocket gateway
+//! `BIND_ADDR`, `HTTP_WORKERS`, `JWT_SECRET`, `METRICS_BIND`, `HEALTHCHECK_URL`.
+//!
+//! Edge protection ([`EdgeArgs`], serve and all): `RATE_LIMIT_IP`, `RATE_LIMIT_USER`,
+//! `RATE_LIMIT_AUTH`, `RATE_LIMIT_LOGIN`, `RATE_LIMIT_ORDERS`, `TRUSTED_PROXIES`,
+//! `REQUEST_TIMEOUT_MS`, `MAX_IN_FLIGHT`, `JSON_BODY_LIMIT_BYTES`, `AUTH_BODY_LIMIT_BYTES`,
+//! `HSTS_MAX_AGE_SECS`, `CORS_ORIGINS`, `CORS_ALLOW_CREDENTIALS`, `CORS_MAX_AGE_SECS`.
+//! Outbound calls ([`PushArgs`], [`BreakerArgs`], every role): `FCM_BASE_URL`,
+//! `FCM_PROJECT_ID`, `FCM_ACCESS_TOKEN`, `ONESIGNAL_BASE_URL`, `ONESIGNAL_APP_ID`,
+//! `ONESIGNAL_API_KEY`, `PUSH_TIMEOUT_MS`, `BREAKER_FAILURE_RATIO`, `BREAKER_MIN_CALLS`,
+//! `BREAKER_WINDOW_SECS`, `BREAKER_CONSECUTIVE_FAILURES`, `BREAKER_COOLDOWN_SECS`.
+//!
+//! Jobs and the outbox: `JOB_*`, `OUTBOX_RETENTION_HOURS` (also the WebSocket resume window); WebSocket gateway
 //! ([`WsArgs`]): `WS_MAX_CONNECTIONS_PER_IP`, `WS_MAX_CONNECTIONS_PER_USER`, `WS_SEND_QUEUE`,
 //! `WS_PING_SECS`, `WS_IDLE_TIMEOUT_SECS`, `WS_SESSION_RECHECK_SECS`; outbox relay
 //! ([`OutboxArgs`]): `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`,
 //! `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_TIMEOUT_MS`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -168,6 +179,14 @@ pub struct CommonArgs {
     /// Seconds a stopping role waits for in-flight requests and jobs before it gives up.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout_secs: u64,
+
+    /// Push providers (used by the worker's `send_push` jobs).
+    #[command(flatten)]
+    pub push: PushArgs,
+
+    /// Circuit breakers around every outbound call.
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
 }
 
 impl CommonArgs {
@@ -232,6 +251,10 @@ pub struct HttpArgs {
     /// HS256 key for access tokens: at least 32 bytes unless ITSUR_ENV=dev.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Rate limits, proxies, deadlines, body limits, CORS and security headers.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 impl HttpArgs {
@@ -521,6 +544,12 @@ pub struct Config {
     pub outbox_retention: chrono::Duration,
     /// JWT signing key; present only for roles that serve HTTP.
     pub jwt_secret: Option<Secret<String>>,
+    /// Rate limits, proxies, deadlines, body limits, CORS and security headers of the API.
+    pub edge: EdgeConfig,
+    /// Push-provider endpoints and credentials.
+    pub push: PushConfig,
+    /// Circuit-breaker policy shared by every outbound client.
+    pub breaker: BreakerConfig,
     /// WebSocket gateway (defaults unless the role takes [`WsArgs`]).
     pub ws: WsSettings,
     /// Outbox relay (defaults unless the role takes [`OutboxArgs`]).
@@ -552,9 +581,18 @@ impl Config {
             job_retention: chrono::Duration::hours(i64::from(common.job_retention_hours)),
             outbox_retention: chrono::Duration::hours(i64::from(common.outbox_retention_hours)),
             jwt_secret,
+            edge: EdgeConfig::default(),
+            push: common.push.to_config()?,
+            breaker: common.breaker.to_config()?,
             ws: WsSettings::default(),
             outbox: OutboxSettings::default(),
         })
+    }
+
+    /// Adds the HTTP edge settings of `serve`/`all` (rate limits, proxies, CORS, deadlines).
+    pub fn with_edge(mut self, edge: &EdgeArgs) -> Result<Self, ConfigError> {
+        self.edge = edge.to_config()?;
+        Ok(self)
     }
 
     /// A config for tests and tools: the given URLs, small pools, dev environment.
@@ -577,6 +615,14 @@ impl Config {
             jwt_secret: Some(Secret::new(
                 "test-secret-that-is-long-enough-0123456789".to_owned(),
             )),
+            // Tests that exercise the limiter set the buckets they need; the others would
+            // trip the production defaults (they send hundreds of requests from one peer).
+            edge: EdgeConfig {
+                rate_limits: RateLimits::off(),
+                ..EdgeConfig::default()
+            },
+            push: PushConfig::default(),
+            breaker: BreakerConfig::default(),
             ws: WsSettings::default(),
             // Tests drive the relay explicitly or wake it; a short poll keeps e2e-style tests
             // that rely on the fallback quick.
@@ -588,15 +634,567 @@ impl Config {
     }
 }
 
+/// An IP network such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is a /32 (/128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// True when `ip` is inside this network (IPv4 and IPv6 never match each other).
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(*ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(*ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = || format!("`{s}` is not an address or CIDR such as 10.0.0.0/8");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// A rate-limit quota: at most `limit` requests in any window of `period` (sliding window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests allowed per window.
+    pub limit: u32,
+    /// Length of the sliding window.
+    pub period: Duration,
+}
+
+impl Quota {
+    /// `limit` requests per `period`.
+    pub const fn new(limit: u32, period: Duration) -> Self {
+        Self { limit, period }
+    }
+
+    /// `limit` requests per minute.
+    pub const fn per_minute(limit: u32) -> Self {
+        Self::new(limit, Duration::from_secs(60))
+    }
+}
+
+/// A bucket's setting as written in the environment: `N/PERIOD` (`100/1m`, `5/30s`,
+/// `1000/1h`, `10/15m`) or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaSetting(pub Option<Quota>);
+
+impl FromStr for QuotaSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        let bad = || format!("`{s}` is not N/PERIOD (e.g. 100/1m, 5/30s, 1000/1h) or off");
+        let (n, period) = s.split_once('/').ok_or_else(bad)?;
+        let limit: u32 = n.trim().parse().map_err(|_| bad())?;
+        let period = period.trim();
+        let split = period
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(period.len());
+        let (count, unit) = period.split_at(split);
+        let count: u64 = if count.is_empty() {
+            1
+        } else {
+            count.parse().map_err(|_| bad())?
+        };
+        let unit_secs = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(bad()),
+        };
+        let secs = count.checked_mul(unit_secs).ok_or_else(bad)?;
+        if limit == 0 || secs == 0 || secs > 24 * 3600 {
+            return Err(format!(
+                "`{s}`: the limit must be at least 1 and the period between 1s and 24h"
+            ));
+        }
+        Ok(Self(Some(Quota::new(limit, Duration::from_secs(secs)))))
+    }
+}
+
+/// The quotas of the API's rate-limit buckets; `None` switches a bucket off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Every request, per client IP (IPv6: per /64).
+    pub ip: Option<Quota>,
+    /// Every request carrying a valid access token, per user.
+    pub user: Option<Quota>,
+    /// `POST /auth/login` and `POST /auth/register`, per client IP.
+    pub auth: Option<Quota>,
+    /// `POST /auth/login`, per client IP and e-mail (password guessing on one account).
+    pub login: Option<Quota>,
+    /// `POST /orders`, per user (per IP when anonymous).
+    pub orders: Option<Quota>,
+}
+
+impl RateLimits {
+    /// Every bucket off.
+    pub const fn off() -> Self {
+        Self {
+            ip: None,
+            user: None,
+            auth: None,
+            login: None,
+            orders: None,
+        }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            ip: Some(Quota::per_minute(100)),
+            user: Some(Quota::per_minute(120)),
+            auth: Some(Quota::per_minute(20)),
+            login: Some(Quota::new(10, Duration::from_secs(15 * 60))),
+            orders: Some(Quota::per_minute(10)),
+        }
+    }
+}
+
+/// Allowed cross-origin callers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.itsur.edu`), or `*` (only without credentials). Empty =
+    /// no CORS headers at all (same-origin only).
+    pub origins: Vec<String>,
+    /// Sends `Access-Control-Allow-Credentials: true` (never together with `*`).
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight answer.
+    pub max_age: Duration,
+}
+
+/// Edge protection of the HTTP API.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Per-bucket quotas.
+    pub rate_limits: RateLimits,
+    /// Peers whose `X-Forwarded-For` is believed (nginx).
+    pub trusted_proxies: Vec<Cidr>,
+    /// A request that has not produced its response by then answers 503.
+    pub request_timeout: Duration,
+    /// Requests handled at once by this process; beyond it, 503 + Retry-After.
+    pub max_in_flight: usize,
+    /// Largest JSON body accepted (413 beyond).
+    pub json_body_limit: usize,
+    /// Largest body accepted on `POST /auth/{login,register,refresh}` (413 beyond).
+    pub auth_body_limit: usize,
+    /// `Strict-Transport-Security: max-age=…` (None = header not sent).
+    pub hsts_max_age: Option<Duration>,
+    /// Cross-origin policy.
+    pub cors: CorsConfig,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            rate_limits: RateLimits::default(),
+            trusted_proxies: Vec::new(),
+            request_timeout: Duration::from_secs(10),
+            max_in_flight: 1024,
+            json_body_limit: 64 * 1024,
+            auth_body_limit: 32 * 1024,
+            hsts_max_age: Some(Duration::from_secs(365 * 24 * 3600)),
+            cors: CorsConfig {
+                origins: Vec::new(),
+                allow_credentials: false,
+                max_age: Duration::from_secs(600),
+            },
+        }
+    }
+}
+
+/// Edge-protection settings of the HTTP API (`serve`, `all`).
+#[derive(Args, Clone, Debug)]
+pub struct EdgeArgs {
+    /// Requests per client IP (IPv6: per /64): N/PERIOD such as 100/1m, or off.
+    #[arg(long, env = "RATE_LIMIT_IP", default_value = "100/1m")]
+    pub rate_limit_ip: QuotaSetting,
+
+    /// Requests per authenticated user: N/PERIOD or off.
+    #[arg(long, env = "RATE_LIMIT_USER", default_value = "120/1m")]
+    pub rate_limit_user: QuotaSetting,
+
+    /// POST /auth/login and /auth/register per client IP: N/PERIOD or off.
+    #[arg(long, env = "RATE_LIMIT_AUTH", default_value = "20/1m")]
+    pub rate_limit_auth: QuotaSetting,
+
+    /// POST /auth/login per client IP and e-mail (password guessing): N/PERIOD or off.
+    #[arg(long, env = "RATE_LIMIT_LOGIN", default_value = "10/15m")]
+    pub rate_limit_login: QuotaSetting,
+
+    /// POST /orders per user: N/PERIOD or off.
+    #[arg(long, env = "RATE_LIMIT_ORDERS", default_value = "10/1m")]
+    pub rate_limit_orders: QuotaSetting,
+
+    /// Comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Deadline of one request in ms: past it the request answers 503 (never hangs).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub request_timeout_ms: u64,
+
+    /// Requests handled at once by this process; beyond it 503 + Retry-After (load shedding).
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+
+    /// Largest JSON request body in bytes (413 beyond).
+    #[arg(long, env = "JSON_BODY_LIMIT_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=104_857_600))]
+    pub json_body_limit_bytes: u32,
+
+    /// Largest request body of POST /auth/login, /auth/register and /auth/refresh in bytes.
+    #[arg(long, env = "AUTH_BODY_LIMIT_BYTES", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
+    pub auth_body_limit_bytes: u32,
+
+    /// Strict-Transport-Security max-age in seconds (0 = header not sent).
+    #[arg(long, env = "HSTS_MAX_AGE_SECS", default_value_t = 31_536_000)]
+    pub hsts_max_age_secs: u64,
+
+    /// Comma-separated origins allowed to call the API from a browser (`*` = any, only
+    /// without credentials); unset = same-origin only.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Let browsers send cookies/credentials cross-origin (refused together with `*`).
+    #[arg(long, env = "CORS_ALLOW_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cors_allow_credentials: bool,
+
+    /// Seconds browsers may cache a CORS preflight answer.
+    #[arg(long, env = "CORS_MAX_AGE_SECS", default_value_t = 600)]
+    pub cors_max_age_secs: u64,
+}
+
+impl EdgeArgs {
+    /// Validates into an [`EdgeConfig`].
+    pub fn to_config(&self) -> Result<EdgeConfig, ConfigError> {
+        let origins: Vec<String> = self
+            .cors_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for o in &origins {
+            if o == "*" {
+                if self.cors_allow_credentials {
+                    return Err(ConfigError::new(
+                        "CORS_ORIGINS",
+                        "`*` cannot be combined with CORS_ALLOW_CREDENTIALS=true; list the origins",
+                    ));
+                }
+                continue;
+            }
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+                return Err(ConfigError::new(
+                    "CORS_ORIGINS",
+                    format!("`{o}` is not an origin such as https://app.example.edu"),
+                ));
+            }
+        }
+        Ok(EdgeConfig {
+            rate_limits: RateLimits {
+                ip: self.rate_limit_ip.0,
+                user: self.rate_limit_user.0,
+                auth: self.rate_limit_auth.0,
+                login: self.rate_limit_login.0,
+                orders: self.rate_limit_orders.0,
+            },
+            trusted_proxies: self.trusted_proxies.clone(),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+            json_body_limit: usize::try_from(self.json_body_limit_bytes).unwrap_or(usize::MAX),
+            auth_body_limit: usize::try_from(self.auth_body_limit_bytes).unwrap_or(usize::MAX),
+            hsts_max_age: (self.hsts_max_age_secs > 0)
+                .then(|| Duration::from_secs(self.hsts_max_age_secs)),
+            cors: CorsConfig {
+                origins,
+                allow_credentials: self.cors_allow_credentials,
+                max_age: Duration::from_secs(self.cors_max_age_secs),
+            },
+        })
+    }
+}
+
+/// Push-provider endpoints and credentials.
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// FCM HTTP v1 base URL (tests point it at a local server).
+    pub fcm_base_url: String,
+    /// Firebase project id; FCM sends are refused (Permanent) while unset.
+    pub fcm_project_id: Option<String>,
+    /// OAuth 2 access token for FCM (`Authorization: Bearer …`).
+    pub fcm_access_token: Option<Secret<String>>,
+    /// OneSignal REST base URL.
+    pub onesignal_base_url: String,
+    /// OneSignal app id; OneSignal sends are refused (Permanent) while unset.
+    pub onesignal_app_id: Option<String>,
+    /// OneSignal REST API key (`Authorization: Key …`).
+    pub onesignal_api_key: Option<Secret<String>>,
+    /// Deadline of one provider call.
+    pub timeout: Duration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            fcm_base_url: DEFAULT_FCM_BASE_URL.to_owned(),
+            fcm_project_id: None,
+            fcm_access_token: None,
+            onesignal_base_url: DEFAULT_ONESIGNAL_BASE_URL.to_owned(),
+            onesignal_app_id: None,
+            onesignal_api_key: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Default FCM endpoint.
+pub const DEFAULT_FCM_BASE_URL: &str = "https://fcm.googleapis.com";
+/// Default OneSignal endpoint.
+pub const DEFAULT_ONESIGNAL_BASE_URL: &str = "https://api.onesignal.com";
+
+/// Push-provider settings (the worker's `send_push` jobs).
+#[derive(Args, Clone, Debug)]
+pub struct PushArgs {
+    /// FCM HTTP v1 base URL.
+    #[arg(long, env = "FCM_BASE_URL", default_value = DEFAULT_FCM_BASE_URL)]
+    pub fcm_base_url: String,
+
+    /// Firebase project id for FCM sends.
+    #[arg(long, env = "FCM_PROJECT_ID")]
+    pub fcm_project_id: Option<String>,
+
+    /// OAuth 2 access token for FCM HTTP v1 (Bearer).
+    #[arg(long, env = "FCM_ACCESS_TOKEN", hide_env_values = true)]
+    pub fcm_access_token: Option<String>,
+
+    /// OneSignal REST base URL.
+    #[arg(long, env = "ONESIGNAL_BASE_URL", default_value = DEFAULT_ONESIGNAL_BASE_URL)]
+    pub onesignal_base_url: String,
+
+    /// OneSignal app id.
+    #[arg(long, env = "ONESIGNAL_APP_ID")]
+    pub onesignal_app_id: Option<String>,
+
+    /// OneSignal REST API key (`Authorization: Key …`).
+    #[arg(long, env = "ONESIGNAL_API_KEY", hide_env_values = true)]
+    pub onesignal_api_key: Option<String>,
+
+    /// Deadline of one push-provider call, in ms.
+    #[arg(long, env = "PUSH_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub push_timeout_ms: u64,
+}
+
+impl PushArgs {
+    /// Validates into a [`PushConfig`].
+    pub fn to_config(&self) -> Result<PushConfig, ConfigError> {
+        for (var, url) in [
+            ("FCM_BASE_URL", &self.fcm_base_url),
+            ("ONESIGNAL_BASE_URL", &self.onesignal_base_url),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::new(var, "must be an http:// or https:// URL"));
+            }
+        }
+        let nonempty = |v: &Option<String>| v.as_ref().filter(|s| !s.trim().is_empty()).cloned();
+        Ok(PushConfig {
+            fcm_base_url: self.fcm_base_url.trim_end_matches('/').to_owned(),
+            fcm_project_id: nonempty(&self.fcm_project_id),
+            fcm_access_token: nonempty(&self.fcm_access_token).map(Secret::new),
+            onesignal_base_url: self.onesignal_base_url.trim_end_matches('/').to_owned(),
+            onesignal_app_id: nonempty(&self.onesignal_app_id),
+            onesignal_api_key: nonempty(&self.onesignal_api_key).map(Secret::new),
+            timeout: Duration::from_millis(self.push_timeout_ms),
+        })
+    }
+}
+
+/// When a circuit breaker opens and how long it stays open.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BreakerConfig {
+    /// Open when failures / calls in the window reach this ratio...
+    pub failure_ratio: f64,
+    /// ...and the window has seen at least this many calls.
+    pub min_calls: u32,
+    /// Length of the counting window (counts restart after it).
+    pub window: Duration,
+    /// Also open after this many failures in a row (None = ratio only).
+    pub consecutive_failures: Option<u32>,
+    /// How long an open breaker refuses calls before one half-open trial.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_ratio: 0.5,
+            min_calls: 10,
+            window: Duration::from_secs(60),
+            consecutive_failures: None,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Circuit-breaker policy for outbound calls (push providers, webhooks).
+#[derive(Args, Clone, Debug)]
+pub struct BreakerArgs {
+    /// Failure ratio (0 < r ≤ 1) in a window that opens a breaker.
+    #[arg(long, env = "BREAKER_FAILURE_RATIO", default_value_t = 0.5)]
+    pub breaker_failure_ratio: f64,
+
+    /// Calls a window must have seen before the ratio can open the breaker.
+    #[arg(long, env = "BREAKER_MIN_CALLS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub breaker_min_calls: u32,
+
+    /// Length of the counting window in seconds.
+    #[arg(long, env = "BREAKER_WINDOW_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub breaker_window_secs: u64,
+
+    /// Also open after this many consecutive failures (0 = off).
+    #[arg(long, env = "BREAKER_CONSECUTIVE_FAILURES", default_value_t = 0)]
+    pub breaker_consecutive_failures: u32,
+
+    /// Seconds an open breaker waits before letting one trial call through.
+    #[arg(long, env = "BREAKER_COOLDOWN_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub breaker_cooldown_secs: u64,
+}
+
+impl BreakerArgs {
+    /// Validates into a [`BreakerConfig`].
+    pub fn to_config(&self) -> Result<BreakerConfig, ConfigError> {
+        let r = self.breaker_failure_ratio;
+        if !(r > 0.0 && r <= 1.0) {
+            return Err(ConfigError::new(
+                "BREAKER_FAILURE_RATIO",
+                "must be greater than 0 and at most 1",
+            ));
+        }
+        Ok(BreakerConfig {
+            failure_ratio: r,
+            min_calls: self.breaker_min_calls,
+            window: Duration::from_secs(self.breaker_window_secs),
+            consecutive_failures: (self.breaker_consecutive_failures > 0)
+                .then_some(self.breaker_consecutive_failures),
+            cooldown: Duration::from_secs(self.breaker_cooldown_secs),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn edge() -> EdgeArgs {
+        EdgeArgs {
+            rate_limit_ip: "100/1m".parse().unwrap(),
+            rate_limit_user: "off".parse().unwrap(),
+            rate_limit_auth: "20/1m".parse().unwrap(),
+            rate_limit_login: "10/15m".parse().unwrap(),
+            rate_limit_orders: "10/1m".parse().unwrap(),
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            request_timeout_ms: 10_000,
+            max_in_flight: 1024,
+            json_body_limit_bytes: 65_536,
+            auth_body_limit_bytes: 32_768,
+            hsts_max_age_secs: 0,
+            cors_origins: vec![],
+            cors_allow_credentials: false,
+            cors_max_age_secs: 600,
+        }
+    }
+
+    #[test]
+    fn quotas_parse_and_refuse_nonsense() {
+        let q = |s: &str| s.parse::<QuotaSetting>().map(|q| q.0);
+        assert_eq!(q("100/1m"), Ok(Some(Quota::per_minute(100))));
+        assert_eq!(q("5/30s"), Ok(Some(Quota::new(5, Duration::from_secs(30)))));
+        assert_eq!(q("7/h"), Ok(Some(Quota::new(7, Duration::from_secs(3600)))));
+        assert_eq!(q("off"), Ok(None));
+        for bad in [
+            "", "100", "0/1m", "10/0s", "10/1d", "x/1m", "10/1m/2", "10/48h",
+        ] {
+            assert!(q(bad).is_err(), "{bad} refused");
+        }
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let net: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains(&"10.200.3.4".parse().unwrap()));
+        assert!(!net.contains(&"11.0.0.1".parse().unwrap()));
+        assert!(!net.contains(&"::1".parse().unwrap()));
+        let one: Cidr = "192.0.2.7".parse().unwrap();
+        assert!(one.contains(&"192.0.2.7".parse().unwrap()));
+        assert!(!one.contains(&"192.0.2.8".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(&"2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains(&"2001:db9::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(&"8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/x", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_wildcard_with_credentials_is_refused() {
+        let mut e = edge();
+        e.cors_origins = vec!["*".to_owned()];
+        assert!(e.to_config().is_ok());
+        e.cors_allow_credentials = true;
+        assert_eq!(e.to_config().unwrap_err().var, "CORS_ORIGINS");
+        e.cors_origins = vec!["https://app.a.edu/".to_owned()];
+        let cfg = e.to_config().unwrap();
+        assert_eq!(cfg.cors.origins, ["https://app.a.edu"]);
+        assert_eq!(cfg.hsts_max_age, None);
+        assert_eq!(cfg.rate_limits.user, None);
+        e.cors_origins = vec!["app.a.edu".to_owned()];
+        assert_eq!(e.to_config().unwrap_err().var, "CORS_ORIGINS");
+    }
 
     fn http(secret: Option<&str>) -> HttpArgs {
         HttpArgs {
             bind: DEFAULT_BIND.parse().unwrap(),
             http_workers: 0,
             jwt_secret: secret.map(str::to_owned),
+            edge: edge(),
         }
     }
 

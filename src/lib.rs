@@ -15,12 +15,14 @@
 
 pub mod app;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod jobs;
 pub mod kv;
 pub mod outbox;
+pub mod resilience;
 pub mod service;
 pub mod shutdown;
 pub mod store;

@@ -19,6 +19,16 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 pub const POOL_CONNECTIONS: &str = "pool_connections";
 /// Gauge: 1 when the process is ready to take traffic.
 pub const READY: &str = "itsur_ready";
+/// Counter: requests refused with 429, by `bucket`.
+pub const RATE_LIMIT_REJECTIONS_TOTAL: &str = "rate_limit_rejections_total";
+/// Counter: rate-limit decisions taken in process because Redis was failing.
+pub const RATE_LIMIT_FALLBACK_TOTAL: &str = "rate_limit_fallback_total";
+/// Gauge: circuit-breaker state by `name` (0 closed, 1 half-open, 2 open).
+pub const CIRCUIT_BREAKER_STATE: &str = "circuit_breaker_state";
+/// Counter: requests refused with 503 before running, by `reason` (`in_flight`, `deadline`).
+pub const HTTP_REQUESTS_SHED_TOTAL: &str = "http_requests_shed_total";
+/// Counter: push-provider calls by `provider` and `outcome`.
+pub const PUSH_SEND_TOTAL: &str = "push_send_total";
 /// Gauge: build information (`version` label), always 1.
 pub const BUILD_INFO: &str = "itsur_build_info";
 
@@ -27,10 +37,26 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Dependencies whose debug/trace output carries secrets, capped at `info` whatever
+/// `RUST_LOG` says: tokio-postgres logs every statement's parameters at debug (password
+/// hashes, token hashes, e-mails); hyper/h2 trace request headers (bearer tokens of outbound
+/// calls). Checked by the e2e secrets test, which runs with `RUST_LOG=debug`.
+const SECRET_LEAKING_TARGETS: [&str; 4] = [
+    "tokio_postgres=info",
+    "hyper=info",
+    "h2=info",
+    "reqwest=info",
+];
+
 /// Installs the global tracing subscriber. Safe to call more than once: later calls (tests
 /// building several contexts in one process) keep the first subscriber.
 pub fn init_tracing(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    for cap in SECRET_LEAKING_TARGETS {
+        if let Ok(directive) = cap.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

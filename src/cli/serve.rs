@@ -24,6 +24,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
         .http
         .validate(args.common.environment)
         .and_then(|jwt| Config::from_args(&args.common, Some(jwt)))
+        .and_then(|c| c.with_edge(&args.http.edge))
         .and_then(|mut c| {
             c.ws = args.ws.settings()?;
             Ok(c)

@@ -124,6 +124,12 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
+        // Problems can leave without passing `http::edge::security_headers` (an error past
+        // the request deadline), so they carry the static ones themselves.
+        res.insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+            .insert_header((header::REFERRER_POLICY, "no-referrer"))
+            .insert_header((header::CONTENT_SECURITY_POLICY, super::edge::CSP));
         res.body(serde_json::to_vec(&body).unwrap_or_default())
     }
 }
@@ -189,15 +195,19 @@ pub fn path_error_handler(err: error::PathError, _req: &HttpRequest) -> actix_we
     ApiError::not_found(format!("no such resource ({err})")).into()
 }
 
-/// Registers the extractor error handlers and the default body limit.
-pub fn extractor_config(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(64 * 1024)
-            .error_handler(json_error_handler),
-    )
-    .app_data(web::QueryConfig::default().error_handler(query_error_handler))
-    .app_data(web::PathConfig::default().error_handler(path_error_handler));
+/// Registers the extractor error handlers and the JSON body limit
+/// (`JSON_BODY_LIMIT_BYTES`; `http::edge` also refuses a larger declared `Content-Length`
+/// per route before the handler runs).
+pub fn extractor_config(json_limit: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(
+            web::JsonConfig::default()
+                .limit(json_limit)
+                .error_handler(json_error_handler),
+        )
+        .app_data(web::QueryConfig::default().error_handler(query_error_handler))
+        .app_data(web::PathConfig::default().error_handler(path_error_handler));
+    }
 }
 
 /// The default service: unknown routes are 404 problems (not actix's empty 404).

@@ -3,10 +3,13 @@
 //! [`app`] is THE application factory: production (`server::run`) and the in-process tests
 //! (`actix_web::test::init_service(http::app(ctx))`) build the same thing.
 //!
-//! L3: depends on `service`, `app`, `domain`, `kv` and the leaf utilities; never on `jobs`,
-//! `outbox` or diesel. `ws` is the realtime gateway (`GET /ws`).
+//! L3: depends on `service`, `app`, `domain`, `kv`, `resilience` (the limiter's decisions,
+//! through `Ctx`) and the leaf utilities; never on `jobs`, `outbox` or diesel. Edge
+//! protection (limits, shedding, deadline, CORS, security headers) lives in [`edge`]; `ws` is
+//! the realtime gateway (`GET /ws`).
 
 pub mod dto;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -35,9 +38,10 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let json_limit = ctx.config.edge.json_body_limit;
     App::new()
         .app_data(web::Data::new(ctx))
-        .configure(error::extractor_config)
+        .configure(error::extractor_config(json_limit))
         .configure(health::routes)
         .configure(openapi::routes)
         .configure(routes::auth::routes)
@@ -47,5 +51,11 @@ pub fn app(
         .configure(routes::jobs::routes)
         .configure(ws::routes)
         .default_service(web::to(error::not_found))
+        // Innermost first: limits, then admission (shedding, body size, deadline), CORS,
+        // security headers; the request context (id, span, metrics) stays outermost.
+        .wrap(actix_web::middleware::from_fn(edge::rate_limit))
+        .wrap(actix_web::middleware::from_fn(edge::admission))
+        .wrap(actix_web::middleware::from_fn(edge::cors))
+        .wrap(actix_web::middleware::from_fn(edge::security_headers))
         .wrap(actix_web::middleware::from_fn(middleware::request_context))
 }

@@ -24,6 +24,7 @@ impl Registry {
                 kind::BULK_IMPORT_USERS,
                 handlers::bulk_import::BulkImportUsers,
             )
+            .with(kind::SEND_PUSH, handlers::send_push::SendPush)
     }
 
     /// Adds (or replaces) the handler of `kind`.

@@ -202,16 +202,16 @@ async fn claim_loop(
                             r.insert(cx.job.id, cx.clone());
                         }
                         let handler = registry.get(&cx.job.kind);
-                        let running = running.clone();
-                        let wake = wake.clone();
+                        let slot = Slot {
+                            running: running.clone(),
+                            id: cx.job.id,
+                            wake: wake.clone(),
+                            permit: Some(permit),
+                        };
                         let ctx = ctx.clone();
                         tasks.spawn(async move {
+                            let _slot = slot;
                             execute(&ctx, &cx, handler).await;
-                            if let Ok(mut r) = running.lock() {
-                                r.remove(&cx.job.id);
-                            }
-                            drop(permit);
-                            wake.notify_one();
                         });
                     }
                 }
@@ -233,6 +233,27 @@ async fn claim_loop(
             () = tokio::time::sleep(options.poll_interval) => {}
             () = shutdown.cancelled() => break,
         }
+    }
+}
+
+/// A running job's hold on this worker, released when its task ends however it ends: a job
+/// left in the running set after a panic would have its lease extended by every heartbeat
+/// and never be rescued.
+struct Slot {
+    running: Running,
+    id: Uuid,
+    wake: Arc<Notify>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(&self.id);
+        }
+        // Free the slot before waking the claim loop, so the wake finds it free.
+        drop(self.permit.take());
+        self.wake.notify_one();
     }
 }
 
@@ -276,10 +297,17 @@ async fn execute(ctx: &Ctx, cx: &Arc<JobCx>, handler: Option<Arc<dyn super::Hand
         (Err(_), Some(StopReason::Shutdown)) => FinishWith::HandBack,
         _ => FinishWith::Outcome(outcome),
     };
-    let _guard = span.enter();
-    if let Err(e) = finish(ctx, cx, with).await {
-        tracing::warn!(error = %e, "could not record the job's outcome; the lease will expire and it will be rescued");
+    // `.instrument`, not `span.enter()`: an entered guard held across an await corrupts the
+    // subscriber's span stack when the task resumes on another thread, and tracing-subscriber
+    // then panics ("tried to clone a span that already closed", tokio-rs/tracing#3514).
+    use tracing::Instrument;
+    async {
+        if let Err(e) = finish(ctx, cx, with).await {
+            tracing::warn!(error = %e, "could not record the job's outcome; the lease will expire and it will be rescued");
+        }
     }
+    .instrument(span)
+    .await;
 }
 
 async fn finish(ctx: &Ctx, cx: &JobCx, with: FinishWith) -> Result<(), String> {

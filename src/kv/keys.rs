@@ -24,6 +24,17 @@ impl Keys {
         format!("{}:session:{session_id}", self.prefix)
     }
 
+    /// Sliding-window log of one rate-limit subject: `<prefix>:rate:<bucket>:<subject>`.
+    /// `subject` is an IP (or /64), a user id or a hash: never an e-mail or a token.
+    pub fn rate(&self, bucket: &str, subject: &str) -> String {
+        format!("{}:rate:{bucket}:{subject}", self.prefix)
+    }
+
+    /// Shared state (a small hash) of one circuit breaker: `<prefix>:breaker:<name>`.
+    pub fn breaker(&self, name: &str) -> String {
+        format!("{}:breaker:{name}", self.prefix)
+    }
+
     /// The pub/sub channel carrying outbox events to every gateway instance.
     pub fn events_channel(&self) -> String {
         format!("{}:events", self.prefix)

@@ -5,12 +5,19 @@
 //! L1 adapter: depends on `config` (and `domain` for event types). Keys are spelled only in
 //! [`keys`]; every key and channel carries the deployment prefix (`REDIS_PREFIX`), which is
 //! also how tests isolate themselves on a shared Redis.
+//!
+//! Fail fast: when Redis stops answering, [`Kv::conn`] refuses at once for [`DOWN_SKIP`]
+//! instead of letting every request wait out the pool's connection timeout (500 ms); then
+//! the next caller tries again, so recovery needs no restart. [`Kv::ping`] (health checks)
+//! always tries for real.
 
 pub mod hub;
 pub mod keys;
 pub mod pubsub;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bb8_redis::RedisConnectionManager;
 
@@ -38,6 +45,9 @@ impl bb8::ErrorSink<redis::RedisError> for LogSink {
     }
 }
 
+/// How long [`Kv::conn`] refuses without trying after Redis failed to hand out a connection.
+pub const DOWN_SKIP: Duration = Duration::from_secs(1);
+
 /// Redis pool plus the key prefix of this deployment.
 #[derive(Clone)]
 pub struct Kv {
@@ -45,6 +55,9 @@ pub struct Kv {
     url: String,
     /// Key builder carrying the deployment prefix.
     pub keys: keys::Keys,
+    /// "Redis down, skip until": milliseconds since `epoch`, 0 = up. Shared by clones.
+    down_until_ms: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl Kv {
@@ -61,7 +74,32 @@ impl Kv {
             pool,
             url: url.to_owned(),
             keys: keys::Keys::new(prefix),
+            down_until_ms: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// True while a recent failure tells callers to skip Redis.
+    pub fn is_marked_down(&self) -> bool {
+        self.now_ms() < self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records that Redis failed (no connection, or a command died on the wire): callers skip
+    /// it for [`DOWN_SKIP`]. Command-level errors (wrong type, script error) are not outages
+    /// and should not be reported here.
+    pub fn mark_down(&self) {
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(DOWN_SKIP.as_millis()).unwrap_or(u64::MAX));
+        self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    fn mark_up(&self) {
+        self.down_until_ms.store(0, Ordering::Relaxed);
     }
 
     /// Builds the pool from the process config; None when `REDIS_URL` is unset.
@@ -73,23 +111,34 @@ impl Kv {
             .transpose()
     }
 
-    /// A pooled connection.
+    /// A pooled connection; refuses at once while Redis is marked down (see [`DOWN_SKIP`]).
     pub async fn conn(
         &self,
     ) -> Result<bb8::PooledConnection<'_, RedisConnectionManager>, KvUnavailable> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| KvUnavailable(e.to_string()))
+        if self.is_marked_down() {
+            return Err(KvUnavailable("recently unreachable; skipping".to_owned()));
+        }
+        self.pool.get().await.map_err(|e| {
+            self.mark_down();
+            KvUnavailable(e.to_string())
+        })
     }
 
-    /// Round-trips a PING.
+    /// Round-trips a PING, ignoring the down mark (health checks want the truth); success
+    /// clears the mark, so callers use Redis again as soon as it is back.
     pub async fn ping(&self) -> Result<(), KvUnavailable> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.pool.get().await.map_err(|e| {
+            self.mark_down();
+            KvUnavailable(e.to_string())
+        })?;
         let _: String = redis::cmd("PING")
             .query_async(&mut *conn)
             .await
-            .map_err(|e| KvUnavailable(e.to_string()))?;
+            .map_err(|e| {
+                self.mark_down();
+                KvUnavailable(e.to_string())
+            })?;
+        self.mark_up();
         Ok(())
     }
 

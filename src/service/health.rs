@@ -6,6 +6,10 @@
 //! Redis is reported but does not make the process unready: every Redis use has a fallback
 //! (DESIGN.md: losing Redis loses no data), and failing readiness on a shared Redis would pull
 //! every instance out of the load balancer at once.
+//!
+//! Circuit breakers are listed too (`breakers`: name and state) but never change readiness:
+//! an open breaker is the process protecting itself from a failing provider, and pulling
+//! instances out of the load balancer would not bring the provider back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::app::Ctx;
+use crate::resilience::breaker::BreakerStatus;
 use crate::store::migrations;
 
 /// How long one dependency check may take before it counts as down.
@@ -65,12 +70,15 @@ pub struct Report {
     pub age_ms: u64,
     /// Per-dependency detail.
     pub components: Vec<Component>,
+    /// Circuit breakers of outbound calls (informational: never affects `ready`).
+    pub breakers: Vec<BreakerStatus>,
 }
 
 #[derive(Clone)]
 struct Snapshot {
     at: Instant,
     components: Arc<Vec<Component>>,
+    breakers: Arc<Vec<BreakerStatus>>,
 }
 
 /// Cached readiness of one process; cheap to clone (shared state).
@@ -122,10 +130,16 @@ impl Readiness {
 
     /// Runs the checks now and caches the result (role start-up, so the first probe is warm).
     pub async fn refresh_now(&self, ctx: &Ctx) {
-        let components = run_checks(ctx).await;
+        let breakers = async {
+            tokio::time::timeout(CHECK_TIMEOUT, ctx.breakers.statuses())
+                .await
+                .unwrap_or_default()
+        };
+        let (components, breakers) = tokio::join!(run_checks(ctx), breakers);
         self.tx.send_replace(Some(Snapshot {
             at: Instant::now(),
             components: Arc::new(components),
+            breakers: Arc::new(breakers),
         }));
     }
 
@@ -154,6 +168,7 @@ impl Readiness {
                     latency_ms: 0,
                     detail: Some("first checks still running".to_owned()),
                 }],
+                breakers: Vec::new(),
             };
         };
         let age = snapshot.at.elapsed();
@@ -174,6 +189,7 @@ impl Readiness {
             draining,
             age_ms: millis(age),
             components,
+            breakers: snapshot.breakers.as_ref().clone(),
         }
     }
 }

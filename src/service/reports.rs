@@ -125,7 +125,19 @@ pub struct Rendered {
 pub fn render(spec: &SalesReportSpec, rows: &[SalesRow]) -> anyhow::Result<Rendered> {
     let mut by_item: BTreeMap<Uuid, ItemTotal> = BTreeMap::new();
     let mut by_day: BTreeMap<chrono::NaiveDate, DayTotal> = BTreeMap::new();
+    // The period is read in slices, so one day and item can arrive as several rows (one per
+    // slice the day spans); the CSV has one row per day and item. An order falls in exactly
+    // one slice, so summing the per-slice order counts is exact.
+    let mut by_day_item: BTreeMap<(chrono::NaiveDate, Uuid), SalesRow> = BTreeMap::new();
     for r in rows {
+        by_day_item
+            .entry((r.day, r.menu_item_id))
+            .and_modify(|line| {
+                line.quantity += r.quantity;
+                line.revenue_cents += r.revenue_cents;
+                line.orders += r.orders;
+            })
+            .or_insert_with(|| r.clone());
         let item = by_item.entry(r.menu_item_id).or_insert_with(|| ItemTotal {
             menu_item_id: r.menu_item_id,
             name: r.name.clone(),
@@ -158,7 +170,7 @@ pub fn render(spec: &SalesReportSpec, rows: &[SalesRow]) -> anyhow::Result<Rende
                 "revenue_cents",
                 "orders",
             ])?;
-            for r in rows {
+            for r in by_day_item.values() {
                 w.write_record([
                     r.day.to_string(),
                     r.menu_item_id.to_string(),

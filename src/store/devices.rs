@@ -65,3 +65,32 @@ pub async fn delete_for_user(
         .await?;
     Ok(n > 0)
 }
+
+/// A user's devices, oldest first.
+pub async fn list_for_user(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+) -> QueryResult<Vec<DeviceRow>> {
+    devices::table
+        .filter(devices::user_id.eq(user_id))
+        .order(devices::created_at.asc())
+        .select(DeviceRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Forgets a token the provider declared dead.
+pub async fn delete_by_token(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    token: &str,
+) -> QueryResult<bool> {
+    let n = diesel::delete(
+        devices::table
+            .filter(devices::user_id.eq(user_id))
+            .filter(devices::token.eq(token)),
+    )
+    .execute(conn)
+    .await?;
+    Ok(n > 0)
+}

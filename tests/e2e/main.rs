@@ -10,6 +10,8 @@
 #[expect(dead_code, reason = "shared with the it binary, which uses all of it")]
 mod support;
 
+mod jobs;
 mod proc;
 mod realtime;
 mod roles;
+mod secrets;

@@ -146,7 +146,8 @@ async fn bad_settings_exit_2_with_one_line_naming_the_variable() {
     let mut cmd = itsur(&["serve"]);
     cmd.env("DATABASE_URL", db)
         .env("JWT_SECRET", "short")
-        .env("ITSUR_ENV", "dev");
+        .env("ITSUR_ENV", "dev")
+        .env("BIND_ADDR", format!("127.0.0.1:{}", free_port()));
     let mut child = cmd.spawn().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

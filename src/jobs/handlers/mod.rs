@@ -4,3 +4,4 @@ pub mod bulk_import;
 pub mod maintenance;
 pub mod noop;
 pub mod sales_report;
+pub mod send_push;

@@ -77,7 +77,7 @@ async fn template() -> String {
         .get_or_init(|| async {
             let name = format!("itsur_tpl_{}", migrations_fingerprint());
             let mut conn = admin().await;
-            sweep(&mut conn, &name).await;
+            sweep(&mut conn).await;
             sql_query("SELECT pg_advisory_lock($1)")
                 .bind::<BigInt, _>(0x6974_7375_722d_7470_i64)
                 .execute(&mut conn)
@@ -116,21 +116,19 @@ async fn template() -> String {
         .clone()
 }
 
-/// Drops databases of test processes that no longer run, and templates of older migrations.
-async fn sweep(conn: &mut AsyncPgConnection, current_template: &str) {
-    let names = sql_query(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'itsur\\_t\\_%' OR datname LIKE 'itsur\\_tpl\\_%'",
-    )
-    .load::<Name>(conn)
-    .await
-    .unwrap();
+/// Drops databases of test processes that no longer run.
+async fn sweep(conn: &mut AsyncPgConnection) {
+    let names = sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'itsur\\_t\\_%'")
+        .load::<Name>(conn)
+        .await
+        .unwrap();
     for Name { datname } in names {
-        let stale = if let Some(rest) = datname.strip_prefix("itsur_t_") {
+        // Templates of other migration sets are left alone: another checkout on this machine
+        // (a worktree, a CI run) may be cloning them right now. They are a few MiB each.
+        let stale = datname.strip_prefix("itsur_t_").is_some_and(|rest| {
             let pid = rest.split('_').next().unwrap_or("");
             !Path::new(&format!("/proc/{pid}")).exists()
-        } else {
-            datname != current_template && !datname.ends_with("_build")
-        };
+        });
         if stale {
             // Best effort: a database still in use by a live run stays.
             let _ = conn

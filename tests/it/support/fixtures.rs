@@ -387,7 +387,15 @@ impl Api {
         let call = move |req: test::TestRequest| -> LocalBoxFuture<'static, Resp> {
             let app = Rc::clone(&app);
             Box::pin(async move {
-                let res = test::call_service(&*app, req.to_request()).await;
+                let res = match test::try_call_service(&*app, req.to_request()).await {
+                    Ok(res) => res.map_into_boxed_body(),
+                    // An error that escapes every middleware (the request deadline) is
+                    // rendered by actix's dispatcher from `error_response()`: do the same.
+                    Err(e) => actix_web::dev::ServiceResponse::new(
+                        test::TestRequest::default().to_http_request(),
+                        e.error_response(),
+                    ),
+                };
                 let status = res.status().as_u16();
                 let headers = res
                     .headers()

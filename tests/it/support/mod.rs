@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod db;
+pub mod fake_push;
 pub mod fixtures;
 pub mod redis;
 pub mod ws;

@@ -1,0 +1,14 @@
+//! Protection against overload and failing dependencies, shared by every role:
+//! [`rate_limit`] (sliding-window limits shared through Redis, local fallback), [`breaker`]
+//! (circuit breakers with state shared through Redis) and [`backoff`] (the 5 s · 5ⁿ retry
+//! schedule).
+//!
+//! L1: depends on `kv` (optional backend), `config` and `telemetry`; never on roles.
+//! Env vars: none directly (the policies arrive through `config`).
+
+pub mod backoff;
+pub mod breaker;
+pub mod rate_limit;
+
+pub use self::breaker::{Breakers, CircuitBreaker};
+pub use self::rate_limit::RateLimiter;

@@ -1,0 +1,1385 @@
+//! The job queue with in-process workers on a real Postgres: the retry schedule, dead jobs
+//! and admin retry, permanent errors, unique keys, delayed jobs, priorities, cancelling
+//! queued and running jobs, timeouts, panicking handlers, lease rescue with a fenced-out late
+//! completion, one cron job per tick under concurrent enqueuers, the shutdown drain; then the
+//! API: sales reports (202, progress, CSV and JSON results), tenant scoping, bulk user import,
+//! the worker registry and the job metrics.
+//!
+//! Workers run `itsur::jobs::runner::run` as tasks with their own `Shutdown`, a 3 s lease
+//! (heartbeats every second) and a 100 ms poll. Nothing sleeps to synchronise: every wait
+//! polls the database with a deadline that only guards against hangs.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use actix_web::test::TestRequest;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use itsur::app::Ctx;
+use itsur::domain::job::kind;
+use itsur::jobs::registry::Registry;
+use itsur::jobs::runner::{self, WorkerOptions};
+use itsur::jobs::{Handler, JobCx, JobError, Output};
+use itsur::shutdown::Shutdown;
+use itsur::store::jobs::{self as store, Finish, JobRow, NewJob};
+use itsur::store::schema::{audit_log, jobs, orders};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::fixtures::{Api, Resp, Session, World};
+use crate::support::{TestApp, eventually};
+
+/// Hang guard for every wait (not a speed claim: most waits end within a second).
+const DEADLINE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------
+
+/// An in-process worker; stopped (and awaited) by [`Worker::stop`], told to stop on Drop.
+struct Worker {
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    fn start(ctx: &Ctx, options: WorkerOptions, registry: Registry) -> Self {
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(runner::run(
+            ctx.clone(),
+            shutdown.clone(),
+            options,
+            registry,
+        ));
+        Self { shutdown, task }
+    }
+
+    /// Triggers the worker's shutdown and waits for `run` to return (drain included).
+    async fn stop(mut self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("the worker stopped")
+            .expect("the worker did not panic");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Small lease and fast poll so tests never wait long; no cron (tests drive ticks).
+fn options() -> WorkerOptions {
+    WorkerOptions {
+        queues: vec!["default".to_owned()],
+        concurrency: 4,
+        lease: Duration::from_secs(3),
+        poll_interval: Duration::from_millis(100),
+        poll_only: false,
+        drain_timeout: Duration::from_secs(20),
+        cron: false,
+    }
+}
+
+fn new_job(kind: &str, payload: Value) -> NewJob {
+    NewJob {
+        id: Uuid::now_v7(),
+        kind: kind.to_owned(),
+        queue: "default".to_owned(),
+        priority: 1,
+        payload,
+        unique_key: None,
+        run_at: Utc::now(),
+        max_attempts: 3,
+        timeout_secs: 60,
+        owner_id: None,
+        campus_id: None,
+    }
+}
+
+async fn enqueue(ctx: &Ctx, job: &NewJob) -> JobRow {
+    let mut conn = ctx.db.conn().await.unwrap();
+    let (row, inserted) = store::enqueue(&mut conn, job).await.unwrap();
+    assert!(inserted);
+    row
+}
+
+async fn row(ctx: &Ctx, id: Uuid) -> JobRow {
+    let mut conn = ctx.db.conn().await.unwrap();
+    store::find(&mut conn, id)
+        .await
+        .unwrap()
+        .expect("job exists")
+}
+
+/// Polls the job until `pred` holds; panics with the last row seen after [`DEADLINE`].
+async fn wait_job(ctx: &Ctx, id: Uuid, what: &str, pred: impl Fn(&JobRow) -> bool) -> JobRow {
+    let last: RefCell<Option<JobRow>> = RefCell::new(None);
+    let (last_ref, pred) = (&last, &pred);
+    let ok = eventually(DEADLINE, move || async move {
+        let r = row(ctx, id).await;
+        let hit = pred(&r);
+        *last_ref.borrow_mut() = Some(r);
+        hit
+    })
+    .await;
+    let last = last.into_inner().expect("polled at least once");
+    assert!(ok, "job {id} never became {what}: {last:#?}");
+    last
+}
+
+fn in_state(state: &'static str) -> impl Fn(&JobRow) -> bool {
+    move |r| r.state == state
+}
+
+/// A retry waiting for its backoff after attempt `n`.
+fn waiting_retry(n: i32) -> impl Fn(&JobRow) -> bool {
+    move |r| r.state == "queued" && r.attempt == n
+}
+
+/// Skips a backoff or a delay: the job becomes due now.
+async fn make_due(ctx: &Ctx, id: Uuid) {
+    let mut conn = ctx.db.conn().await.unwrap();
+    diesel::update(jobs::table.find(id))
+        .set(jobs::run_at.eq(diesel::dsl::now))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Runs of a `noop` job with `audit: true` (one audit row per run that got that far).
+async fn noop_runs(ctx: &Ctx, id: Uuid) -> i64 {
+    let mut conn = ctx.db.conn().await.unwrap();
+    audit_log::table
+        .filter(audit_log::action.eq("job.noop"))
+        .filter(audit_log::target_id.eq(id.to_string()))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn noop(payload: Value) -> NewJob {
+    new_job(kind::NOOP, payload)
+}
+
+/// `run_at - updated_at` of a job whose retry was just scheduled: the backoff it was given.
+fn scheduled_delay(r: &JobRow) -> Duration {
+    (r.run_at - r.updated_at).to_std().expect("run_at is ahead")
+}
+
+/// Asserts a backoff of `base` plus at most 20 % jitter. The worker computes `run_at` from
+/// its clock before it checks out a connection and the database stamps `updated_at` after,
+/// so the measured delay can only come out short: generous slack below (a slow checkout on a
+/// busy machine), little above.
+#[track_caller]
+fn assert_backoff(r: &JobRow, base: Duration) {
+    let delay = scheduled_delay(r);
+    assert!(
+        delay + Duration::from_secs(2) >= base
+            && delay <= base.mul_f64(1.2) + Duration::from_millis(200),
+        "backoff after attempt {} was {delay:?}, expected {base:?} + ≤20 %: {r:#?}",
+        r.attempt
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Test handlers
+// ---------------------------------------------------------------------------------------
+
+/// Fails with a retryable error while `broken`; counts its runs.
+#[derive(Clone, Default)]
+struct Flaky {
+    broken: Arc<AtomicBool>,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Handler for Flaky {
+    fn run<'a>(&'a self, _cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {
+        async move {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            if AtomicBool::load(&self.broken, Ordering::SeqCst) {
+                Err(JobError::Retryable("provider answered 503".to_owned()))
+            } else {
+                Ok(Output::default())
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Fails for good; counts its runs.
+#[derive(Clone, Default)]
+struct Refuses {
+    runs: Arc<AtomicUsize>,
+}
+
+impl Handler for Refuses {
+    fn run<'a>(&'a self, _cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {
+        async move {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            Err(JobError::Permanent(
+                "the vendor no longer exists".to_owned(),
+            ))
+        }
+        .boxed()
+    }
+}
+
+/// Records `payload.name` in the order jobs run.
+#[derive(Clone, Default)]
+struct Records {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Handler for Records {
+    fn run<'a>(&'a self, cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {
+        async move {
+            let name = cx.job.payload["name"].as_str().unwrap_or("?").to_owned();
+            self.seen.lock().unwrap().push(name);
+            Ok(Output::default())
+        }
+        .boxed()
+    }
+}
+
+/// A handler with a bug.
+struct Panics;
+
+impl Handler for Panics {
+    fn run<'a>(&'a self, _cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {
+        async move { panic!("handler bug: index out of bounds") }.boxed()
+    }
+}
+
+/// Waits until the job is cancelled, then reports it (the cooperative way to stop).
+#[derive(Clone, Default)]
+struct WaitsForCancel {
+    stopped: Arc<AtomicUsize>,
+}
+
+impl Handler for WaitsForCancel {
+    fn run<'a>(&'a self, cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {
+        async move {
+            cx.cancel_token().cancelled().await;
+            self.stopped.fetch_add(1, Ordering::SeqCst);
+            Err(JobError::Cancelled)
+        }
+        .boxed()
+    }
+}
+
+/// Never looks at cancellation (a handler stuck in a blocking call).
+struct IgnoresCancel;
+
+impl Handler for IgnoresCancel {
+    fn run<'a>(&'a self, _cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {
+        async move {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok(Output::default())
+        }
+        .boxed()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Queue semantics
+// ---------------------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn retries_back_off_5s_then_25s_and_the_third_attempt_completes() {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let root = api.login(&world.platform_admin.email).await;
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+
+    let mut job = noop(json!({ "audit": true, "failAttempts": [1, 2] }));
+    job.max_attempts = 3;
+    let id = enqueue(&t.ctx, &job).await.id;
+
+    let r = wait_job(&t.ctx, id, "waiting for retry 2", waiting_retry(1)).await;
+    assert_backoff(&r, Duration::from_secs(5));
+    assert_eq!(r.last_error.as_deref(), Some("asked to fail attempt 1"));
+    assert_eq!((r.worker_id, r.lease_expires_at), (None, None));
+    // A retry waiting to run shows `queued` with its attempt and last error (DESIGN.md).
+    let res = api.get(&format!("/jobs/{id}"), root.token()).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.data()["status"], "queued");
+    assert_eq!(res.data()["attempt"], 1);
+    assert_eq!(res.data()["lastError"], "asked to fail attempt 1");
+
+    make_due(&t.ctx, id).await;
+    let r = wait_job(&t.ctx, id, "waiting for retry 3", waiting_retry(2)).await;
+    assert_backoff(&r, Duration::from_secs(25));
+    assert_eq!(r.last_error.as_deref(), Some("asked to fail attempt 2"));
+
+    make_due(&t.ctx, id).await;
+    let r = wait_job(&t.ctx, id, "completed", in_state("completed")).await;
+    assert_eq!(r.attempt, 3);
+    assert_eq!(r.progress, 100);
+    assert!(r.finished_at.is_some());
+    assert_eq!(
+        noop_runs(&t.ctx, id).await,
+        1,
+        "the side effect happened once"
+    );
+    worker.stop().await;
+}
+
+#[actix_web::test]
+async fn an_exhausted_job_is_dead_and_an_admin_retry_runs_it_again() {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let admin_a = api.login(&world.a.admin.email).await;
+    let admin_b = api.login(&world.b.admin.email).await;
+    let student_a = api.login(&world.a.student.email).await;
+    let flaky = Flaky::default();
+    flaky.broken.store(true, Ordering::SeqCst);
+    let worker = Worker::start(
+        &t.ctx,
+        options(),
+        Registry::standard().with("flaky", flaky.clone()),
+    );
+
+    let mut job = new_job("flaky", json!({}));
+    job.max_attempts = 2;
+    job.campus_id = Some(world.a.campus.id);
+    let id = enqueue(&t.ctx, &job).await.id;
+    wait_job(&t.ctx, id, "waiting for retry 2", waiting_retry(1)).await;
+    make_due(&t.ctx, id).await;
+    let dead = wait_job(&t.ctx, id, "dead", in_state("dead")).await;
+    assert_eq!(dead.attempt, 2);
+    assert!(dead.finished_at.is_some());
+    let error = dead.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("provider answered 503") && error.contains("attempt 2 of 2"),
+        "{error}"
+    );
+    assert_eq!(AtomicUsize::load(&flaky.runs, Ordering::SeqCst), 2);
+
+    // Kept, visible as failed to its campus's admin, invisible to the other campus.
+    let res = api.get(&format!("/jobs/{id}"), admin_a.token()).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.data()["status"], "failed");
+    assert_eq!(res.data()["lastError"], error.as_str());
+    let retry = format!("/admin/jobs/{id}/retry");
+    api.post(&retry, admin_b.token(), &json!({}))
+        .await
+        .assert_problem(404);
+    api.post(&retry, student_a.token(), &json!({}))
+        .await
+        .assert_problem(403);
+    assert_eq!(row(&t.ctx, id).await.state, "dead");
+
+    // The provider is back; the admin retries with a fresh set of attempts.
+    flaky.broken.store(false, Ordering::SeqCst);
+    let res = api.post(&retry, admin_a.token(), &json!({})).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.data()["status"], "queued");
+    assert_eq!(res.data()["attempt"], 0);
+    let done = wait_job(&t.ctx, id, "completed", in_state("completed")).await;
+    assert_eq!(done.attempt, 1);
+    assert_eq!(AtomicUsize::load(&flaky.runs, Ordering::SeqCst), 3);
+    // Only dead jobs can be retried.
+    api.post(&retry, admin_a.token(), &json!({}))
+        .await
+        .assert_problem(409);
+    worker.stop().await;
+}
+
+#[actix_web::test]
+async fn a_permanent_error_is_dead_at_once() {
+    let t = TestApp::new().await;
+    let refuses = Refuses::default();
+    let worker = Worker::start(
+        &t.ctx,
+        options(),
+        Registry::standard().with("refuses", refuses.clone()),
+    );
+
+    let mut job = new_job("refuses", json!({}));
+    job.max_attempts = 5;
+    let refused = enqueue(&t.ctx, &job).await.id;
+    // A payload the handler cannot read, and a kind no handler knows: permanent too.
+    let unreadable = enqueue(&t.ctx, &noop(json!({ "sleepMs": "soon" })))
+        .await
+        .id;
+    let unknown = enqueue(&t.ctx, &new_job("no_such_kind", json!({})))
+        .await
+        .id;
+
+    for (id, needle) in [
+        (refused, "the vendor no longer exists"),
+        (unreadable, "bad payload"),
+        (unknown, "no handler for kind no_such_kind"),
+    ] {
+        let r = wait_job(&t.ctx, id, "dead", in_state("dead")).await;
+        assert_eq!(r.attempt, 1, "no retry after a permanent error: {r:#?}");
+        let error = r.last_error.unwrap_or_default();
+        assert!(error.contains(needle), "{error}");
+    }
+    assert_eq!(AtomicUsize::load(&refuses.runs, Ordering::SeqCst), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_unique_key_returns_the_existing_job() {
+    let t = TestApp::new().await;
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    let mut first = noop(json!({ "n": 1 }));
+    first.unique_key = Some("push:order-42:accepted".to_owned());
+    let mut second = noop(json!({ "n": 2 }));
+    second.unique_key = first.unique_key.clone();
+
+    let (a, inserted_a) = store::enqueue(&mut conn, &first).await.unwrap();
+    let (b, inserted_b) = store::enqueue(&mut conn, &second).await.unwrap();
+    assert!(inserted_a);
+    assert!(!inserted_b, "the duplicate is a no-op");
+    assert_eq!(b.id, a.id, "and returns the existing job");
+    assert_eq!(b.payload, json!({ "n": 1 }));
+
+    // In bulk too: duplicates (of the table and of the batch) are skipped.
+    let mut batch: Vec<NewJob> = (0..3)
+        .map(|i| {
+            let mut j = noop(json!({ "i": i }));
+            j.unique_key = Some(format!("bulk-{i}"));
+            j
+        })
+        .collect();
+    batch.push(second.clone());
+    assert_eq!(store::enqueue_many(&mut conn, &batch).await.unwrap(), 3);
+    assert_eq!(store::enqueue_many(&mut conn, &batch).await.unwrap(), 0);
+    let keyed: i64 = jobs::table
+        .filter(jobs::unique_key.is_not_null())
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keyed, 4);
+}
+
+#[actix_web::test]
+async fn a_delayed_job_is_not_claimed_until_due() {
+    let t = TestApp::new().await;
+    let mut delayed = noop(json!({ "audit": true }));
+    delayed.run_at = Utc::now() + chrono::Duration::hours(1);
+    let delayed = enqueue(&t.ctx, &delayed).await.id;
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+
+    // A job due now, enqueued after it, runs: the worker has looked at the queue.
+    let marker = enqueue(&t.ctx, &noop(json!({}))).await.id;
+    wait_job(&t.ctx, marker, "completed", in_state("completed")).await;
+    let r = row(&t.ctx, delayed).await;
+    assert_eq!((r.state.as_str(), r.attempt), ("queued", 0), "{r:#?}");
+    assert_eq!(noop_runs(&t.ctx, delayed).await, 0);
+
+    make_due(&t.ctx, delayed).await;
+    let r = wait_job(&t.ctx, delayed, "completed", in_state("completed")).await;
+    assert_eq!(r.attempt, 1);
+    assert_eq!(noop_runs(&t.ctx, delayed).await, 1);
+    worker.stop().await;
+}
+
+#[actix_web::test]
+async fn jobs_run_by_priority_then_age() {
+    let t = TestApp::new().await;
+    let records = Records::default();
+    let mut ids = Vec::new();
+    for (name, priority) in [("low", 2), ("normal-1", 1), ("high", 0), ("normal-2", 1)] {
+        let mut job = new_job("record", json!({ "name": name }));
+        job.priority = priority;
+        ids.push(enqueue(&t.ctx, &job).await.id);
+    }
+    let mut one_at_a_time = options();
+    one_at_a_time.concurrency = 1;
+    let worker = Worker::start(
+        &t.ctx,
+        one_at_a_time,
+        Registry::standard().with("record", records.clone()),
+    );
+    for id in ids {
+        wait_job(&t.ctx, id, "completed", in_state("completed")).await;
+    }
+    assert_eq!(
+        *records.seen.lock().unwrap(),
+        ["high", "normal-1", "normal-2", "low"]
+    );
+    worker.stop().await;
+}
+
+#[actix_web::test]
+async fn cancelling_a_queued_job_cancels_it_and_it_never_runs() {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let owner = api.login(&world.a.student.email).await;
+    let other = api.login(&world.a.student2.email).await;
+
+    let mut job = noop(json!({ "audit": true }));
+    job.owner_id = Some(world.a.student.id);
+    job.campus_id = Some(world.a.campus.id);
+    let id = enqueue(&t.ctx, &job).await.id;
+
+    let path = format!("/jobs/{id}");
+    api.delete(&path, other.token()).await.assert_problem(404);
+    let res = api.delete(&path, owner.token()).await;
+    assert_eq!(res.status, 204, "{}", res.text());
+    let r = row(&t.ctx, id).await;
+    assert_eq!(r.state, "cancelled");
+    assert!(r.finished_at.is_some());
+    assert_eq!(
+        api.get(&path, owner.token()).await.data()["status"],
+        "cancelled"
+    );
+    api.delete(&path, owner.token()).await.assert_problem(409);
+
+    // A worker starts and drains the queue: the cancelled job is not among what it runs.
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    let marker = enqueue(&t.ctx, &noop(json!({}))).await.id;
+    wait_job(&t.ctx, marker, "completed", in_state("completed")).await;
+    let r = row(&t.ctx, id).await;
+    assert_eq!((r.state.as_str(), r.attempt), ("cancelled", 0));
+    assert_eq!(noop_runs(&t.ctx, id).await, 0);
+    worker.stop().await;
+}
+
+/// Cancels a running job through the API and waits for it to end `cancelled`. The
+/// deadline is the contract ("stops within a second or two"), padded for a busy machine.
+async fn cancel_running(poll_only: bool) {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let owner = api.login(&world.a.staff.email).await;
+    let admin_b = api.login(&world.b.admin.email).await;
+    let waits = WaitsForCancel::default();
+    let mut opts = options();
+    opts.poll_only = poll_only;
+    let worker = Worker::start(
+        &t.ctx,
+        opts,
+        Registry::standard().with("waits", waits.clone()),
+    );
+
+    let mut long_noop = noop(json!({ "sleepMs": 600_000, "audit": true }));
+    let mut waiting = new_job("waits", json!({}));
+    for j in [&mut long_noop, &mut waiting] {
+        j.owner_id = Some(world.a.staff.id);
+        j.campus_id = Some(world.a.campus.id);
+    }
+    let noop_id = enqueue(&t.ctx, &long_noop).await.id;
+    let waits_id = enqueue(&t.ctx, &waiting).await.id;
+    for id in [noop_id, waits_id] {
+        wait_job(&t.ctx, id, "running", in_state("running")).await;
+        let path = format!("/jobs/{id}");
+        api.delete(&path, admin_b.token()).await.assert_problem(404);
+        let res = api.delete(&path, owner.token()).await;
+        assert_eq!(res.status, 204, "{}", res.text());
+    }
+    for id in [noop_id, waits_id] {
+        let last: RefCell<Option<JobRow>> = RefCell::new(None);
+        let last_ref = &last;
+        let ctx = &t.ctx;
+        let stopped = eventually(Duration::from_secs(5), move || async move {
+            let r = row(ctx, id).await;
+            let done = r.state == "cancelled";
+            *last_ref.borrow_mut() = Some(r);
+            done
+        })
+        .await;
+        assert!(stopped, "running job stopped: {:#?}", last.into_inner());
+        let r = row(&t.ctx, id).await;
+        assert_eq!(r.attempt, 1);
+        assert!(r.finished_at.is_some());
+        let path = format!("/jobs/{id}");
+        assert_eq!(
+            api.get(&path, owner.token()).await.data()["status"],
+            "cancelled"
+        );
+        api.delete(&path, owner.token()).await.assert_problem(409);
+    }
+    assert_eq!(AtomicUsize::load(&waits.stopped, Ordering::SeqCst), 1);
+    assert_eq!(noop_runs(&t.ctx, noop_id).await, 0);
+    worker.stop().await;
+}
+
+#[actix_web::test]
+async fn cancelling_a_running_job_stops_it_via_notify() {
+    cancel_running(false).await;
+}
+
+#[actix_web::test]
+async fn cancelling_a_running_job_stops_it_via_heartbeat_when_polling_only() {
+    cancel_running(true).await;
+}
+
+#[actix_web::test]
+async fn a_job_over_its_timeout_is_retried_as_timed_out() {
+    let t = TestApp::new().await;
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    let mut job = noop(json!({ "sleepMs": 5_000, "audit": true }));
+    job.timeout_secs = 1;
+    job.max_attempts = 2;
+    let id = enqueue(&t.ctx, &job).await.id;
+    let r = wait_job(&t.ctx, id, "waiting for retry 2", waiting_retry(1)).await;
+    let error = r.last_error.clone().unwrap_or_default();
+    assert!(error.contains("timed out"), "{error}");
+    assert_backoff(&r, Duration::from_secs(5));
+    assert_eq!(noop_runs(&t.ctx, id).await, 0, "the attempt was stopped");
+    worker.stop().await;
+}
+
+#[actix_web::test]
+async fn a_panicking_handler_does_not_take_the_worker_down() {
+    let t = TestApp::new().await;
+    let mut opts = options();
+    opts.concurrency = 1;
+    let worker = Worker::start(&t.ctx, opts, Registry::standard().with("panics", Panics));
+    let mut bad = new_job("panics", json!({}));
+    bad.max_attempts = 2;
+    let bad = enqueue(&t.ctx, &bad).await.id;
+    let next = enqueue(&t.ctx, &noop(json!({ "audit": true }))).await.id;
+
+    let r = wait_job(&t.ctx, bad, "waiting for retry 2", waiting_retry(1)).await;
+    let error = r.last_error.unwrap_or_default();
+    assert!(error.contains("panicked"), "{error}");
+    wait_job(&t.ctx, next, "completed", in_state("completed")).await;
+    assert_eq!(noop_runs(&t.ctx, next).await, 1);
+    assert!(!worker.task.is_finished(), "the worker is still running");
+    worker.stop().await;
+}
+
+#[actix_web::test]
+async fn a_job_whose_worker_stopped_heartbeating_is_rescued_and_the_late_finish_ignored() {
+    let t = TestApp::new().await;
+    let id = enqueue(&t.ctx, &noop(json!({ "audit": true }))).await.id;
+
+    // A "worker" claims it with a 1 s lease and then goes silent (hung or dead).
+    let ghost = Uuid::now_v7();
+    let claimed = {
+        let mut conn = t.ctx.db.conn().await.unwrap();
+        store::claim(
+            &mut conn,
+            &["default".to_owned()],
+            10,
+            ghost,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].id, claimed[0].attempt), (id, 1));
+
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    let done = wait_job(&t.ctx, id, "completed", in_state("completed")).await;
+    assert_eq!(done.attempt, 2, "the rescue started a new attempt");
+    assert_ne!(done.worker_id, Some(ghost));
+    assert_eq!(
+        done.last_error.as_deref(),
+        Some("lease expired: the worker stopped heartbeating")
+    );
+    assert_eq!(noop_runs(&t.ctx, id).await, 1);
+
+    // The ghost wakes up and reports: fenced out, nothing changes.
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    let before = row(&t.ctx, id).await;
+    for late in [
+        Finish::Completed {
+            result: json!({ "from": "ghost" }),
+            body: Some(("text/plain", b"ghost".as_slice())),
+        },
+        Finish::Retry {
+            error: "ghost",
+            run_at: Utc::now(),
+        },
+        Finish::Dead { error: "ghost" },
+        Finish::Cancelled,
+        Finish::HandBack,
+    ] {
+        let applied = store::finish(&mut conn, id, ghost, 1, late.clone())
+            .await
+            .unwrap();
+        assert!(!applied, "late {late:?} ignored");
+    }
+    assert!(
+        store::heartbeat(&mut conn, ghost, &[id], Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the ghost's heartbeat holds nothing"
+    );
+    let after = row(&t.ctx, id).await;
+    assert_eq!(
+        (&after.state, after.attempt, &after.result, after.updated_at),
+        (
+            &before.state,
+            before.attempt,
+            &before.result,
+            before.updated_at
+        )
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cron_enqueuers_make_one_job_per_tick() {
+    let t = TestApp::new().await;
+    // Two "workers" (each with its own pool), four enqueuers each, racing on every tick.
+    let workers = [
+        crate::support::ctx_for(&t._db.url, None),
+        crate::support::ctx_for(&t._db.url, None),
+    ];
+    let schedule = itsur::jobs::cron::schedules()
+        .into_iter()
+        .find(|s| s.name == "maintenance")
+        .unwrap();
+    let mut tick = Utc::now();
+    for _ in 0..5 {
+        tick = itsur::jobs::cron::next_tick(&schedule, tick).unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(8));
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let ctx = workers[i % 2].clone();
+                let (barrier, schedule) = (barrier.clone(), schedule.clone());
+                tokio::spawn(async move {
+                    let mut conn = ctx.db.conn().await.unwrap();
+                    barrier.wait().await;
+                    let job = itsur::jobs::cron::tick_job(&schedule, tick);
+                    store::enqueue(&mut conn, &job).await.unwrap()
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for r in racers {
+            results.push(r.await.unwrap());
+        }
+        assert_eq!(results.len(), 8);
+        let inserted = results.iter().filter(|(_, inserted)| *inserted).count();
+        assert_eq!(inserted, 1, "exactly one enqueuer created tick {tick}");
+        let first = results[0].0.id;
+        assert!(
+            results.iter().all(|(r, _)| r.id == first),
+            "every enqueuer got the same job"
+        );
+    }
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    let per_tick: Vec<(Option<String>, i64)> = jobs::table
+        .group_by(jobs::unique_key)
+        .select((jobs::unique_key, diesel::dsl::count_star()))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(per_tick.len(), 5, "{per_tick:?}");
+    assert!(per_tick.iter().all(|(_, n)| *n == 1), "{per_tick:?}");
+}
+
+#[actix_web::test]
+async fn shutdown_lets_short_jobs_finish() {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let admin = api.login(&world.a.admin.email).await;
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            enqueue(&t.ctx, &noop(json!({ "sleepMs": 300, "audit": true })))
+                .await
+                .id,
+        );
+    }
+    for id in &ids {
+        wait_job(&t.ctx, *id, "running", in_state("running")).await;
+    }
+    worker.stop().await;
+    for id in ids {
+        let r = row(&t.ctx, id).await;
+        assert_eq!((r.state.as_str(), r.attempt), ("completed", 1), "{r:#?}");
+        assert_eq!(noop_runs(&t.ctx, id).await, 1);
+    }
+    // A stopped worker unregisters itself.
+    let res = api.get("/admin/workers", admin.token()).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.data().as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        res.text()
+    );
+}
+
+/// Jobs the drain budget cannot wait for are handed back: queued, due now, attempt not
+/// counted, no lease, nothing `running`.
+async fn assert_handed_back(ctx: &Ctx, ids: &[Uuid]) {
+    for id in ids {
+        let r = row(ctx, *id).await;
+        assert_eq!(r.state, "queued", "{r:#?}");
+        assert_eq!(
+            r.attempt, 0,
+            "the interrupted attempt is not counted: {r:#?}"
+        );
+        assert_eq!((r.worker_id, r.lease_expires_at), (None, None), "{r:#?}");
+        assert!(r.run_at <= Utc::now(), "due at once: {r:#?}");
+    }
+    let mut conn = ctx.db.conn().await.unwrap();
+    let running: i64 = jobs::table
+        .filter(jobs::state.eq("running"))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(running, 0);
+}
+
+#[actix_web::test]
+async fn shutdown_hands_back_jobs_longer_than_the_drain_budget() {
+    let t = TestApp::new().await;
+    let mut opts = options();
+    opts.drain_timeout = Duration::from_millis(200);
+    let worker = Worker::start(&t.ctx, opts, Registry::standard());
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(
+            enqueue(&t.ctx, &noop(json!({ "sleepMs": 600_000, "audit": true })))
+                .await
+                .id,
+        );
+    }
+    for id in &ids {
+        wait_job(&t.ctx, *id, "running", in_state("running")).await;
+    }
+    worker.stop().await;
+    assert_handed_back(&t.ctx, &ids).await;
+    for id in &ids {
+        assert_eq!(noop_runs(&t.ctx, *id).await, 0);
+    }
+
+    // The next worker takes them from the start, and hands them back again when it too
+    // stops before they are done.
+    let mut opts = options();
+    opts.drain_timeout = Duration::from_millis(200);
+    let worker = Worker::start(&t.ctx, opts, Registry::standard());
+    for id in &ids {
+        let r = wait_job(&t.ctx, *id, "running", in_state("running")).await;
+        assert_eq!(r.attempt, 1);
+    }
+    worker.stop().await;
+    assert_handed_back(&t.ctx, &ids).await;
+}
+
+#[actix_web::test]
+async fn shutdown_hands_back_a_handler_that_ignores_cancellation() {
+    let t = TestApp::new().await;
+    let mut opts = options();
+    opts.drain_timeout = Duration::from_millis(200);
+    let worker = Worker::start(
+        &t.ctx,
+        opts,
+        Registry::standard().with("stuck", IgnoresCancel),
+    );
+    let id = enqueue(&t.ctx, &new_job("stuck", json!({}))).await.id;
+    wait_job(&t.ctx, id, "running", in_state("running")).await;
+    worker.stop().await;
+    assert_handed_back(&t.ctx, &[id]).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// API
+// ---------------------------------------------------------------------------------------
+
+async fn place(api: &Api, s: &Session, vendor: Uuid, lines: &[(Uuid, i32)]) -> Uuid {
+    let items: Vec<Value> = lines
+        .iter()
+        .map(|(item, quantity)| json!({ "menuItemId": item, "quantity": quantity }))
+        .collect();
+    let res = api
+        .post(
+            "/orders",
+            s.token(),
+            &json!({ "vendorId": vendor, "items": items }),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    res.id()
+}
+
+async fn created_at(ctx: &Ctx, order: Uuid) -> DateTime<Utc> {
+    let mut conn = ctx.db.conn().await.unwrap();
+    orders::table
+        .find(order)
+        .select(orders::created_at)
+        .first(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Checks the 202 contract (DESIGN.md "HTTP conventions") and returns the job id.
+#[track_caller]
+fn accepted(res: &Resp, kind: &str) -> Uuid {
+    assert_eq!(res.status, 202, "{}", res.text());
+    let d = res.data();
+    let id: Uuid = d["jobId"].as_str().unwrap().parse().unwrap();
+    assert_eq!(res.header("location"), Some(format!("/jobs/{id}").as_str()));
+    assert_eq!(d["status"], "queued");
+    assert_eq!(d["type"], kind);
+    assert!(
+        d["createdAt"]
+            .as_str()
+            .is_some_and(|s| s.parse::<DateTime<Utc>>().is_ok()),
+        "{}",
+        res.text()
+    );
+    assert!(d["estimatedDuration"].is_u64(), "{}", res.text());
+    assert_eq!(d["progress"], 0);
+    assert!(
+        res.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        res.text()
+    );
+    id
+}
+
+/// Polls `GET /jobs/{id}` until the job is completed; returns its view.
+async fn wait_completed(api: &Api, s: &Session, id: Uuid) -> Value {
+    let last = RefCell::new(Value::Null);
+    let last_ref = &last;
+    let path = format!("/jobs/{id}");
+    let path = path.as_str();
+    let ok = eventually(DEADLINE, move || async move {
+        let res = api.get(path, s.token()).await;
+        let done = res.status == 200 && res.data()["status"] == "completed";
+        *last_ref.borrow_mut() = res.body;
+        done
+    })
+    .await;
+    let last = last.into_inner();
+    assert!(ok, "job {id} completed: {last}");
+    last["data"].clone()
+}
+
+/// The CSV rows (header excluded), sorted.
+fn csv_rows(body: &[u8]) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_reader(body);
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let mut rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    rows.sort();
+    (header, rows)
+}
+
+#[actix_web::test]
+async fn a_sales_report_runs_in_the_background_and_its_result_downloads() {
+    let t = TestApp::new().await;
+    let w = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let student = api.login(&w.a.student.email).await;
+    let student2 = api.login(&w.a.student2.email).await;
+    let staff = api.login(&w.a.staff.email).await;
+    let other_staff = api.login(&w.a.other_staff.email).await;
+    let admin_a = api.login(&w.a.admin.email).await;
+    let staff_b = api.login(&w.b.staff.email).await;
+    let admin_b = api.login(&w.b.admin.email).await;
+    let root = api.login(&w.platform_admin.email).await;
+    let vendor = w.a.vendor.id;
+    let (burrito, agua) = (&w.a.items[0], &w.a.items[1]);
+
+    // Sales: two orders of the vendor, one of another vendor, one cancelled (excluded).
+    let first = place(&api, &student, vendor, &[(burrito.id, 2), (agua.id, 1)]).await;
+    let cancelled = place(&api, &student2, vendor, &[(burrito.id, 7)]).await;
+    let res = api
+        .post(
+            &format!("/orders/{cancelled}/transitions"),
+            student2.token(),
+            &json!({ "to": "cancelled" }),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    place(
+        &api,
+        &student,
+        w.a.other_vendor.id,
+        &[(w.a.other_items[0].id, 3)],
+    )
+    .await;
+    let second = place(&api, &student2, vendor, &[(burrito.id, 1)]).await;
+    let (t1, t2) = (
+        created_at(&t.ctx, first).await,
+        created_at(&t.ctx, second).await,
+    );
+    assert!(t1 < t2);
+    // The report reads its period in 20 slices. A 20 h period starting 1 h before the
+    // second order puts a slice boundary exactly between the two orders: the report must
+    // still show one row per day and item.
+    let from = t2 - chrono::Duration::hours(1);
+    let to = from + chrono::Duration::hours(20);
+    let day = t1.date_naive().to_string();
+
+    let path = format!("/vendors/{vendor}/reports/sales");
+    let body = json!({ "from": from, "to": to, "format": "csv" });
+    // Another vendor's staff may not; another campus does not even see the vendor.
+    api.post(&path, other_staff.token(), &body)
+        .await
+        .assert_problem(403);
+    api.post(&path, staff_b.token(), &body)
+        .await
+        .assert_problem(404);
+    let bad = api
+        .post(&path, staff.token(), &json!({ "from": to, "to": from }))
+        .await;
+    bad.assert_problem(400);
+    assert_eq!(bad.field_errors(), ["to"]);
+
+    let csv_job = accepted(&api.post(&path, staff.token(), &body).await, "sales_report");
+    let json_job = accepted(
+        &api.post(
+            &path,
+            admin_a.token(),
+            &json!({ "from": from, "to": to, "format": "json" }),
+        )
+        .await,
+        "sales_report",
+    );
+    // Not ready before a worker has run it.
+    api.get(&format!("/jobs/{csv_job}/result"), staff.token())
+        .await
+        .assert_problem(409);
+
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    let view = wait_completed(&api, &staff, csv_job).await;
+    assert_eq!(view["progress"], 100);
+    assert_eq!(view["type"], "sales_report");
+    assert_eq!(view["hasResultFile"], true);
+    assert_eq!(view["result"]["quantity"], 4);
+    assert_eq!(view["result"]["revenueCents"], 3 * 5000 + 1500);
+
+    let res = api
+        .get(&format!("/jobs/{csv_job}/result"), staff.token())
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert!(
+        res.header("content-type")
+            .is_some_and(|ct| ct.starts_with("text/csv")),
+        "{:?}",
+        res.headers
+    );
+    assert!(
+        res.header("content-disposition")
+            .is_some_and(|cd| cd.contains(".csv")),
+        "{:?}",
+        res.headers
+    );
+    let (header, rows) = csv_rows(&res.raw);
+    assert_eq!(
+        header,
+        [
+            "day",
+            "menu_item_id",
+            "item",
+            "quantity",
+            "revenue_cents",
+            "orders"
+        ]
+    );
+    let mut expected = vec![
+        vec![
+            day.clone(),
+            burrito.id.to_string(),
+            burrito.name.clone(),
+            "3".to_owned(),
+            "15000".to_owned(),
+            "2".to_owned(),
+        ],
+        vec![
+            day.clone(),
+            agua.id.to_string(),
+            agua.name.clone(),
+            "1".to_owned(),
+            "1500".to_owned(),
+            "1".to_owned(),
+        ],
+    ];
+    expected.sort();
+    assert_eq!(rows, expected, "{}", res.text());
+
+    // JSON: the same totals, by item and by day.
+    wait_completed(&api, &admin_a, json_job).await;
+    let res = api
+        .get(&format!("/jobs/{json_job}/result"), admin_a.token())
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    let report = &res.body;
+    assert_eq!(report["summary"]["quantity"], 4, "{report}");
+    assert_eq!(report["summary"]["revenueCents"], 16_500);
+    let by_item: Vec<(String, i64, i64)> = report["byItem"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["menuItemId"].as_str().unwrap().to_owned(),
+                i["quantity"].as_i64().unwrap(),
+                i["revenueCents"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        (burrito.id.to_string(), 3, 15_000),
+        (agua.id.to_string(), 1, 1_500),
+    ];
+    want.sort();
+    let mut by_item = by_item;
+    by_item.sort();
+    assert_eq!(by_item, want);
+    assert_eq!(
+        report["byDay"],
+        json!([{ "day": day, "quantity": 4, "revenueCents": 16_500 }])
+    );
+
+    // Tenant scoping: the owner, its campus admin and the platform admin see the job;
+    // nobody else learns it exists.
+    for (who, s) in [
+        ("owner", &staff),
+        ("campus admin", &admin_a),
+        ("root", &root),
+    ] {
+        let res = api.get(&format!("/jobs/{csv_job}"), s.token()).await;
+        assert_eq!(res.status, 200, "{who}: {}", res.text());
+    }
+    for s in [&student, &other_staff, &staff_b, &admin_b] {
+        api.get(&format!("/jobs/{csv_job}"), s.token())
+            .await
+            .assert_problem(404);
+        api.get(&format!("/jobs/{csv_job}/result"), s.token())
+            .await
+            .assert_problem(404);
+        api.delete(&format!("/jobs/{csv_job}"), s.token())
+            .await
+            .assert_problem(404);
+    }
+    let listed = |res: &Resp| -> Vec<String> {
+        assert_eq!(res.status, 200, "{}", res.text());
+        res.data()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["jobId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let res = api.get("/jobs", staff.token()).await;
+    assert_eq!(listed(&res), [csv_job.to_string()]);
+    assert_eq!(res.body["pagination"]["total"], 1);
+    let res = api
+        .get("/jobs?status=completed&type=sales_report", admin_a.token())
+        .await;
+    assert_eq!(listed(&res), [json_job.to_string(), csv_job.to_string()]);
+    let res = api.get("/jobs?status=queued", admin_a.token()).await;
+    assert!(listed(&res).is_empty());
+    assert!(listed(&api.get("/jobs", admin_b.token()).await).is_empty());
+    assert!(listed(&api.get("/jobs", student.token()).await).is_empty());
+    api.get("/jobs?status=bogus", staff.token())
+        .await
+        .assert_problem(400);
+    api.get("/jobs", None).await.assert_problem(401);
+    worker.stop().await;
+}
+
+fn csv_request(token: &str, content_type: &str, body: Vec<u8>) -> TestRequest {
+    TestRequest::post()
+        .uri("/admin/users/import")
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .insert_header(("Content-Type", content_type))
+        .set_payload(body)
+}
+
+#[actix_web::test]
+async fn a_user_import_reports_bad_rows_and_imported_users_can_log_in() {
+    let t = TestApp::new().await;
+    let w = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let admin = api.login(&w.a.admin.email).await;
+    let student = api.login(&w.a.student.email).await;
+    let vendor = w.a.vendor.id;
+    let csv = format!(
+        "email,display_name,role,password,vendor_id\n\
+         new.student@a.edu,New Student,student,student-pass-1,\n\
+         intruder@b.edu,Wrong Campus,student,student-pass-2,\n\
+         new.staff@a.edu,New Staff,vendor_staff,staff-pass-1,{vendor}\n\
+         NEW.STUDENT@a.edu,Twice,student,student-pass-3,\n\
+         student@a.edu,Already Here,student,student-pass-4,\n\
+         short@a.edu,Short,student,short,\n\
+         boss@a.edu,Boss,platform_admin,boss-pass-12,\n\
+         lost@a.edu,Lost Staff,vendor_staff,staff-pass-2,\n\
+         new.admin@a.edu,New Admin,campus_admin,admin-pass-1,\n"
+    );
+
+    // Wrong media type, oversize body, wrong role: refused before anything is queued.
+    api.send(csv_request(
+        &admin.access,
+        "application/json",
+        csv.clone().into_bytes(),
+    ))
+    .await
+    .assert_problem(415);
+    let huge = vec![b'a'; itsur::service::imports::MAX_CSV_BYTES + 1];
+    api.send(csv_request(&admin.access, "text/csv", huge))
+        .await
+        .assert_problem(413);
+    api.send(csv_request(
+        &student.access,
+        "text/csv",
+        csv.clone().into_bytes(),
+    ))
+    .await
+    .assert_problem(403);
+
+    let res = api
+        .send(csv_request(
+            &admin.access,
+            "text/csv; charset=utf-8",
+            csv.into_bytes(),
+        ))
+        .await;
+    let id = accepted(&res, "bulk_import_users");
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    let view = wait_completed(&api, &admin, id).await;
+    assert_eq!(view["progress"], 100);
+    let summary = &view["result"];
+    assert_eq!(summary["total"], 9, "{summary}");
+    assert_eq!(summary["imported"], 3, "{summary}");
+    assert_eq!(summary["failed"], 6, "{summary}");
+    let errors: Vec<(u64, String)> = summary["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_u64().unwrap(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let lines: Vec<u64> = errors.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, [3, 5, 6, 7, 8, 9], "{summary}");
+    for (line, needle) in [
+        (3, "does not belong to this campus"),
+        (5, "duplicate of line 2"),
+        (6, "already exists"),
+        (7, "password"),
+        (8, "role"),
+        (9, "vendor_id"),
+    ] {
+        let (_, message) = errors.iter().find(|(l, _)| *l == line).unwrap();
+        assert!(message.contains(needle), "line {line}: {message}");
+    }
+    // No file: the result is the summary as JSON.
+    let res = api.get(&format!("/jobs/{id}/result"), admin.token()).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    assert_eq!(res.body["imported"], 3);
+
+    for (email, password, role) in [
+        ("new.student@a.edu", "student-pass-1", "student"),
+        ("new.staff@a.edu", "staff-pass-1", "vendor_staff"),
+        ("new.admin@a.edu", "admin-pass-1", "campus_admin"),
+    ] {
+        let res = api
+            .post(
+                "/auth/login",
+                None,
+                &json!({ "email": email, "password": password }),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{email}: {}", res.text());
+        assert_eq!(res.data()["user"]["role"], role, "{}", res.text());
+    }
+    // The rejected rows did not become accounts.
+    let res = api
+        .post(
+            "/auth/login",
+            None,
+            &json!({ "email": "intruder@b.edu", "password": "student-pass-2" }),
+        )
+        .await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    worker.stop().await;
+}
+
+#[actix_web::test]
+async fn admins_see_live_workers_and_job_metrics_are_exported() {
+    let t = TestApp::new().await;
+    let w = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let admin = api.login(&w.a.admin.email).await;
+    let staff = api.login(&w.a.staff.email).await;
+    let mut opts = options();
+    opts.concurrency = 3;
+    opts.queues = vec!["default".to_owned(), "reports".to_owned()];
+    let worker = Worker::start(&t.ctx, opts, Registry::standard());
+
+    let found = eventually(DEADLINE, || async {
+        let res = api.get("/admin/workers", admin.token()).await;
+        res.status == 200 && res.data().as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    assert!(found, "the worker registered");
+    let res = api.get("/admin/workers", admin.token()).await;
+    let me = &res.data()[0];
+    assert_eq!(me["pid"], std::process::id(), "{}", res.text());
+    assert_eq!(me["concurrency"], 3);
+    assert_eq!(me["queues"], json!(["default", "reports"]));
+    assert!(me["heartbeatAt"].is_string() && me["host"].is_string());
+    api.get("/admin/workers", staff.token())
+        .await
+        .assert_problem(403);
+
+    let res = api
+        .post(
+            &format!("/vendors/{}/reports/sales", w.a.vendor.id),
+            staff.token(),
+            &json!({ "from": Utc::now() - chrono::Duration::days(1), "to": Utc::now() }),
+        )
+        .await;
+    let id = accepted(&res, "sales_report");
+    wait_completed(&api, &staff, id).await;
+
+    // Gauges refresh on the worker's heartbeat (every lease / 3).
+    let text = RefCell::new(String::new());
+    let text_ref = &text;
+    let api_ref = &api;
+    let all_there = eventually(DEADLINE, move || async move {
+        let res = api_ref.get("/metrics", None).await;
+        let body = res.text();
+        let ok = [
+            r#"jobs_enqueued_total{kind="sales_report"}"#,
+            r#"jobs_completed_total{kind="sales_report"}"#,
+            r#"jobs_queue_depth{state="queued"}"#,
+            "jobs_workers_alive",
+            "jobs_duration_seconds_bucket",
+            "jobs_wait_seconds_bucket",
+        ]
+        .iter()
+        .all(|m| body.contains(m));
+        *text_ref.borrow_mut() = body;
+        ok
+    })
+    .await;
+    assert!(all_there, "{}", text.into_inner());
+    worker.stop().await;
+}
