@@ -400,13 +400,13 @@ async fn a_reader_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
     assert!(eventually(WAIT, || async { open_sockets().await == 2.0 }).await);
     let rss_before = rss_kib(pid, "VmRSS:");
 
-    // 128 KiB events straight onto the channel, paced by the fast reader: 640 of them is
-    // 80 MiB aimed at a client that reads nothing.
+    // 128 KiB events straight onto the channel, paced by the fast reader: 1280 of them is
+    // 160 MiB aimed at a client that reads nothing.
     let redis = redis::Client::open(stack.redis.url.as_str()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let blob = "x".repeat(128 * 1024);
     let mut dropped_after = None;
-    for round in 0..32_i64 {
+    for round in 0..64_i64 {
         let mut pipe = redis::pipe();
         for k in 0..20 {
             let event = json!({
@@ -430,13 +430,15 @@ async fn a_reader_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
     let peak = rss_kib(pid, "VmHWM:");
     let after = rss_kib(pid, "VmRSS:");
     eprintln!(
-        "slow reader: dropped after {dropped_after:?} events of 128 KiB (80 MiB sent in total); serve RSS {} MiB before, peak {} MiB, {} MiB after",
+        "slow reader: dropped after {dropped_after:?} events of 128 KiB (160 MiB sent in total); serve RSS {} MiB before, peak {} MiB, {} MiB after",
         rss_before / 1024,
         peak / 1024,
         after / 1024
     );
+    // Bounded by the queues (64 events + actix-ws's 32 frames per socket), not by the
+    // 160 MiB: debug build, allocator slack included.
     assert!(
-        peak.saturating_sub(rss_before) < 48 * 1024,
+        peak.saturating_sub(rss_before) < 64 * 1024,
         "memory grew with the slow reader: {rss_before} KiB -> peak {peak} KiB"
     );
     assert_eq!(slow.close_code(WAIT).await, Some(4008));
