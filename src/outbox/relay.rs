@@ -72,16 +72,10 @@ impl std::ops::AddAssign for BatchReport {
     }
 }
 
-/// Backoff after the `attempts`-th failed delivery: 5 s·5ⁿ⁻¹ (5 s, 25 s, 125 s, …) capped at
-/// 6 h, with ±20 % jitter so events that failed together do not retry together.
-// TODO(#6): use resilience::backoff once it lands; this duplicates its schedule.
+/// Backoff after the `attempts`-th failed delivery: `resilience::backoff` (5 s, 25 s,
+/// 125 s, … with ±20 % jitter).
 pub fn backoff(attempts: i32) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 12)).unwrap_or(0);
-    let base = 5_u64
-        .saturating_mul(5_u64.saturating_pow(exp))
-        .min(6 * 3600);
-    let jitter = rand::random_range(0.8..1.2);
-    Duration::from_secs(base).mul_f64(jitter)
+    crate::resilience::backoff::delay(u32::try_from(attempts).unwrap_or(1))
 }
 
 /// Pause before retrying events whose sink was unavailable, after `streak` consecutive
