@@ -525,5 +525,8 @@ async fn without_redis_the_relay_feeds_the_in_process_hub() {
         .load(&mut conn)
         .await
         .unwrap();
-    assert_eq!(sinks, vec![vec!["hub".to_owned(), "enqueue_push".to_owned()]]);
+    assert_eq!(
+        sinks,
+        vec![vec!["hub".to_owned(), "enqueue_push".to_owned()]]
+    );
 }
