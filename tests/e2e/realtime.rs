@@ -261,8 +261,7 @@ async fn an_order_crosses_instances_both_ways_and_never_reaches_another_tenant()
         "realtime: POST /orders answered in {committed:?}; order.created reached the other instance's socket {latency:?} after the response"
     );
     // Ready → relay enqueues send_push → the worker delivers to the student's phone, once.
-    let pushed =
-        crate::support::eventually(Duration::from_secs(30), || async { fcm.hits() >= 1 }).await;
+    let pushed = eventually(Duration::from_secs(30), || async { fcm.hits() >= 1 }).await;
     assert!(pushed, "the ready order was pushed to FCM");
     let sent = &fcm.received()[0];
     assert_eq!(sent.body["message"]["token"], "student-phone");
