@@ -5,7 +5,7 @@
 //! keep-alive connection per virtual client) and writes `bench/results/<scenario>.json`;
 //! the run ends with one Markdown table. See `bench/README.md` for what each scenario does.
 //!
-//! Usage: `cargo bench --bench load -- [orders|menu|jobs|report-isolation|all]`
+//! Usage: `cargo bench --bench load -- [orders|menu|jobs|realtime|sockets|report-isolation|all]`
 //! (settings: BENCH_DATABASE_URL admin URL, BENCH_REDIS_URL, BENCH_SECS).
 
 #![expect(
@@ -215,6 +215,16 @@ impl Server {
             .env("RUST_LOG", "warn")
             .env("LOG_FORMAT", "json")
             .env("DB_POOL_SIZE", "32")
+            // The benchmark measures throughput, not the limiter: every bucket off, and room
+            // for thousands of sockets from one address.
+            .env("RATE_LIMIT_IP", "off")
+            .env("RATE_LIMIT_USER", "off")
+            .env("RATE_LIMIT_AUTH", "off")
+            .env("RATE_LIMIT_LOGIN", "off")
+            .env("RATE_LIMIT_ORDERS", "off")
+            .env("MAX_IN_FLIGHT", "100000")
+            .env("WS_MAX_CONNECTIONS_PER_IP", "20000")
+            .env("WS_MAX_CONNECTIONS_PER_USER", "20")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let redis = env("BENCH_REDIS_URL", "redis://127.0.0.1:6379");
@@ -751,6 +761,220 @@ async fn bench_menu_and_isolation(rows: &mut Vec<Row>, run_menu: bool, run_isola
     }
 }
 
+/// Opens a socket on `base` with `token`; returns the stream after the hello.
+async fn ws_connect(
+    base: &str,
+    token: &str,
+) -> Option<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    use futures_util::StreamExt;
+    let url = format!("{}/ws?token={token}", base.replacen("http://", "ws://", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+    // The first frame is the hello.
+    ws.next().await?.ok()?;
+    Some(ws)
+}
+
+async fn staff_tokens(w: &World, n: usize) -> Vec<String> {
+    let mut conn = AsyncPgConnection::establish(&w.db).await.unwrap();
+    let campus: Vec<IdRow> = diesel::sql_query("SELECT id FROM campuses LIMIT 1")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let hash = credentials::hash_password("bench-staff-pass".to_owned())
+        .await
+        .unwrap();
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let staff = users::insert(
+            &mut conn,
+            &users::NewUserRow {
+                id: Uuid::now_v7(),
+                campus_id: Some(campus[0].id),
+                vendor_id: Some(w.vendors[0]),
+                email: format!("staff{i}@bench.edu"),
+                display_name: format!("Staff {i}"),
+                password_hash: hash.clone(),
+                role: "vendor_staff".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+        tokens.push(session_token(&mut conn, staff.id).await);
+    }
+    tokens
+}
+
+async fn bench_realtime(rows: &mut Vec<Row>) {
+    use futures_util::StreamExt;
+    const CLIENTS: usize = 1000;
+    const ORDERS: usize = 1000;
+    let w = seed("itsur_bench_rt").await;
+    let tokens = staff_tokens(&w, CLIENTS).await;
+    let a = Server::start("serve", &w.db, &[]);
+    let b = Server::start("serve", &w.db, &[]);
+    let _relay = Server::start("outbox-relay", &w.db, &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let received: Arc<std::sync::Mutex<Vec<(Uuid, Instant)>>> = Arc::default();
+    let connected = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t_connect = Instant::now();
+    let mut clients = Vec::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let base = if i % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
+        let (received, connected, stop) = (received.clone(), connected.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let Some(mut ws) = ws_connect(&base, &token).await else {
+                return;
+            };
+            AtomicU64::fetch_add(&connected, 1, Ordering::Relaxed);
+            let mut mine = Vec::with_capacity(ORDERS);
+            while !AtomicBool::load(&stop, Ordering::Relaxed) {
+                let next = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+                let Ok(Some(Ok(msg))) = next else { continue };
+                let Ok(text) = msg.to_text() else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                if v["type"] == "event"
+                    && v["event"] == "order.created"
+                    && let Some(id) = v["data"]["id"].as_str().and_then(|s| s.parse().ok())
+                {
+                    mine.push((id, Instant::now()));
+                }
+            }
+            received.lock().unwrap().extend(mine);
+        }));
+    }
+    while AtomicU64::load(&connected, Ordering::Relaxed) < CLIENTS as u64
+        && t_connect.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connected_n = AtomicU64::load(&connected, Ordering::Relaxed);
+    // 1,000 orders for vendor 0 at 100/s, from random students.
+    let http = reqwest::Client::new();
+    let mut sent: std::collections::HashMap<Uuid, Instant> = std::collections::HashMap::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for _ in 0..ORDERS {
+        tick.tick().await;
+        let item = w.items[0][rng.random_range(0..ITEMS)];
+        let res = http
+            .post(format!("{}/orders", a.base))
+            .bearer_auth(&w.tokens[rng.random_range(0..w.tokens.len())])
+            .json(
+                &json!({"vendorId": w.vendors[0], "items": [{"menuItemId": item, "quantity": 1}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let at = Instant::now();
+        let body: Value = res.json().await.unwrap();
+        if let Some(id) = body["data"]["id"].as_str().and_then(|s| s.parse().ok()) {
+            sent.insert(id, at);
+        }
+    }
+    // Let the tail arrive, then stop the readers.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss_a, rss_b) = (a.rss_kib(), b.rss_kib());
+    AtomicBool::store(&stop, true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let got = received.lock().unwrap();
+    let mut lat: Vec<f64> = got
+        .iter()
+        .filter_map(|(id, t)| {
+            sent.get(id)
+                .map(|s| t.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    write_result(
+        "realtime",
+        json!({"clients": CLIENTS, "connected": connected_n, "orders": ORDERS, "rate_per_s": 100, "instances": 2}),
+        json!({"delivered": lat.len(), "expected": CLIENTS * ORDERS, "latency_ms_p50": q(0.5), "latency_ms_p99": q(0.99),
+               "serve_rss_kib": [rss_a, rss_b]}),
+    );
+    rows.push((
+        "realtime: 1k sockets on 2 instances, 1k orders at 100/s".to_owned(),
+        format!(
+            "delivered {} of {}, response→socket p50 {:.1} ms, p99 {:.1} ms, RSS {} + {} MiB",
+            lat.len(),
+            CLIENTS * ORDERS,
+            q(0.5),
+            q(0.99),
+            rss_a / 1024,
+            rss_b / 1024
+        ),
+    ));
+}
+
+async fn bench_sockets(rows: &mut Vec<Row>) {
+    const SOCKETS: usize = 10_000;
+    let w = seed("itsur_bench_sockets").await;
+    let server = Server::start("serve", &w.db, &[]);
+    server.wait_ready().await;
+    let before = server.rss_kib();
+    let t = Instant::now();
+    let held = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (held, next, base, tokens) = (
+            held.clone(),
+            next.clone(),
+            server.base.clone(),
+            w.tokens.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = AtomicU64::fetch_add(&next, 1, Ordering::Relaxed) as usize;
+                if i >= SOCKETS {
+                    return;
+                }
+                if let Some(ws) = ws_connect(&base, &tokens[i % tokens.len()]).await {
+                    held.lock().await.push(ws);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let took = t.elapsed();
+    let open = held.lock().await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = server.rss_kib();
+    let per = (after.saturating_sub(before)) as f64 / open.max(1) as f64;
+    let rate = open as f64 / took.as_secs_f64();
+    write_result(
+        "sockets",
+        json!({"sockets": SOCKETS}),
+        json!({"open": open, "connect_per_s": rate, "rss_before_kib": before, "rss_after_kib": after, "kib_per_socket": per}),
+    );
+    rows.push((
+        "sockets: 10k idle authenticated sockets".to_owned(),
+        format!(
+            "{open} open, {rate:.0} connects/s, {per:.1} KiB RSS per socket ({} → {} MiB)",
+            before / 1024,
+            after / 1024
+        ),
+    ));
+}
+
 fn main() {
     // `cargo bench` passes --bench; anything else (a test run) must not start the load.
     if !std::env::args().any(|a| a == "--bench") {
@@ -776,6 +1000,12 @@ fn main() {
         }
         if want("jobs") {
             bench_jobs(&mut rows).await;
+        }
+        if want("realtime") {
+            bench_realtime(&mut rows).await;
+        }
+        if want("sockets") {
+            bench_sockets(&mut rows).await;
         }
     });
     println!("\n| scenario | figures |\n|---|---|");
