@@ -19,6 +19,7 @@ use serde::Deserialize;
 use self::protocol::{BEARER_PROTOCOL_PREFIX, SUBPROTOCOL};
 use crate::app::Ctx;
 use crate::domain::event::Subscription;
+use crate::http::edge;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::kv::hub::{Admission, Rejected};
@@ -49,12 +50,15 @@ fn token_of(req: &HttpRequest, query: &WsQuery) -> Option<String> {
         .or_else(|| query.token.clone().filter(|t| !t.is_empty()))
 }
 
-/// The address the per-IP cap counts.
-// TODO(#6): resolve the client address through the trusted-proxy rules of the edge layer;
-// behind nginx the peer is the proxy, so WS_MAX_CONNECTIONS_PER_IP then caps the proxy.
-fn client_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+/// The address the per-IP cap counts: the edge layer's rule (the peer, or the right-most
+/// untrusted `X-Forwarded-For` hop when the peer is a trusted proxy).
+fn client_ip(ctx: &Ctx, req: &HttpRequest) -> IpAddr {
+    edge::client_ip(
+        req.peer_addr().map(|a| a.ip()),
+        req.headers(),
+        &ctx.config.edge.trusted_proxies,
+    )
+    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 /// Upgrades to a WebSocket carrying the caller's events (see `protocol`).
@@ -78,7 +82,7 @@ pub async fn connect(
         .hub
         .subscribe(Admission {
             subscription,
-            ip: client_ip(&req),
+            ip: client_ip(&ctx, &req),
         })
         .map_err(|r| match r {
             Rejected::TooManyForIp | Rejected::TooManyForUser => {
