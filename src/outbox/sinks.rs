@@ -5,12 +5,14 @@
 //!   (`itsur all` on one machine).
 //! - [`Webhook`]: an optional signed POST per event (`WEBHOOK_URL`, `WEBHOOK_SECRET`), behind
 //!   the `webhook` circuit breaker of `resilience`.
+//! - [`EnqueuePush`]: `order.status_changed` to `ready` → a `send_push` job for the student,
+//!   written in the claim transaction (so it commits with the mark-published) under the
+//!   unique key `push:order-ready:<event id>` (so an event delivered twice makes one job).
 //!
 //! A sink receives the claim transaction's connection, so a sink can write in the same
-//! transaction as the mark-published — the job-enqueue sink (`order.status_changed` to
-//! `ready` → `send_push`) arrives with the job queue (issue #4) and plugs in here. Such a
-//! sink must wrap each event's writes in a nested transaction (`conn.transaction`, a
-//! SAVEPOINT): a failed statement otherwise aborts the whole claim transaction.
+//! transaction as the mark-published. Such a sink wraps each event's writes in a nested
+//! transaction (`conn.transaction`, a SAVEPOINT): a failed statement otherwise aborts the
+//! whole claim transaction.
 //!
 //! Env vars (through `config::OutboxSettings`): `WEBHOOK_URL`, `WEBHOOK_SECRET`,
 //! `WEBHOOK_TIMEOUT_MS`.
@@ -67,6 +69,7 @@ pub fn default_sinks(ctx: &Ctx) -> Vec<Box<dyn Sink>> {
             hub: ctx.hub.clone(),
         })),
     }
+    sinks.push(Box::new(EnqueuePush));
     if let Some(webhook) = &ctx.config.outbox.webhook {
         match Webhook::new(webhook, ctx.breakers.get(WEBHOOK_BREAKER)) {
             Ok(sink) => sinks.push(Box::new(sink)),
@@ -76,6 +79,75 @@ pub fn default_sinks(ctx: &Ctx) -> Vec<Box<dyn Sink>> {
         }
     }
     sinks
+}
+
+/// Enqueues the push notification of an order that became ready.
+pub struct EnqueuePush;
+
+impl EnqueuePush {
+    /// The `send_push` job for `event`, if the event calls for one.
+    pub fn job_for(event: &EventEnvelope) -> Option<crate::store::jobs::NewJob> {
+        if event.event != "order.status_changed" || event.data["to"] != "ready" {
+            return None;
+        }
+        let user: uuid::Uuid = event.data["userId"].as_str()?.parse().ok()?;
+        let order = event.aggregate_id;
+        let short = order.simple().to_string();
+        let short = short
+            .get(short.len().saturating_sub(6)..)
+            .unwrap_or_default();
+        Some(crate::store::jobs::NewJob {
+            id: uuid::Uuid::now_v7(),
+            kind: crate::domain::job::kind::SEND_PUSH.to_owned(),
+            queue: "default".to_owned(),
+            priority: crate::domain::job::Priority::High.as_i16(),
+            payload: serde_json::json!({
+                "userId": user,
+                "title": "Your order is ready",
+                "body": format!("Order …{short} is ready for pickup"),
+                "data": { "orderId": order.to_string(), "event": event.event },
+            }),
+            unique_key: Some(format!("push:order-ready:{}", event.id)),
+            run_at: chrono::Utc::now(),
+            max_attempts: 8,
+            timeout_secs: 60,
+            owner_id: Some(user),
+            campus_id: event.data["campusId"].as_str().and_then(|c| c.parse().ok()),
+        })
+    }
+}
+
+impl Sink for EnqueuePush {
+    fn name(&self) -> &'static str {
+        "enqueue_push"
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        tx: &'a mut AsyncPgConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Vec<Result<(), SinkError>>> {
+        async move {
+            use diesel_async::AsyncConnection;
+            let mut out = Vec::with_capacity(events.len());
+            for event in events {
+                let Some(job) = Self::job_for(event) else {
+                    out.push(Ok(()));
+                    continue;
+                };
+                let enqueued = tx
+                    .transaction(async |conn| crate::store::jobs::enqueue(conn, &job).await)
+                    .await;
+                out.push(
+                    enqueued
+                        .map(drop)
+                        .map_err(|e| SinkError::Failed(format!("enqueue send_push: {e}"))),
+                );
+            }
+            out
+        }
+        .boxed()
+    }
 }
 
 /// `PUBLISH` to the deployment's events channel (pipelined per batch).

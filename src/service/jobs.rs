@@ -125,7 +125,6 @@ async fn submit(ctx: &Ctx, actor: &Actor, job: NewJob, action: &str) -> Result<J
             Ok(row)
         })
         .await?;
-    metrics::counter!("jobs_enqueued_total", "kind" => row.kind.clone()).increment(1);
     Ok(view(&row))
 }
 

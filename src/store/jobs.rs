@@ -125,6 +125,7 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, job: &NewJob) -> QueryResult<
         .await
         .optional()?;
     if let Some(row) = inserted {
+        metrics::counter!("jobs_enqueued_total", "kind" => row.kind.clone()).increment(1);
         if row.run_at <= Utc::now() {
             notify(conn, JOBS_CHANNEL, &row.queue).await?;
         }
@@ -151,6 +152,11 @@ pub async fn enqueue_many(conn: &mut AsyncPgConnection, batch: &[NewJob]) -> Que
             .do_nothing()
             .execute(conn)
             .await?;
+    }
+    if let Some(first) = batch.first() {
+        // Counted under the first job's kind: bulk batches are of one kind in practice.
+        metrics::counter!("jobs_enqueued_total", "kind" => first.kind.clone())
+            .increment(u64::try_from(inserted).unwrap_or(0));
     }
     let mut queues: Vec<&str> = batch.iter().map(|j| j.queue.as_str()).collect();
     queues.sort_unstable();

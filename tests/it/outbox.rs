@@ -149,7 +149,7 @@ async fn the_relay_publishes_each_committed_event_to_redis_once() {
         .await;
     assert_eq!(res.status, 201);
     let mut relay = Relay::new(t.ctx.clone());
-    assert_eq!(relay.sink_names(), ["redis"]);
+    assert_eq!(relay.sink_names(), ["redis", "enqueue_push"]);
     let report = relay.drain().await.unwrap();
     assert_eq!((report.claimed, report.published), (1, 1));
 
@@ -166,7 +166,7 @@ async fn the_relay_publishes_each_committed_event_to_redis_once() {
     let id = event["id"].as_i64().unwrap();
     let published = row(&t.ctx, id).await;
     assert!(published.published_at.is_some());
-    assert_eq!(published.sinks_done, ["redis"]);
+    assert_eq!(published.sinks_done, ["redis", "enqueue_push"]);
     assert_eq!(relay.drain().await.unwrap().claimed, 0, "published once");
 
     relay::record_stats(&t.ctx).await.unwrap();
@@ -516,11 +516,11 @@ async fn the_webhook_is_signed_and_retried() {
     let ctx = Ctx::new(config).unwrap();
     let id = insert_events(&ctx, None, 1).await[0];
     let mut relay = Relay::new(ctx.clone());
-    assert_eq!(relay.sink_names(), ["redis", "webhook"]);
+    assert_eq!(relay.sink_names(), ["redis", "enqueue_push", "webhook"]);
     let report = relay.drain().await.unwrap();
     assert_eq!(report.retrying, 1, "the receiver answered 500");
     let r = row(&ctx, id).await;
-    assert_eq!(r.sinks_done, ["redis"]);
+    assert_eq!(r.sinks_done, ["redis", "enqueue_push"]);
     assert!(r.last_error.unwrap().contains("500"));
     make_due(&ctx).await;
     assert_eq!(relay.drain().await.unwrap().published, 1);
@@ -537,4 +537,71 @@ async fn the_webhook_is_signed_and_retried() {
     );
     let event: Value = serde_json::from_slice(body).unwrap();
     assert_eq!(event["id"], id);
+}
+
+/// An order that becomes ready enqueues exactly one `send_push` job for its student, in the
+/// relay's transaction, even when the event is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_order_enqueues_one_push_job_even_when_delivered_twice() {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let a = &world.a;
+    let student = api.login(&a.student.email).await;
+    let staff = api.login(&a.staff.email).await;
+    let order = api
+        .post(
+            "/orders",
+            student.token(),
+            &order_body(a.vendor.id, a.items[0].id, 1),
+        )
+        .await
+        .id();
+    for to in ["accepted", "preparing", "ready"] {
+        let res = api
+            .post(
+                &format!("/orders/{order}/transitions"),
+                staff.token(),
+                &json!({ "to": to }),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text());
+    }
+    let mut relay = Relay::new(t.ctx.clone());
+    relay.drain().await.unwrap();
+    let push_jobs = |ctx: Ctx| async move {
+        let mut conn = ctx.db.conn().await.unwrap();
+        itsur::store::jobs::list(
+            &mut conn,
+            itsur::store::jobs::Scope::All,
+            None,
+            Some("send_push"),
+            10,
+            0,
+        )
+        .await
+        .unwrap()
+        .0
+    };
+    let jobs = push_jobs(t.ctx.clone()).await;
+    assert_eq!(
+        jobs.len(),
+        1,
+        "one push for the ready transition, none for the others"
+    );
+    assert_eq!(jobs[0].payload["userId"], a.student.id.to_string());
+    assert_eq!(jobs[0].priority, 0, "pushes jump the queue");
+
+    // The same events delivered again (a relay died after enqueueing, before marking).
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    conn.batch_execute("UPDATE outbox_events SET published_at = NULL, sinks_done = '{}'")
+        .await
+        .unwrap();
+    drop(conn);
+    relay.drain().await.unwrap();
+    assert_eq!(
+        push_jobs(t.ctx.clone()).await.len(),
+        1,
+        "still exactly one job"
+    );
 }

@@ -509,7 +509,7 @@ async fn without_redis_the_relay_feeds_the_in_process_hub() {
     let student = http.login(&world.a.student.email).await;
     let mut ws = WsClient::connect(server.addr, &student.access).await;
     let mut relay = Relay::new(ctx.clone());
-    assert_eq!(relay.sink_names(), ["hub"]);
+    assert_eq!(relay.sink_names(), ["hub", "enqueue_push"]);
     let res = http
         .post(
             "/orders",
@@ -525,5 +525,8 @@ async fn without_redis_the_relay_feeds_the_in_process_hub() {
         .load(&mut conn)
         .await
         .unwrap();
-    assert_eq!(sinks, vec![vec!["hub".to_owned()]]);
+    assert_eq!(
+        sinks,
+        vec![vec!["hub".to_owned(), "enqueue_push".to_owned()]]
+    );
 }
