@@ -3,7 +3,8 @@
 //! - [`RedisPublish`]: `PUBLISH` on the deployment's events channel, for every gateway.
 //! - [`HubPublish`]: the in-process hub, doing the same job when no Redis is configured
 //!   (`itsur all` on one machine).
-//! - [`Webhook`]: an optional signed POST per event (`WEBHOOK_URL`, `WEBHOOK_SECRET`).
+//! - [`Webhook`]: an optional signed POST per event (`WEBHOOK_URL`, `WEBHOOK_SECRET`), behind
+//!   the `webhook` circuit breaker of `resilience`.
 //! - [`EnqueuePush`]: `order.status_changed` to `ready` → a `send_push` job for the student,
 //!   written in the claim transaction (so it commits with the mark-published) under the
 //!   unique key `push:order-ready:<event id>` (so an event delivered twice makes one job).
@@ -30,6 +31,7 @@ use crate::app::Ctx;
 use crate::config::WebhookSettings;
 use crate::kv::Kv;
 use crate::kv::hub::{EventEnvelope, Hub};
+use crate::resilience::CircuitBreaker;
 
 /// Why a sink did not take an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +71,7 @@ pub fn default_sinks(ctx: &Ctx) -> Vec<Box<dyn Sink>> {
     }
     sinks.push(Box::new(EnqueuePush));
     if let Some(webhook) = &ctx.config.outbox.webhook {
-        match Webhook::new(webhook, Arc::new(NoBreaker)) {
+        match Webhook::new(webhook, ctx.breakers.get(WEBHOOK_BREAKER)) {
             Ok(sink) => sinks.push(Box::new(sink)),
             Err(e) => {
                 tracing::error!(error = %e, "webhook sink disabled: cannot build its HTTP client")
@@ -209,35 +211,15 @@ impl Sink for HubPublish {
     }
 }
 
-/// Seam for the circuit breaker of outbound calls (issue #6 builds it in `resilience`):
-/// the webhook asks before each call and reports each outcome. Until it lands,
-/// [`NoBreaker`] allows everything; the webhook's own per-batch short-circuit (skip the rest
-/// of a batch after a transport failure) keeps a dead endpoint from stalling the relay.
-pub trait CallGuard: Send + Sync {
-    /// False while the circuit is open: the call is skipped as unavailable.
-    fn allow(&self) -> bool;
-    /// The outcome of an allowed call.
-    fn record(&self, success: bool);
-}
-
-/// A guard that never opens (no breaker configured).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoBreaker;
-
-impl CallGuard for NoBreaker {
-    fn allow(&self) -> bool {
-        true
-    }
-
-    fn record(&self, _success: bool) {}
-}
+/// Name of the webhook's circuit breaker (Redis key part, metric label, `/health` entry).
+pub const WEBHOOK_BREAKER: &str = "webhook";
 
 /// Signed webhook POSTs, one per event, a few at a time.
 pub struct Webhook {
     client: reqwest::Client,
     url: String,
     secret: Vec<u8>,
-    guard: Arc<dyn CallGuard>,
+    breaker: Arc<CircuitBreaker>,
 }
 
 /// Webhook calls in flight at once within a batch.
@@ -262,8 +244,8 @@ pub fn signature(secret: &[u8], unix_seconds: i64, body: &[u8]) -> String {
 }
 
 impl Webhook {
-    /// A webhook sink from its settings, asking `guard` before each call.
-    pub fn new(settings: &WebhookSettings, guard: Arc<dyn CallGuard>) -> reqwest::Result<Self> {
+    /// A webhook sink from its settings, each call behind `breaker`.
+    pub fn new(settings: &WebhookSettings, breaker: Arc<CircuitBreaker>) -> reqwest::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(2)))
@@ -273,7 +255,7 @@ impl Webhook {
             client,
             url: settings.url.expose().clone(),
             secret: settings.secret.expose().as_bytes().to_vec(),
-            guard,
+            breaker,
         })
     }
 
@@ -283,10 +265,21 @@ impl Webhook {
                 "skipped: the webhook failed earlier in this batch".to_owned(),
             ));
         }
-        if !self.guard.allow() {
-            return Err(SinkError::Unavailable("webhook circuit open".to_owned()));
-        }
-        let body = serde_json::to_vec(event).map_err(|e| SinkError::Failed(e.to_string()))?;
+        // An open breaker (shared by every relay through Redis) skips the call without
+        // spending the event's attempt: the endpoint is down, not this event.
+        let permit = self.breaker.acquire().await.map_err(|r| {
+            SinkError::Unavailable(format!(
+                "webhook circuit breaker open; next trial in {:?}",
+                r.retry_after
+            ))
+        })?;
+        let body = match serde_json::to_vec(event) {
+            Ok(body) => body,
+            Err(e) => {
+                self.breaker.record(permit, true).await;
+                return Err(SinkError::Failed(e.to_string()));
+            }
+        };
         let signed = signature(&self.secret, chrono::Utc::now().timestamp(), &body);
         let sent = self
             .client
@@ -300,18 +293,21 @@ impl Webhook {
             .await;
         match sent {
             Ok(res) if res.status().is_success() => {
-                self.guard.record(true);
+                self.breaker.record(permit, true).await;
                 Ok(())
             }
             Ok(res) => {
-                self.guard.record(false);
-                Err(SinkError::Failed(format!(
-                    "webhook answered {}",
-                    res.status()
-                )))
+                let status = res.status();
+                // A 4xx other than 408/429 is an answer from a healthy endpoint about this
+                // event; 5xx, 408 and 429 say the endpoint is struggling.
+                let healthy = status.is_client_error()
+                    && status != reqwest::StatusCode::REQUEST_TIMEOUT
+                    && status != reqwest::StatusCode::TOO_MANY_REQUESTS;
+                self.breaker.record(permit, healthy).await;
+                Err(SinkError::Failed(format!("webhook answered {status}")))
             }
             Err(e) => {
-                self.guard.record(false);
+                self.breaker.record(permit, false).await;
                 // Timeouts and refused connections hit every event alike: spend this event's
                 // attempt, skip the rest of the batch without spending theirs.
                 broken.store(true, Ordering::Relaxed);

@@ -432,7 +432,8 @@ async fn a_reader_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
     )
     .await
     .unwrap();
-    let mut slow = WsClient::after_handshake(stream).await;
+    let mut slow = Some(WsClient::after_handshake(stream).await);
+    let mut slow_closed = None;
     let mut fast = WsClient::connect(serve.addr(), &staff.access).await;
     let metrics = crate::support::client(Duration::from_secs(5));
     let open_sockets = || {
@@ -473,6 +474,10 @@ async fn a_reader_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
         assert_eq!(fast.events(20).await.len(), 20);
         if dropped_after.is_none() && open_sockets().await == 1.0 {
             dropped_after = Some((round + 1) * 20);
+            // It reads from now on: what was on the wire, then the close (the server waits
+            // a bounded time for a close frame to get through).
+            let mut client = slow.take().unwrap();
+            slow_closed = Some(tokio::spawn(async move { client.close_code(WAIT).await }));
         }
     }
     assert!(eventually(WAIT, || async { open_sockets().await == 1.0 }).await);
@@ -491,6 +496,7 @@ async fn a_reader_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
         peak.saturating_sub(rss_before) < 96 * 1024,
         "memory grew with the slow reader: {rss_before} KiB -> peak {peak} KiB"
     );
-    assert_eq!(slow.close_code(WAIT).await, Some(4008));
+    let closed = slow_closed.expect("the slow client was dropped");
+    assert_eq!(closed.await.unwrap(), Some(4008));
     stop(serve.child).await;
 }

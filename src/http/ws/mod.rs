@@ -19,6 +19,7 @@ use serde::Deserialize;
 use self::protocol::{BEARER_PROTOCOL_PREFIX, SUBPROTOCOL};
 use crate::app::Ctx;
 use crate::domain::event::Subscription;
+use crate::http::edge;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::kv::hub::{Admission, Rejected};
@@ -49,10 +50,10 @@ fn token_of(req: &HttpRequest, query: &WsQuery) -> Option<String> {
         .or_else(|| query.token.clone().filter(|t| !t.is_empty()))
 }
 
-/// The address the per-IP cap counts: the client behind a trusted proxy (nginx), resolved by
-/// the same rules as the rate limiter, else the socket peer.
+/// The address the per-IP cap counts: the edge layer's rule (the peer, or the right-most
+/// untrusted `X-Forwarded-For` hop when the peer is a trusted proxy).
 fn client_ip(ctx: &Ctx, req: &HttpRequest) -> IpAddr {
-    crate::http::edge::client_ip(
+    edge::client_ip(
         req.peer_addr().map(|a| a.ip()),
         req.headers(),
         &ctx.config.edge.trusted_proxies,
