@@ -59,7 +59,7 @@ test: ## cargo test --all-targets against the dev services; extra args in TEST_A
 	$(CARGO) test --locked --all-targets $(TEST_ARGS)
 
 test-packaging: build ## systemd/nginx/compose/prometheus/debian checks and the rolling restart
-	ITSUR_BIN=$(DEV_BIN) packaging/tests/run-all.sh
+	ITSUR_BIN=$(CURDIR)/target/debug/itsur packaging/tests/run-all.sh
 
 bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=orders|menu|jobs|realtime|sockets|report-isolation); figures in bench/results/
 	@env_lines="$$(scripts/services.sh env)"

@@ -111,7 +111,7 @@ pub enum LogFormat {
 /// Settings every long-running role shares: Postgres, Redis, logging, shutdown.
 #[derive(Args, Clone, Debug)]
 pub struct CommonArgs {
-    /// Postgres primary, e.g. postgres://user:pass@host:5432/itsur (sslmode=require honoured).
+    /// Postgres primary, e.g. postgres://user:pass@host:5432/itsur.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
@@ -196,13 +196,17 @@ impl CommonArgs {
         if let Some(url) = &self.database_read_url {
             check_pg_url("DATABASE_READ_URL", url)?;
         }
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError::new(
-                "REDIS_URL",
-                "must start with redis:// or rediss://",
-            ));
+        if let Some(url) = &self.redis_url {
+            if url.starts_with("rediss://") {
+                // Said at start-up rather than as a connection error on the first request.
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "rediss:// (TLS) is not supported yet; use redis:// on a private network",
+                ));
+            }
+            if !url.starts_with("redis://") {
+                return Err(ConfigError::new("REDIS_URL", "must start with redis://"));
+            }
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             return Err(ConfigError::new(
