@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::app::Ctx;
+use diesel_async::AsyncConnection;
+
 use crate::store::jobs::JobRow;
 
 /// How a handler failed.
@@ -102,6 +104,31 @@ pub struct JobCx {
     last_progress: Mutex<Option<Instant>>,
 }
 
+/// The outbox event of a job's progress or end, routed to its owner (and its campus's
+/// admins). The version orders events across attempts: `attempt × 1000 + step`, where step
+/// is the percentage for progress and 999 for the end.
+pub(crate) fn job_event(
+    job: &JobRow,
+    event: &str,
+    step: i32,
+    status: &str,
+    message: Option<&str>,
+) -> crate::store::outbox::NewOutboxEventRow {
+    crate::store::outbox::NewOutboxEventRow {
+        aggregate_type: "job".to_owned(),
+        aggregate_id: job.id,
+        aggregate_version: job.attempt.saturating_mul(1000).saturating_add(step),
+        event_type: event.to_owned(),
+        payload: serde_json::json!({
+            "jobId": job.id, "type": job.kind, "status": status,
+            "progress": step.min(100), "message": message, "attempt": job.attempt,
+        }),
+        campus_id: job.campus_id,
+        vendor_id: None,
+        user_id: job.owner_id,
+    }
+}
+
 /// Progress is persisted at most this often (the last update of a job always is).
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -153,17 +180,42 @@ impl JobCx {
         let Ok(mut conn) = self.ctx.db.conn().await else {
             return; // progress is advisory; the job goes on
         };
-        let written = crate::store::jobs::set_progress(
-            &mut conn,
-            self.job.id,
-            self.worker_id,
-            self.job.attempt,
-            i16::from(pct.min(100)),
-            Some(message),
-        )
-        .await;
-        if let Err(e) = written {
-            tracing::debug!(job.id = %self.job.id, error = %e, "progress not recorded");
+        let pct = i16::from(pct.min(100));
+        let job = &self.job;
+        let worker = self.worker_id;
+        // The progress and its `job.progress` event commit together; the relay routes the
+        // event to the job's owner over WebSockets.
+        let written = conn
+            .transaction(async |conn| -> diesel::QueryResult<bool> {
+                let held = crate::store::jobs::set_progress(
+                    conn,
+                    job.id,
+                    worker,
+                    job.attempt,
+                    pct,
+                    Some(message),
+                )
+                .await?;
+                if held {
+                    crate::store::outbox::insert_event(
+                        conn,
+                        &job_event(
+                            job,
+                            "job.progress",
+                            i32::from(pct),
+                            "progress",
+                            Some(message),
+                        ),
+                    )
+                    .await?;
+                }
+                Ok(held)
+            })
+            .await;
+        match written {
+            Ok(true) => self.ctx.relay_waker.wake(),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(job.id = %self.job.id, error = %e, "progress not recorded"),
         }
     }
 

@@ -346,10 +346,34 @@ async fn finish(ctx: &Ctx, cx: &JobCx, with: FinishWith) -> Result<(), String> {
             }
         }
     };
+    // The status the owner sees next; a hand-back is invisible to them.
+    let status = match label {
+        "completed" => Some("completed"),
+        "failed" => Some("queued"),
+        "dead" => Some("failed"),
+        "cancelled" => Some("cancelled"),
+        _ => None,
+    };
+    let error = match &with {
+        FinishWith::Outcome(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
     let mut conn = ctx.db.conn().await.map_err(|e| e.to_string())?;
-    let held = store::finish(&mut conn, cx.job.id, cx.worker_id, cx.job.attempt, finish)
+    let held = conn
+        .transaction(async |conn| -> diesel::QueryResult<bool> {
+            let held = store::finish(conn, cx.job.id, cx.worker_id, cx.job.attempt, finish).await?;
+            if held && let Some(status) = status {
+                let event =
+                    super::job_event(&cx.job, "job.status_changed", 999, status, error.as_deref());
+                crate::store::outbox::insert_event(conn, &event).await?;
+            }
+            Ok(held)
+        })
         .await
         .map_err(|e| e.to_string())?;
+    if held && status.is_some() {
+        ctx.relay_waker.wake();
+    }
     if !held {
         tracing::info!(
             "late outcome ignored: the job was rescued after this worker's lease expired"

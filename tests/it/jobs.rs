@@ -1383,3 +1383,49 @@ async fn admins_see_live_workers_and_job_metrics_are_exported() {
     assert!(all_there, "{}", text.into_inner());
     worker.stop().await;
 }
+
+/// A job's progress and its end are outbox events routed to its owner (the WebSocket
+/// gateway delivers them like any user event), ordered across attempts by their version.
+#[actix_web::test]
+async fn progress_and_the_end_of_a_job_are_events_for_its_owner() {
+    use itsur::store::schema::outbox_events as o;
+    let t = TestApp::new().await;
+    let w = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let staff = api.login(&w.a.staff.email).await;
+    let res = api
+        .post(
+            &format!("/vendors/{}/reports/sales", w.a.vendor.id),
+            staff.token(),
+            &json!({ "from": "2026-01-01T00:00:00Z", "to": "2027-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(res.status, 202, "{}", res.text());
+    let job: Uuid = res.body["data"]["jobId"].as_str().unwrap().parse().unwrap();
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    wait_job(&t.ctx, job, "completed", in_state("completed")).await;
+    worker.stop().await;
+
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    let events: Vec<(String, i32, Option<Uuid>, Value)> = o::table
+        .filter(o::aggregate_type.eq("job"))
+        .filter(o::aggregate_id.eq(job))
+        .order(o::id.asc())
+        .select((o::event_type, o::aggregate_version, o::user_id, o::payload))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert!(events.len() >= 2, "{events:?}");
+    assert!(
+        events.iter().all(|e| e.2 == Some(w.a.staff.id)),
+        "routed to the owner"
+    );
+    assert!(
+        events.windows(2).all(|p| p[0].1 < p[1].1),
+        "versions increase: {events:?}"
+    );
+    assert_eq!(events[0].0, "job.progress");
+    let last = events.last().unwrap();
+    assert_eq!(last.0, "job.status_changed");
+    assert_eq!(last.3["status"], "completed");
+}
