@@ -450,9 +450,9 @@ async fn pgbench_orders(w: &World) -> f64 {
          SELECT id FROM menu_items WHERE vendor_id = '{v}' AND id IN ('{i0}', '{i1}', '{i2}') ORDER BY id FOR UPDATE;\n\
          UPDATE menu_items SET stock = stock - 1 WHERE id IN ('{i0}', '{i1}', '{i2}');\n\
          INSERT INTO orders (id, campus_id, vendor_id, user_id, status, total_cents, version) SELECT gen_random_uuid(), campus_id, id, '{user}', 'placed', 3000, 1 FROM vendors WHERE id = '{v}' RETURNING id \\gset o_\n\
-         INSERT INTO order_items VALUES (:'o_id', '{i0}', 'x', 1000, 1), (:'o_id', '{i1}', 'x', 1000, 1), (:'o_id', '{i2}', 'x', 1000, 1);\n\
-         INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, event_type, payload, vendor_id) VALUES ('order', :'o_id', 1, 'order.created', '{{}}', '{v}');\n\
-         INSERT INTO audit_log (action, target_type, target_id) VALUES ('order.placed', 'order', :'o_id');\n\
+         INSERT INTO order_items VALUES (':o_id', '{i0}', 'x', 1000, 1), (':o_id', '{i1}', 'x', 1000, 1), (':o_id', '{i2}', 'x', 1000, 1);\n\
+         INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, event_type, payload, vendor_id) VALUES ('order', ':o_id', 1, 'order.created', '{{}}', '{v}');\n\
+         INSERT INTO audit_log (action, target_type, target_id) VALUES ('order.placed', 'order', ':o_id');\n\
          COMMIT;\n",
         n = ITEMS - 1,
         i0 = items[0],
