@@ -720,7 +720,11 @@ async fn bench_menu_and_isolation(rows: &mut Vec<Row>, run_menu: bool, run_isola
                     .bearer_auth(&staff_token)
                     .json(&json!({"from": "2025-01-01T00:00:00Z", "to": "2027-01-01T00:00:00Z", "format": "csv"}))
                     .send().await.unwrap().json().await.unwrap();
-                let id = res["data"]["jobId"].as_str().unwrap_or_default().to_owned();
+                let Some(id) = res["data"]["jobId"].as_str().map(str::to_owned) else {
+                    // Not accepted: say why once and stop asking (the figures will show it).
+                    eprintln!("report request refused: {res}");
+                    break;
+                };
                 loop {
                     let j: Value = http
                         .get(format!("{base}/jobs/{id}"))
@@ -731,7 +735,8 @@ async fn bench_menu_and_isolation(rows: &mut Vec<Row>, run_menu: bool, run_isola
                         .json()
                         .await
                         .unwrap();
-                    if j["data"]["status"] == "completed" || j["data"]["status"] == "failed" {
+                    let status = j["data"]["status"].as_str().unwrap_or("gone");
+                    if !matches!(status, "queued" | "started" | "progress") {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
