@@ -595,7 +595,7 @@ async fn bench_jobs(rows: &mut Vec<Row>) {
     }
     drop(worker);
     let mut pick: Vec<f64> = diesel::sql_query(
-        "SELECT extract(epoch FROM (started_at - created_at)) * 1000 AS ms FROM jobs \
+        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 AS ms FROM jobs \
          ORDER BY created_at DESC LIMIT 2000",
     )
     .load::<Pickup>(&mut conn)
