@@ -13,7 +13,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::fixtures::{Api, PASSWORD, World, config_for};
+use crate::support::config_for;
+use crate::support::fixtures::{Api, PASSWORD, World};
 use crate::support::{TestApp, TestDb, TestRedis, ctx_for};
 
 /// A fresh database, Redis prefix, fixtures and the in-process app.

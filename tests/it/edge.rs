@@ -11,7 +11,8 @@ use itsur::config::{Config, CorsConfig, Quota, RateLimits};
 use serde_json::json;
 
 use crate::support::chaos::ChaosProxy;
-use crate::support::fixtures::{Api, PASSWORD, Resp, World, config_for, order_body};
+use crate::support::config_for;
+use crate::support::fixtures::{Api, PASSWORD, Resp, World, order_body};
 use crate::support::{TestDb, TestRedis};
 
 fn peer(s: &str) -> SocketAddr {

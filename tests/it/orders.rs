@@ -18,8 +18,9 @@ use itsur::store::schema::{idempotency_keys, order_items, orders, outbox_events}
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::support::config_for;
 use crate::support::fixtures::{
-    Api, Http, Resp, Session, World, add_item, add_user, config_for, order_body, stock_of,
+    Api, Http, Resp, Session, World, add_item, add_user, order_body, stock_of,
 };
 use crate::support::{TestApp, TestDb, TestRedis, TestServer};
 

@@ -11,7 +11,8 @@ use itsur::app::Ctx;
 use itsur::config::{Quota, RateLimits, Secret};
 
 use crate::support::chaos::ChaosProxy;
-use crate::support::fixtures::{Api, Resp, World, config_for, order_body, stock_of};
+use crate::support::config_for;
+use crate::support::fixtures::{Api, Resp, World, order_body, stock_of};
 use crate::support::{TestDb, TestRedis, eventually};
 
 async fn zcard(redis: &TestRedis, key: &str) -> u64 {

@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::chaos::ChaosProxy;
-use crate::support::fixtures::{Api, Http, World, config_for, order_body};
+use crate::support::config_for;
+use crate::support::fixtures::{Api, Http, World, order_body};
 use crate::support::ws::WAIT;
 use crate::support::{TestApp, TestDb, TestRedis, TestServer, eventually};
 

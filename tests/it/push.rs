@@ -336,7 +336,7 @@ async fn an_open_breaker_shows_in_health_and_metrics_but_never_in_readiness() {
     let db = crate::support::TestDb::new().await;
     let redis = TestRedis::new();
     let fake = FakeProvider::start(fcm_error(503, "UNAVAILABLE", "UNAVAILABLE", None));
-    let mut config = crate::support::fixtures::config_for(&db.url, Some(&redis));
+    let mut config = crate::support::config_for(&db.url, Some(&redis));
     config.push = push_config(&fake.base);
     config.breaker = BreakerConfig {
         cooldown: Duration::from_secs(60),
@@ -385,7 +385,8 @@ async fn an_open_breaker_shows_in_health_and_metrics_but_never_in_readiness() {
 /// token FCM calls UNREGISTERED is deleted.
 #[tokio::test(flavor = "multi_thread")]
 async fn send_push_jobs_deliver_once_and_drop_dead_tokens() {
-    use crate::support::fixtures::{World, config_for};
+    use crate::support::config_for;
+    use crate::support::fixtures::World;
     use itsur::jobs::registry::Registry;
     use itsur::jobs::runner::{WorkerOptions, run};
     use itsur::store::{devices, jobs};

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::chaos::ChaosProxy;
-use crate::support::fixtures::{Http, Session, World, config_for, order_body};
+use crate::support::config_for;
+use crate::support::fixtures::{Http, Session, World, order_body};
 use crate::support::ws::{WAIT, WsClient, ids, request, try_connect, wait_subscribed};
 use crate::support::{TestDb, TestRedis, TestServer, eventually};
 

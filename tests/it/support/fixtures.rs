@@ -13,7 +13,6 @@ use std::time::Duration;
 use actix_web::test;
 use futures_util::future::LocalBoxFuture;
 use itsur::app::Ctx;
-use itsur::config::Config;
 use itsur::store::campuses::{self, CampusRow, NewCampusRow};
 use itsur::store::menu_items::{self, MenuItemRow, NewMenuItemRow};
 use itsur::store::users::{self, NewUserRow, UserRow};
@@ -22,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::{TestRedis, TestServer};
+use super::TestServer;
 
 /// The password of every fixture user.
 pub const PASSWORD: &str = "fixture-password-1";
@@ -40,16 +39,6 @@ pub async fn password_hash() -> String {
         })
         .await
         .clone()
-}
-
-/// The config `support::ctx_for` uses, for tests that change a setting before building the
-/// context (pool size, session limit).
-pub fn config_for(db_url: &str, redis: Option<&TestRedis>) -> Config {
-    Config::for_urls(
-        db_url,
-        redis.map(|r| r.url.as_str()),
-        redis.map_or("itsur_t_none", |r| r.prefix.as_str()),
-    )
 }
 
 /// One campus with everything in it.

@@ -18,14 +18,19 @@ use itsur::shutdown::Shutdown;
 pub use self::db::TestDb;
 pub use self::redis::TestRedis;
 
-/// A context on this test's database and Redis prefix.
-pub fn ctx_for(db_url: &str, redis: Option<&TestRedis>) -> Ctx {
-    let config = Config::for_urls(
+/// The config of a test's database and Redis prefix, for tests that change a setting
+/// (pool size, session limit) before building the context.
+pub fn config_for(db_url: &str, redis: Option<&TestRedis>) -> Config {
+    Config::for_urls(
         db_url,
         redis.map(|r| r.url.as_str()),
         redis.map_or("itsur_t_none", |r| r.prefix.as_str()),
-    );
-    Ctx::new(config).unwrap()
+    )
+}
+
+/// A context on this test's database and Redis prefix.
+pub fn ctx_for(db_url: &str, redis: Option<&TestRedis>) -> Ctx {
+    Ctx::new(config_for(db_url, redis)).unwrap()
 }
 
 /// Everything a test needs: its database, its Redis prefix and a context on both.
