@@ -6,6 +6,7 @@
 #   make test [TEST_ARGS=..]  cargo test against the dev services
 #   make lint                 fmt check, clippy -D warnings, layer rules, no libpq
 #   make static               statically linked, stripped release binary
+#   make deb                  Debian package (cargo-deb) around the static binary
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -21,7 +22,7 @@ STATIC_BIN := target/$(STATIC_TARGET)/release/itsur
 DEV_BIN := ./target/debug/itsur
 RUN_BIND_ADDR ?= 127.0.0.1:8080
 
-.PHONY: help build run test test-packaging bench lint check-layers check-no-pq-sys fmt static \
+.PHONY: help build run test test-packaging bench lint check-layers check-no-pq-sys fmt static deb \
         services services-stop clean-local
 
 help: ## list the targets
@@ -65,7 +66,6 @@ bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=ord
 	@env_lines="$$(scripts/services.sh env)"
 	eval "$$env_lines"
 	export BENCH_DATABASE_URL="$$TEST_DATABASE_URL" BENCH_REDIS_URL="$$TEST_REDIS_URL"
-	$(CARGO) build --locked --release
 	$(CARGO) bench --locked --bench load -- $(SCENARIO)
 
 lint: ## fmt --check, clippy -D warnings, layer rules, no pq-sys
@@ -109,6 +109,15 @@ static: ## statically linked (crt-static), stripped release binary; checked with
 	  echo "error: $(STATIC_BIN) is not statically linked" >&2
 	  exit 1
 	fi
+
+deb: static ## Debian package (cargo-deb, installed into .local/tools when missing) around `make static`
+	@cargo_deb="$$(scripts/cargo-tool.sh cargo-deb)"
+	set -x
+	"$$cargo_deb" --no-build --no-strip --target $(STATIC_TARGET)
+	{ set +x; } 2>/dev/null
+	deb="$$(ls -t target/$(STATIC_TARGET)/debian/itsur_*.deb | head -n 1)"
+	echo "$$deb: $$(du -h "$$deb" | cut -f1)"
+	dpkg-deb --info "$$deb"
 
 services: ## make sure Postgres and Redis answer; print their export lines
 	@scripts/services.sh env

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Checks the Debian packaging assets (packaging/debian/) without cargo-deb:
+# Checks the Debian package (`make deb`, cargo-deb) and its assets (packaging/debian/):
 #   1. itsur.env: every setting the binary reads from the environment (`itsur <role> --help`,
 #      "[env: X]") is documented; BIND_ADDR / METRICS_BIND are not set (they would override
 #      the units' per-instance values); the template as shipped is refused by the binary
 #      (empty JWT_SECRET) with a message naming JWT_SECRET, and accepted once it is filled in;
-#   2. cargo-deb.toml: valid TOML; every asset source exists; binary, units, env template
+#   2. [package.metadata.deb] in Cargo.toml: every asset source exists; binary, units, env template
 #      (0600, conf-file), maintainer scripts present;
 #   3. postinst/prerm/postrm: POSIX sh syntax (dash -n) and shellcheck -s sh;
-#   4. a .deb built with dpkg-deb from exactly the snippet's assets and scripts (the layout
-#      cargo-deb produces), checked with dpkg-deb --info / --contents.
+#   4. a .deb built by cargo-deb (installed into .local/tools when missing) around the binary
+#      under test, checked with dpkg-deb --info / --contents.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -61,10 +61,10 @@ if grep -q 'invalid setting' <<<"$out"; then
 fi
 say "template with JWT_SECRET set: configuration accepted (serve then waits for Postgres; stopped, exit $rc)"
 
-# ----------------------------------------------------------- 2. cargo-deb --
-python3 - "$DEB/cargo-deb.toml" "$REPO_ROOT" "$TMP/assets" <<'PY' || fail "cargo-deb.toml"
+# ------------------------------------------- 2. [package.metadata.deb] --
+python3 - "$REPO_ROOT/Cargo.toml" "$REPO_ROOT" <<'PY' || fail "[package.metadata.deb] in Cargo.toml"
 import os, sys, tomllib
-path, root, out = sys.argv[1:4]
+path, root = sys.argv[1:3]
 meta = tomllib.load(open(path, "rb"))["package"]["metadata"]["deb"]
 errors = []
 assets = meta["assets"]
@@ -106,14 +106,7 @@ if "adduser" not in meta.get("depends", ""):
 if errors:
     print("\n".join("debian: " + e for e in errors), file=sys.stderr)
     sys.exit(1)
-with open(out, "w") as f:
-    for src, dst, mode in assets:
-        f.write(f"{src}\t{dst}\t{mode}\n")
-    f.write(f"#name\t{meta['name']}\n#depends\t{meta['depends']}\n#section\t{meta['section']}\n")
-    f.write(f"#maintainer\t{meta['maintainer']}\n#scripts\t{meta['maintainer-scripts']}\n")
-    for c in meta["conf-files"]:
-        f.write(f"#conffile\t{c}\n")
-print(f"debian: cargo-deb.toml: {len(assets)} assets, every source present", file=sys.stderr)
+print(f"debian: [package.metadata.deb]: {len(assets)} assets, every source present", file=sys.stderr)
 PY
 
 # ---------------------------------------------------------- 3. maintainer scripts --
@@ -125,40 +118,32 @@ done
 say "maintainer scripts: POSIX sh, shellcheck clean"
 
 # -------------------------------------------------------------- 4. the package --
-root="$TMP/pkg"
-mkdir -p "$root/DEBIAN"
-while IFS=$'\t' read -r src dst mode; do
-    [[ $src == \#* ]] && continue
-    [[ $src == target/release/itsur ]] && src="$BIN" || src="$REPO_ROOT/$src"
-    install -D -m "$mode" "$src" "$root/$dst"
-done <"$TMP/assets"
-field() { awk -F'\t' -v k="#$1" '$1 == k { print $2 }' "$TMP/assets"; }
-version="$("$BIN" --version | awk '{print $2}')"
-cat >"$root/DEBIAN/control" <<CONTROL
-Package: $(field name)
-Version: $version-1
-Architecture: amd64
-Maintainer: $(field maintainer)
-Depends: $(field depends)
-Section: $(field section)
-Priority: optional
-Description: itsur campus food-ordering backend (packaging test build)
- Built by packaging/tests/debian.sh from the assets of packaging/debian/cargo-deb.toml.
-CONTROL
-field conffile >"$root/DEBIAN/conffiles"
-for s in postinst prerm postrm; do
-    install -m 0755 "$REPO_ROOT/$(field scripts)/$s" "$root/DEBIAN/$s"
-done
-dpkg-deb --root-owner-group -Zgzip --build "$root" "$TMP/itsur.deb" >/dev/null
+# Built by cargo-deb exactly as `make deb` does, around the binary under test (the debug one
+# in `make test-packaging`) placed where cargo-deb looks for it.
+if ! cargo_deb="$("$REPO_ROOT/scripts/cargo-tool.sh" cargo-deb)"; then
+    skip "cargo-deb is missing and could not be installed from crates.io (scripts/cargo-tool.sh)"
+fi
+mkdir -p "$TMP/target/release"
+cp "$BIN" "$TMP/target/release/itsur"
+(cd "$REPO_ROOT" && CARGO_TARGET_DIR="$TMP/target" "$cargo_deb" --no-build --no-strip \
+    --output "$TMP/itsur.deb") >"$TMP/cargo-deb.log" 2>&1 || {
+    cat "$TMP/cargo-deb.log" >&2
+    fail "cargo-deb failed"
+}
+say "cargo-deb ($("$cargo_deb" --version 2>/dev/null | head -n 1)) built the package"
 info="$(dpkg-deb --info "$TMP/itsur.deb")"
 contents="$(dpkg-deb --contents "$TMP/itsur.deb")"
 for f in postinst prerm postrm conffiles; do
     grep -qE "^\s+[0-9]+ bytes,\s+[0-9]+ lines\s+\*?\s+$f\b" <<<"$info" || fail "dpkg-deb --info: no $f"
 done
+for want in '^ Package: itsur$' '^ Architecture: amd64$' '^ Depends: .*adduser' "^ Version: $("$BIN" --version | awk '{print $2}')"; do
+    grep -qE "$want" <<<"$info" || fail "dpkg-deb --info: no line matching '$want'"
+done
 expect_entry() { # mode path
-    grep -qE "^$1 root/root .* \./$2$" <<<"$contents" || {
+    # Owned by root: cargo-deb writes uid/gid 0 as numbers (dpkg-deb would write names).
+    grep -qE "^$1 (root/root|0/0) .* \./$2$" <<<"$contents" || {
         printf '%s\n' "$contents" >&2
-        fail "dpkg-deb --contents: want $1 root/root ./$2"
+        fail "dpkg-deb --contents: want $1 owned by root ./$2"
     }
 }
 expect_entry -rwxr-xr-x usr/bin/itsur
