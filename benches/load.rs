@@ -438,28 +438,37 @@ async fn bench_orders(rows: &mut Vec<Row>) {
 }
 
 /// The same SQL work as one order, run by pgbench at the same concurrency: the ceiling.
+/// Like the HTTP load, each transaction takes 3 items of a random vendor (consecutive in a
+/// numbering kept in `bench_items`, so the lock contention is comparable).
 async fn pgbench_orders(w: &World) -> f64 {
     let mut conn = AsyncPgConnection::establish(&w.db).await.unwrap();
+    conn.batch_execute(
+        "CREATE TABLE bench_items AS \
+         SELECT (dense_rank() OVER (ORDER BY vendor_id) - 1)::int AS v, \
+                (row_number() OVER (PARTITION BY vendor_id ORDER BY id) - 1)::int AS i, id \
+         FROM menu_items; \
+         CREATE INDEX ON bench_items (v, i); ANALYZE bench_items;",
+    )
+    .await
+    .unwrap();
     let user: Vec<IdRow> = diesel::sql_query("SELECT id FROM users LIMIT 1")
         .load(&mut conn)
         .await
         .unwrap();
     let user = user[0].id;
-    let (v, items) = (w.vendors[0], &w.items[0]);
     let script = format!(
-        "\\set a random(0, {n})\n\
+        "\\set v random(0, {vmax})\n\
+         \\set a random(0, {amax})\n\
          BEGIN;\n\
-         SELECT id FROM menu_items WHERE vendor_id = '{v}' AND id IN ('{i0}', '{i1}', '{i2}') ORDER BY id FOR UPDATE;\n\
-         UPDATE menu_items SET stock = stock - 1 WHERE id IN ('{i0}', '{i1}', '{i2}');\n\
-         INSERT INTO orders (id, campus_id, vendor_id, user_id, status, total_cents, version) SELECT gen_random_uuid(), campus_id, id, '{user}', 'placed', 3000, 1 FROM vendors WHERE id = '{v}' RETURNING id \\gset o_\n\
-         INSERT INTO order_items VALUES (':o_id', '{i0}', 'x', 1000, 1), (':o_id', '{i1}', 'x', 1000, 1), (':o_id', '{i2}', 'x', 1000, 1);\n\
-         INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, event_type, payload, vendor_id) VALUES ('order', ':o_id', 1, 'order.created', '{{}}', '{v}');\n\
+         SELECT (array_agg(id ORDER BY id))[1] AS i0, (array_agg(id ORDER BY id))[2] AS i1, (array_agg(id ORDER BY id))[3] AS i2, min(vendor_id::text) AS vid FROM (SELECT m.id, m.vendor_id FROM menu_items m JOIN bench_items b ON b.id = m.id WHERE b.v = :v AND b.i BETWEEN :a AND :a + 2 ORDER BY m.id FOR UPDATE OF m) x \\gset\n\
+         UPDATE menu_items SET stock = stock - 1 WHERE id IN (':i0', ':i1', ':i2');\n\
+         INSERT INTO orders (id, campus_id, vendor_id, user_id, status, total_cents, version) SELECT gen_random_uuid(), campus_id, id, '{user}', 'placed', 3000, 1 FROM vendors WHERE id = ':vid' RETURNING id \\gset o_\n\
+         INSERT INTO order_items VALUES (':o_id', ':i0', 'x', 1000, 1), (':o_id', ':i1', 'x', 1000, 1), (':o_id', ':i2', 'x', 1000, 1);\n\
+         INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, event_type, payload, vendor_id) VALUES ('order', ':o_id', 1, 'order.created', '{{}}', ':vid');\n\
          INSERT INTO audit_log (action, target_type, target_id) VALUES ('order.placed', 'order', ':o_id');\n\
          COMMIT;\n",
-        n = ITEMS - 1,
-        i0 = items[0],
-        i1 = items[1],
-        i2 = items[2],
+        vmax = w.vendors.len() - 1,
+        amax = ITEMS - 3,
     );
     let path = std::env::temp_dir().join("itsur-bench-order.sql");
     std::fs::write(&path, script).unwrap();
@@ -472,11 +481,19 @@ async fn pgbench_orders(w: &World) -> f64 {
         .output()
         .expect("pgbench (Debian package postgresql-client) on PATH");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let tps = text
+        .lines()
         .find(|l| l.starts_with("tps ="))
         .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .and_then(|v| v.parse().ok());
+    tps.unwrap_or_else(|| {
+        eprintln!(
+            "pgbench gave no tps ({}):\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        0.0
+    })
 }
 
 #[derive(diesel::QueryableByName)]

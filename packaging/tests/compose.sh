@@ -215,10 +215,9 @@ must = {
     r"cargo build --release --locked --target x86_64-unknown-linux-gnu": "static release build with --locked",
     r"target-feature=\+crt-static": "RUSTFLAGS crt-static",
     r"^FROM scratch$": "scratch runtime",
-    r"ca-certificates\.crt": "CA certificates",
+    r"^RUN sh packaging/rootfs\.sh /out/itsur /rootfs$": "runtime tree from packaging/rootfs.sh (CA bundle, passwd, nsswitch; run by image.sh)",
+    r"^COPY --from=builder /rootfs/ /$": "COPY of the rootfs into scratch",
     r"^USER 10001(:10001)?$": "USER 10001",
-    r"itsur:x:10001:10001:": "/etc/passwd line for uid 10001",
-    r"hosts: files dns": "nsswitch.conf hosts: files dns",
     r"^EXPOSE 8080$": "EXPOSE 8080",
     r'^HEALTHCHECK(?:[^\n]*\\\n)*[^\n]*CMD \["/itsur", ?"healthcheck"\]': 'HEALTHCHECK CMD ["/itsur","healthcheck"]',
     r'^ENTRYPOINT \["/itsur"\]$': 'ENTRYPOINT ["/itsur"]',
@@ -231,6 +230,8 @@ if re.search(r"^ENV[^\n]*(\\\n[^\n]*)*\bBIND_ADDR=", dockerfile, re.M):
     err("Dockerfile: ENV BIND_ADDR would make the HEALTHCHECK of worker/relay containers probe 8080 only")
 if not os.path.exists(os.path.join(pkg, "Dockerfile.dockerignore")):
     err("packaging/Dockerfile.dockerignore is missing (target/ would be sent as build context)")
+elif "!packaging/rootfs.sh" not in open(os.path.join(pkg, "Dockerfile.dockerignore")).read().split("\n"):
+    err("packaging/Dockerfile.dockerignore must let packaging/rootfs.sh into the build context")
 
 if errors:
     print("\n".join("compose: FAIL: " + e for e in errors), file=sys.stderr)

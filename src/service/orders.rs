@@ -290,12 +290,11 @@ async fn insert_order(
         }
         .into());
     }
-    for (item, qty) in &lines {
-        menu_items::decrement_stock(conn, item.id, *qty).await?;
-    }
+    let taken: Vec<(Uuid, i32)> = lines.iter().map(|(item, qty)| (item.id, -qty)).collect();
+    menu_items::change_stock(conn, &taken).await?;
     let order_id = Uuid::now_v7();
     let now = Utc::now();
-    let order = orders::insert(
+    let (order, items) = orders::insert(
         conn,
         &orders::NewOrderRow {
             id: order_id,
@@ -321,7 +320,6 @@ async fn insert_order(
             .collect::<Vec<_>>(),
     )
     .await?;
-    let items = orders::items_for_order(conn, order_id).await?;
     let view = view(order, items);
     outbox::insert_event(
         conn,
@@ -447,17 +445,19 @@ pub async fn transition_order(
                 .map_err(|_| anyhow::anyhow!("unknown order status in row"))?;
             let scope = order_scope(&order);
             domain::order::transition(from, to, actor, &scope)?;
+            let items = orders::items_for_order(conn, order_id).await?;
             if domain::order::restores_stock(to) {
-                for item in orders::items_for_order(conn, order_id).await? {
-                    menu_items::restore_stock(conn, item.menu_item_id, item.quantity).await?;
-                }
+                let returned: Vec<(Uuid, i32)> = items
+                    .iter()
+                    .map(|item| (item.menu_item_id, item.quantity))
+                    .collect();
+                menu_items::change_stock(conn, &returned).await?;
             }
             let updated = orders::update_status(conn, order_id, order.version, to.as_str())
                 .await?
                 .ok_or_else(|| {
                     Error::PreconditionFailed("order changed concurrently".to_owned())
                 })?;
-            let items = orders::items_for_order(conn, order_id).await?;
             let view = view(updated, items);
             outbox::insert_event(
                 conn,

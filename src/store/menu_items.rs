@@ -144,29 +144,27 @@ pub async fn lock_for_order(
         .await
 }
 
-/// Takes `quantity` units; the `stock >= 0` CHECK makes overselling impossible even if a
-/// caller forgot to lock.
-pub async fn decrement_stock(
+/// Changes the stock of several items in ONE statement (an order's lines; one round trip
+/// instead of one per line): `changes` are (item, delta), negative to take units, positive to
+/// give them back (cancellation). Repeated ids add up. The `stock >= 0` CHECK makes
+/// overselling impossible even if a caller forgot to lock.
+pub async fn change_stock(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
-    quantity: i32,
+    changes: &[(Uuid, i32)],
 ) -> QueryResult<()> {
-    diesel::update(menu_items::table.find(id))
-        .set(menu_items::stock.eq(menu_items::stock - quantity))
-        .execute(conn)
-        .await
-        .map(drop)
-}
-
-/// Gives `quantity` units back (cancellation).
-pub async fn restore_stock(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    quantity: i32,
-) -> QueryResult<()> {
-    diesel::update(menu_items::table.find(id))
-        .set(menu_items::stock.eq(menu_items::stock + quantity))
-        .execute(conn)
-        .await
-        .map(drop)
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let (ids, deltas): (Vec<Uuid>, Vec<i32>) = changes.iter().copied().unzip();
+    diesel::sql_query(
+        "UPDATE menu_items SET stock = stock + d.delta \
+         FROM (SELECT id, sum(delta)::int4 AS delta \
+               FROM unnest($1::uuid[], $2::int4[]) AS c(id, delta) GROUP BY id) AS d \
+         WHERE menu_items.id = d.id",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Integer>, _>(deltas)
+    .execute(conn)
+    .await
+    .map(drop)
 }

@@ -111,17 +111,20 @@ pub async fn insert(
     conn: &mut AsyncPgConnection,
     order: &NewOrderRow,
     items: &[NewOrderItemRow],
-) -> QueryResult<OrderRow> {
+) -> QueryResult<(OrderRow, Vec<OrderItemRow>)> {
     let row = diesel::insert_into(orders::table)
         .values(order)
         .returning(OrderRow::as_returning())
         .get_result(conn)
         .await?;
-    diesel::insert_into(order_items::table)
+    // RETURNING spares reading the lines back; sorted like `items_for_order`.
+    let mut lines: Vec<OrderItemRow> = diesel::insert_into(order_items::table)
         .values(items)
-        .execute(conn)
+        .returning(OrderItemRow::as_returning())
+        .get_results(conn)
         .await?;
-    Ok(row)
+    lines.sort_by_key(|l| l.menu_item_id);
+    Ok((row, lines))
 }
 
 /// An order by id.
