@@ -250,7 +250,10 @@ impl CommonArgs {
     }
 }
 
-fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
+/// Checks a Postgres URL at start-up: the scheme, libpq's `sslmode`/`sslrootcert` (the root
+/// file must hold a PEM certificate) and every option tokio-postgres would reject. The
+/// message names `var` and the option, never the URL.
+pub fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(ConfigError::new(
             var,
