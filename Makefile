@@ -4,7 +4,7 @@
 #
 #   make run                  build, start services, seed demo data once, run `itsur all`
 #   make test [TEST_ARGS=..]  cargo test against the dev services
-#   make lint                 fmt check, clippy -D warnings, layer rules, no libpq
+#   make lint                 fmt check, clippy -D warnings, layer rules, no libpq/OpenSSL/aws-lc
 #   make static               statically linked, stripped release binary
 #   make deb                  Debian package (cargo-deb) around the static binary
 
@@ -22,7 +22,7 @@ STATIC_BIN := target/$(STATIC_TARGET)/release/itsur
 DEV_BIN := ./target/debug/itsur
 RUN_BIND_ADDR ?= 127.0.0.1:8080
 
-.PHONY: help build run test test-packaging bench lint check-layers check-no-pq-sys fmt static deb \
+.PHONY: help build run test test-packaging bench lint check-layers check-no-c-deps fmt static deb \
         services services-stop clean-local
 
 help: ## list the targets
@@ -68,31 +68,37 @@ bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=ord
 	export BENCH_DATABASE_URL="$$TEST_DATABASE_URL" BENCH_REDIS_URL="$$TEST_REDIS_URL"
 	$(CARGO) bench --locked --bench load -- $(SCENARIO)
 
-lint: ## fmt --check, clippy -D warnings, layer rules, no pq-sys
+lint: ## fmt --check, clippy -D warnings, layer rules, no libpq/OpenSSL/aws-lc
 	@set -x
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	scripts/check-layers.sh
-	$(MAKE) --no-print-directory check-no-pq-sys
+	$(MAKE) --no-print-directory check-no-c-deps
 
 check-layers: ## grep the layering rules of src/
 	@scripts/check-layers.sh
 
-# diesel must talk to Postgres through diesel-async/tokio-postgres, never libpq.
-check-no-pq-sys:
+# No C library in the tree besides ring (rustls' crypto provider): diesel talks to Postgres
+# through diesel-async/tokio-postgres, never libpq (pq-sys); TLS is rustls+ring, never OpenSSL
+# (openssl-sys) or a second provider (aws-lc-rs/aws-lc-sys). Keeps the binary static.
+FORBIDDEN_CRATES := pq-sys openssl-sys aws-lc-rs aws-lc-sys
+
+check-no-c-deps:
 	@err="$$(mktemp)"
 	trap 'rm -f "$$err"' EXIT
-	if out="$$($(CARGO) tree --locked --target all -i pq-sys 2>"$$err")"; then
-	  if [[ -n $$out ]]; then
-	    printf 'error: pq-sys (libpq) is in the dependency tree:\n%s\n' "$$out" >&2
+	for crate in $(FORBIDDEN_CRATES); do
+	  if out="$$($(CARGO) tree --locked --target all -i "$$crate" 2>"$$err")"; then
+	    if [[ -n $$out ]]; then
+	      printf 'error: %s is in the dependency tree:\n%s\n' "$$crate" "$$out" >&2
+	      exit 1
+	    fi
+	  elif ! grep -q 'did not match any packages' "$$err"; then
+	    cat "$$err" >&2
+	    echo "error: cargo tree -i $$crate failed" >&2
 	    exit 1
 	  fi
-	elif ! grep -q 'did not match any packages' "$$err"; then
-	  cat "$$err" >&2
-	  echo "error: cargo tree -i pq-sys failed" >&2
-	  exit 1
-	fi
-	echo "no pq-sys in the dependency tree"
+	done
+	echo "none of $(FORBIDDEN_CRATES) in the dependency tree"
 
 fmt: ## cargo fmt --all
 	$(CARGO) fmt --all

@@ -6,8 +6,8 @@
 //! Leaf utility: depends on nothing in the crate.
 //!
 //! Env vars: `DATABASE_URL`, `DATABASE_READ_URL`, `DB_POOL_SIZE`, `DB_READ_POOL_SIZE`,
-//! `DB_CONNECT_TIMEOUT_MS`, `DB_STATEMENT_TIMEOUT_MS`, `REDIS_URL`, `REDIS_PREFIX`,
-//! `REDIS_POOL_SIZE`, `ITSUR_ENV`, `LOG_FORMAT`, `RUST_LOG`, `SHUTDOWN_TIMEOUT_SECS`,
+//! `DB_CONNECT_TIMEOUT_MS`, `DB_STATEMENT_TIMEOUT_MS`, `REDIS_URL`, `REDIS_CA_FILE`,
+//! `REDIS_PREFIX`, `REDIS_POOL_SIZE`, `ITSUR_ENV`, `LOG_FORMAT`, `RUST_LOG`, `SHUTDOWN_TIMEOUT_SECS`,
 //! `BIND_ADDR`, `HTTP_WORKERS`, `JWT_SECRET`, `METRICS_BIND`, `HEALTHCHECK_URL`.
 //!
 //! Edge protection ([`EdgeArgs`], serve and all): `RATE_LIMIT_IP`, `RATE_LIMIT_USER`,
@@ -27,6 +27,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -111,7 +112,9 @@ pub enum LogFormat {
 /// Settings every long-running role shares: Postgres, Redis, logging, shutdown.
 #[derive(Args, Clone, Debug)]
 pub struct CommonArgs {
-    /// Postgres primary, e.g. postgres://user:pass@host:5432/itsur.
+    /// Postgres primary, e.g. postgres://user:pass@host:5432/itsur?sslmode=verify-full;
+    /// `sslmode` (disable|allow|prefer|require|verify-ca|verify-full, default prefer) and
+    /// `sslrootcert` (PEM file, or `system`) work as in libpq.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
@@ -136,8 +139,14 @@ pub struct CommonArgs {
     pub db_statement_timeout_ms: u64,
 
     /// Redis for caches, rate limits, pub/sub and breaker state; unset = in-process fallbacks.
+    /// redis:// (plain) or rediss:// (TLS, certificate and host name verified).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// PEM file of the CA(s) that sign the Redis server certificate (rediss:// only); unset =
+    /// the system trust store.
+    #[arg(long, env = "REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
 
     /// Prefix of every Redis key and channel (one per deployment sharing a Redis).
     #[arg(long, env = "REDIS_PREFIX", default_value = "itsur")]
@@ -196,17 +205,27 @@ impl CommonArgs {
         if let Some(url) = &self.database_read_url {
             check_pg_url("DATABASE_READ_URL", url)?;
         }
-        if let Some(url) = &self.redis_url {
-            if url.starts_with("rediss://") {
-                // Said at start-up rather than as a connection error on the first request.
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "must start with redis:// or rediss:// (TLS)",
+            ));
+        }
+        if let Some(path) = &self.redis_ca_file {
+            // Said at start-up rather than as a connection error on the first request.
+            if !self
+                .redis_url
+                .as_ref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
                 return Err(ConfigError::new(
-                    "REDIS_URL",
-                    "rediss:// (TLS) is not supported yet; use redis:// on a private network",
+                    "REDIS_CA_FILE",
+                    "is set but REDIS_URL is not a rediss:// (TLS) URL",
                 ));
             }
-            if !url.starts_with("redis://") {
-                return Err(ConfigError::new("REDIS_URL", "must start with redis://"));
-            }
+            read_pem_certs(path).map_err(|e| ConfigError::new("REDIS_CA_FILE", e))?;
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             return Err(ConfigError::new(
@@ -231,14 +250,164 @@ impl CommonArgs {
     }
 }
 
-fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
+/// Checks a Postgres URL at start-up: the scheme, libpq's `sslmode`/`sslrootcert` (the root
+/// file must hold a PEM certificate) and every option tokio-postgres would reject. The
+/// message names `var` and the option, never the URL.
+pub fn check_pg_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(ConfigError::new(
             var,
             "must be a postgres:// or postgresql:// URL",
         ));
     }
+    let parsed = PgTlsUrl::parse(url).map_err(|e| ConfigError::new(var, e))?;
+    if let Some(PgRootCert::File(path)) = &parsed.root_cert {
+        read_pem_certs(path).map_err(|e| ConfigError::new(var, format!("sslrootcert: {e}")))?;
+    }
+    // Everything else in the URL is tokio-postgres's to parse: an unknown option or a bad
+    // port is reported now. Its messages name the option, never the value.
+    tokio_postgres::Config::from_str(&parsed.rest).map_err(|e| {
+        // tokio-postgres's Display is only the kind ("invalid connection string"); the
+        // cause says which option.
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        ConfigError::new(var, format!("{e}: {}", cause.unwrap_or_default()))
+    })?;
     Ok(())
+}
+
+/// libpq's `sslmode` values, with libpq's meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PgSslMode {
+    /// Plain TCP only.
+    Disable,
+    /// libpq tries plain first, then TLS; here the same as [`PgSslMode::Prefer`] (TLS when the
+    /// server offers it), which connects wherever `allow` would.
+    Allow,
+    /// TLS when the server offers it, else plain (default); the certificate is not checked
+    /// unless an `sslrootcert` file is given (then its chain is, as in libpq).
+    Prefer,
+    /// TLS or no connection; the certificate is not checked (an `sslrootcert` file makes it
+    /// `verify-ca`, as in libpq).
+    Require,
+    /// TLS with the certificate chain verified against the roots; the host name is not.
+    VerifyCa,
+    /// TLS with the chain and the host name verified.
+    VerifyFull,
+}
+
+/// Where the trusted roots of `verify-ca`/`verify-full` come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgRootCert {
+    /// `sslrootcert=<path>`: a PEM file of CA certificates.
+    File(PathBuf),
+    /// `sslrootcert=system` (as in libpq 16), or no `sslrootcert`: the operating system's
+    /// trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured).
+    System,
+}
+
+/// A Postgres URL split into the TLS settings itsur applies itself and the rest, which
+/// tokio-postgres parses (it knows only `sslmode=disable|prefer|require` and rejects
+/// `sslrootcert`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgTlsUrl {
+    /// The effective mode: `require` with an `sslrootcert` file is `verify-ca`, as in libpq.
+    pub mode: PgSslMode,
+    /// Roots to verify the chain against: the given `sslrootcert` (any mode but `disable`),
+    /// else the system store for `verify-ca`/`verify-full`; None = the chain is not checked.
+    pub root_cert: Option<PgRootCert>,
+    /// The URL without `sslmode` and `sslrootcert` (may hold a password: never log it).
+    pub rest: String,
+}
+
+impl PgTlsUrl {
+    /// Splits `url`; the error is one line naming the bad parameter, never the URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut mode = None;
+        let mut root_cert = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match percent_decode(key)?.as_str() {
+                "sslmode" => {
+                    mode = Some(match percent_decode(value)?.as_str() {
+                        "disable" => PgSslMode::Disable,
+                        "allow" => PgSslMode::Allow,
+                        "prefer" => PgSslMode::Prefer,
+                        "require" => PgSslMode::Require,
+                        "verify-ca" => PgSslMode::VerifyCa,
+                        "verify-full" => PgSslMode::VerifyFull,
+                        _ => {
+                            return Err("sslmode must be one of disable, allow, prefer, require, \
+                                        verify-ca, verify-full"
+                                .to_owned());
+                        }
+                    });
+                }
+                "sslrootcert" => {
+                    let value = percent_decode(value)?;
+                    root_cert = Some(match value.as_str() {
+                        "" => return Err("sslrootcert is empty".to_owned()),
+                        "system" => PgRootCert::System,
+                        _ => PgRootCert::File(PathBuf::from(value)),
+                    });
+                }
+                _ => kept.push(pair),
+            }
+        }
+        // libpq: a root file upgrades `require` to `verify-ca`; `sslrootcert=system` defaults
+        // to, and only allows, `verify-full` (anything weaker would trust any public CA's
+        // certificate for any name).
+        let mode = match (mode, &root_cert) {
+            (Some(PgSslMode::Require), Some(PgRootCert::File(_))) => PgSslMode::VerifyCa,
+            (None, Some(PgRootCert::System)) => PgSslMode::VerifyFull,
+            (Some(m), Some(PgRootCert::System)) if m != PgSslMode::VerifyFull => {
+                return Err("sslrootcert=system requires sslmode=verify-full".to_owned());
+            }
+            (m, _) => m.unwrap_or(PgSslMode::Prefer),
+        };
+        let root_cert = match mode {
+            PgSslMode::Disable => None,
+            PgSslMode::VerifyCa | PgSslMode::VerifyFull => {
+                Some(root_cert.unwrap_or(PgRootCert::System))
+            }
+            // libpq loads a given root file in every TLS mode and then verifies the chain.
+            PgSslMode::Allow | PgSslMode::Prefer | PgSslMode::Require => root_cert,
+        };
+        let rest = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok(Self {
+            mode,
+            root_cert,
+            rest,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| "a URL query parameter is not valid UTF-8".to_owned())
+}
+
+/// Reads every certificate of a PEM file (CA bundle); the error is one line naming the file.
+pub fn read_pem_certs(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no PEM certificate in {}", path.display()));
+    }
+    Ok(certs)
 }
 
 /// Settings of the HTTP API (`serve` and `all`).
@@ -534,6 +703,8 @@ pub struct Config {
     pub db_statement_timeout: Option<Duration>,
     /// Optional Redis URL; None selects the in-process fallbacks.
     pub redis_url: Option<Secret<String>>,
+    /// PEM roots for a rediss:// server (None = the system trust store).
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix for every Redis key and channel.
     pub redis_prefix: String,
     /// Redis pool size.
@@ -578,6 +749,7 @@ impl Config {
             db_statement_timeout: (common.db_statement_timeout_ms > 0)
                 .then(|| Duration::from_millis(common.db_statement_timeout_ms)),
             redis_url: common.redis_url.clone().map(Secret::new),
+            redis_ca_file: common.redis_ca_file.clone(),
             redis_prefix: common.redis_prefix.clone(),
             redis_pool_size: common.redis_pool_size,
             shutdown_timeout: common.shutdown_timeout(),
@@ -610,6 +782,7 @@ impl Config {
             db_connect_timeout: Duration::from_secs(2),
             db_statement_timeout: Some(Duration::from_secs(15)),
             redis_url: redis_url.map(|u| Secret::new(u.to_owned())),
+            redis_ca_file: None,
             redis_prefix: redis_prefix.to_owned(),
             redis_pool_size: 4,
             shutdown_timeout: Duration::from_secs(10),
@@ -1124,6 +1297,123 @@ impl BreakerArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pg_url_tls_params_follow_libpq() {
+        let p = PgTlsUrl::parse("postgres://u:pw@h/db").unwrap();
+        assert_eq!(
+            (p.mode, p.root_cert, p.rest.as_str()),
+            (PgSslMode::Prefer, None, "postgres://u:pw@h/db")
+        );
+
+        // Stripped for tokio-postgres; the other parameters are kept in order.
+        let p = PgTlsUrl::parse(
+            "postgres://h/db?application_name=x&sslmode=require&sslrootcert=%2Fetc%2Fca%20dir%2Fca.pem&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(p.mode, PgSslMode::VerifyCa, "a root file upgrades require");
+        assert_eq!(
+            p.root_cert,
+            Some(PgRootCert::File("/etc/ca dir/ca.pem".into()))
+        );
+        assert_eq!(
+            p.rest,
+            "postgres://h/db?application_name=x&connect_timeout=3"
+        );
+
+        let p = PgTlsUrl::parse("postgres://h/db?sslmode=verify-full").unwrap();
+        assert_eq!(
+            (p.mode, p.root_cert),
+            (PgSslMode::VerifyFull, Some(PgRootCert::System))
+        );
+        assert_eq!(p.rest, "postgres://h/db");
+        let p = PgTlsUrl::parse("postgres://h/db?sslrootcert=system").unwrap();
+        assert_eq!(
+            p.mode,
+            PgSslMode::VerifyFull,
+            "libpq 16: system implies verify-full"
+        );
+        let p = PgTlsUrl::parse("postgres://h/db?sslmode=disable&sslrootcert=/x.pem").unwrap();
+        assert_eq!((p.mode, p.root_cert), (PgSslMode::Disable, None));
+
+        assert!(PgTlsUrl::parse("postgres://h/db?sslmode=require&sslrootcert=system").is_err());
+        assert!(PgTlsUrl::parse("postgres://h/db?sslmode=verify").is_err());
+    }
+
+    #[test]
+    fn bad_pg_tls_settings_are_one_line_start_up_errors() {
+        let err = check_pg_url("DATABASE_URL", "postgres://u:hunter2@h/db?sslmode=bogus")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("DATABASE_URL: sslmode must be one of"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2") && !err.contains('\n'), "{err}");
+
+        let err = check_pg_url(
+            "DATABASE_READ_URL",
+            "postgres://u:hunter2@h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("DATABASE_READ_URL: sslrootcert: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2") && !err.contains('\n'), "{err}");
+
+        // Not a certificate: refused too.
+        let err = check_pg_url("DATABASE_URL", "postgres://h/db?sslrootcert=/dev/null")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+
+        // Whatever tokio-postgres would reject is reported at start-up as well.
+        let err = check_pg_url("DATABASE_URL", "postgres://u:hunter2@h/db?sslmod=require")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sslmod") && !err.contains("hunter2"), "{err}");
+
+        check_pg_url("DATABASE_URL", "postgres://u:pw@h:5432/db?sslmode=require").unwrap();
+    }
+
+    #[derive(clap::Parser)]
+    struct Common {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    fn common(args: &[&str]) -> Result<(), ConfigError> {
+        use clap::Parser as _;
+        let mut argv = vec!["itsur", "--database-url", "postgres://h/db"];
+        argv.extend_from_slice(args);
+        Common::try_parse_from(argv).unwrap().common.validate()
+    }
+
+    #[test]
+    fn rediss_is_accepted_and_redis_ca_file_checked() {
+        common(&["--redis-url", "rediss://h:6380"]).unwrap();
+        common(&["--redis-url", "redis://h:6379"]).unwrap();
+        let err = common(&["--redis-url", "http://h"]).unwrap_err();
+        assert_eq!(err.var, "REDIS_URL");
+        let err =
+            common(&["--redis-url", "redis://h", "--redis-ca-file", "/dev/null"]).unwrap_err();
+        assert_eq!(err.var, "REDIS_CA_FILE");
+        assert!(err.message.contains("rediss://"), "{err}");
+        let err = common(&[
+            "--redis-url",
+            "rediss://h",
+            "--redis-ca-file",
+            "/nonexistent.pem",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("REDIS_CA_FILE: cannot read /nonexistent.pem"),
+            "{err}"
+        );
+    }
 
     fn edge() -> EdgeArgs {
         EdgeArgs {

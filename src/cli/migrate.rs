@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::boot;
-use crate::config::{Environment, LogFormat, Secret};
+use crate::config::{Environment, LogFormat, Secret, check_pg_url};
 use crate::store::migrations;
 
 /// Settings of `itsur migrate`.
@@ -35,13 +35,9 @@ pub struct MigrateArgs {
     reason = "the migration list is the command's output"
 )]
 pub fn main(args: MigrateArgs) -> ExitCode {
-    if !(args.database_url.starts_with("postgres://")
-        || args.database_url.starts_with("postgresql://"))
-    {
-        eprintln!(
-            "itsur: invalid setting DATABASE_URL: must be a postgres:// or postgresql:// URL"
-        );
-        return ExitCode::from(super::EXIT_CONFIG);
+    // The same check as every other role: scheme, sslmode, sslrootcert, unknown options.
+    if let Err(e) = check_pg_url("DATABASE_URL", &args.database_url) {
+        return super::config_exit(&e);
     }
     let format = args.log_format.unwrap_or(match args.environment {
         Environment::Dev => LogFormat::Pretty,

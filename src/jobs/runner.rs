@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
@@ -466,7 +466,7 @@ async fn listen(ctx: Ctx, stop: Shutdown, wake: Arc<Notify>, running: Running) {
     let mut backoff = Duration::from_millis(250);
     while !stop.is_triggered() {
         let connected = async {
-            let mut conn = AsyncPgConnection::establish(ctx.config.database_url.expose())
+            let mut conn = crate::store::connect::establish(ctx.config.database_url.expose())
                 .await
                 .map_err(|e| e.to_string())?;
             conn.batch_execute(&format!(

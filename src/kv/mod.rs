@@ -1,10 +1,14 @@
-//! Redis (bb8-redis): caches, rate-limit counters, pub/sub and breaker state — all of it
+//! Redis (bb8 over `redis::Client`): caches, rate-limit counters, pub/sub and breaker state — all of it
 //! rebuildable from Postgres or harmless to lose. Every use has a fallback or reports
 //! unavailability; nothing here is the source of truth.
 //!
 //! L1 adapter: depends on `config` (and `domain` for event types). Keys are spelled only in
 //! [`keys`]; every key and channel carries the deployment prefix (`REDIS_PREFIX`), which is
 //! also how tests isolate themselves on a shared Redis.
+//!
+//! TLS: a `rediss://` URL connects with rustls (ring), verifying the certificate and host
+//! name against `REDIS_CA_FILE` (PEM) or, when unset, the system trust store. Pool and
+//! SUBSCRIBE connections share one [`redis::Client`] built by [`open_client`].
 //!
 //! Fail fast: when Redis stops answering, [`Kv::conn`] refuses at once for [`DOWN_SKIP`]
 //! instead of letting every request wait out the pool's connection timeout (500 ms); then
@@ -15,16 +19,16 @@ pub mod hub;
 pub mod keys;
 pub mod pubsub;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bb8_redis::RedisConnectionManager;
-
 use crate::config::Config;
 
-/// A Redis connection pool.
-pub type RedisPool = bb8::Pool<RedisConnectionManager>;
+/// A Redis connection pool (redis's own `bb8::ManageConnection` for `Client`: multiplexed
+/// connections, checked with PING).
+pub type RedisPool = bb8::Pool<redis::Client>;
 
 /// Redis is not answering (down, unreachable or too slow).
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +52,34 @@ impl bb8::ErrorSink<redis::RedisError> for LogSink {
 /// How long [`Kv::conn`] refuses without trying after Redis failed to hand out a connection.
 pub const DOWN_SKIP: Duration = Duration::from_secs(1);
 
+/// The one constructor of Redis clients: `redis://` is plain TCP; `rediss://` is TLS with the
+/// certificate checked against `ca_file` (PEM roots) or, without it, the system trust store.
+pub fn open_client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, redis::RedisError> {
+    let Some(path) = ca_file else {
+        return redis::Client::open(url);
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "cannot read REDIS_CA_FILE",
+            format!("{}: {e}", path.display()),
+        ))
+    })?;
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+}
+
 /// Redis pool plus the key prefix of this deployment.
 #[derive(Clone)]
 pub struct Kv {
     pool: RedisPool,
-    url: String,
+    /// The client the pool connects with, also used for dedicated (SUBSCRIBE) connections.
+    client: redis::Client,
     /// Key builder carrying the deployment prefix.
     pub keys: keys::Keys,
     /// "Redis down, skip until": milliseconds since `epoch`, 0 = up. Shared by clones.
@@ -61,18 +88,24 @@ pub struct Kv {
 }
 
 impl Kv {
-    /// Builds a lazily-connecting pool; fails only on an unparseable URL.
-    pub fn new(url: &str, prefix: &str, pool_size: u32) -> Result<Self, redis::RedisError> {
-        let manager = RedisConnectionManager::new(url)?;
+    /// Builds a lazily-connecting pool; fails only on an unparseable URL or an unreadable
+    /// `ca_file` (see [`open_client`]).
+    pub fn new(
+        url: &str,
+        ca_file: Option<&Path>,
+        prefix: &str,
+        pool_size: u32,
+    ) -> Result<Self, redis::RedisError> {
+        let client = open_client(url, ca_file)?;
         let pool = bb8::Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(0))
             .connection_timeout(Duration::from_millis(500))
             .error_sink(Box::new(LogSink))
-            .build_unchecked(manager);
+            .build_unchecked(client.clone());
         Ok(Self {
             pool,
-            url: url.to_owned(),
+            client,
             keys: keys::Keys::new(prefix),
             down_until_ms: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
@@ -107,14 +140,19 @@ impl Kv {
         config
             .redis_url
             .as_ref()
-            .map(|url| Self::new(url.expose(), &config.redis_prefix, config.redis_pool_size))
+            .map(|url| {
+                Self::new(
+                    url.expose(),
+                    config.redis_ca_file.as_deref(),
+                    &config.redis_prefix,
+                    config.redis_pool_size,
+                )
+            })
             .transpose()
     }
 
     /// A pooled connection; refuses at once while Redis is marked down (see [`DOWN_SKIP`]).
-    pub async fn conn(
-        &self,
-    ) -> Result<bb8::PooledConnection<'_, RedisConnectionManager>, KvUnavailable> {
+    pub async fn conn(&self) -> Result<bb8::PooledConnection<'_, redis::Client>, KvUnavailable> {
         if self.is_marked_down() {
             return Err(KvUnavailable("recently unreachable; skipping".to_owned()));
         }
@@ -142,9 +180,10 @@ impl Kv {
         Ok(())
     }
 
-    /// A plain client on the same URL, for connections that must not be pooled (SUBSCRIBE).
-    pub fn client(&self) -> Result<redis::Client, redis::RedisError> {
-        redis::Client::open(self.url.as_str())
+    /// The pool's client (same URL and TLS settings), for connections that must not be
+    /// pooled (SUBSCRIBE).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     /// Pool statistics, for the `pool_connections` gauge.

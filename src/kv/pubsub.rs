@@ -48,8 +48,7 @@ impl EventFeed {
     /// Opens a dedicated connection and subscribes to the events channel, within `timeout`.
     pub async fn open(kv: &Kv, timeout: Duration) -> Result<Self, KvUnavailable> {
         let attempt = async {
-            let client = kv.client()?;
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = kv.client().get_async_pubsub().await?;
             pubsub.subscribe(kv.keys.events_channel()).await?;
             Ok::<_, redis::RedisError>(pubsub.split())
         };

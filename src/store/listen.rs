@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
@@ -53,7 +53,7 @@ pub async fn wake_on_notify(
 
 /// One connection's life: connect, LISTEN, forward notifications until it fails.
 async fn listen_once(url: &Secret<String>, channel: &str, wake: &Notify) -> Result<(), String> {
-    let mut conn = tokio::time::timeout(CHECK_TIMEOUT, AsyncPgConnection::establish(url.expose()))
+    let mut conn = tokio::time::timeout(CHECK_TIMEOUT, super::connect::establish(url.expose()))
         .await
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;

@@ -1,5 +1,5 @@
 //! Embedded migrations, run without libpq through diesel-async's `AsyncConnectionWrapper`
-//! on a blocking thread, serialised across processes by a Postgres advisory lock so two
+//! on a blocking thread (the connection itself, TLS included, comes from [`super::connect`]), serialised across processes by a Postgres advisory lock so two
 //! `itsur migrate` at once apply each migration exactly once.
 //!
 //! Only `itsur migrate` (and `itsur all`, the one-machine mode) calls [`run`]; other roles
@@ -31,16 +31,20 @@ pub struct MigrationStatus {
     pub pending: Vec<String>,
 }
 
-fn connect(url: &str) -> anyhow::Result<SyncPg> {
-    // Qualified: both diesel::Connection and diesel_async::AsyncConnection offer `establish`.
-    <SyncPg as diesel::Connection>::establish(url).context("connecting to postgres")
+/// Connects on the async side; the blocking thread wraps the connection with
+/// `SyncPg::from`, which drives it through the current runtime's handle.
+async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
+    super::connect::establish(url)
+        .await
+        .context("connecting to postgres")
 }
 
 /// Applies every pending migration under the advisory lock; returns the versions applied by
 /// this call (empty when another process got there first). Runs on a blocking thread.
 pub async fn run(url: String) -> anyhow::Result<Vec<String>> {
+    let conn = connect(&url).await?;
     tokio::task::spawn_blocking(move || {
-        let mut conn = connect(&url)?;
+        let mut conn = SyncPg::from(conn);
         use diesel::RunQueryDsl;
         diesel::sql_query("SELECT pg_advisory_lock($1)")
             .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
@@ -62,8 +66,9 @@ pub async fn run(url: String) -> anyhow::Result<Vec<String>> {
 
 /// Lists applied and pending migrations. Runs on a blocking thread.
 pub async fn status(url: String) -> anyhow::Result<MigrationStatus> {
+    let conn = connect(&url).await?;
     tokio::task::spawn_blocking(move || {
-        let mut conn = connect(&url)?;
+        let mut conn = SyncPg::from(conn);
         let mut applied: Vec<String> = conn
             .applied_migrations()
             .map_err(|e| anyhow::anyhow!("{e}"))?

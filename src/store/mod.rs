@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod campuses;
+pub mod connect;
 pub mod devices;
 pub mod idempotency;
 pub mod jobs;

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use diesel::ConnectionError;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::PgPool;
+use super::connect::{self, Connector};
 use crate::config::{Config, Secret};
 
 /// Logs connection errors once each, with their cause chain; never the URL (it may hold a
@@ -30,12 +31,16 @@ impl bb8::ErrorSink<PoolError> for LogSink {
     }
 }
 
-/// Builds a lazily-connecting pool.
+/// Builds a lazily-connecting pool; connections use TLS as the URL's `sslmode` says (see
+/// [`connect`]).
 pub fn build(name: &'static str, url: &str, size: u32, config: &Config) -> PgPool {
     let statement_timeout = config.db_statement_timeout;
+    // Parsed (and the roots read) once per pool. A bad URL was refused by config validation
+    // at start-up; should one get here anyway, every connection attempt reports why.
+    let connector = Connector::new(url).map_err(|e| e.to_string());
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     manager_config.custom_setup =
-        Box::new(move |url: &str| establish(url.to_owned(), statement_timeout).boxed());
+        Box::new(move |_url: &str| establish(connector.clone(), statement_timeout).boxed());
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
     bb8::Pool::builder()
@@ -49,11 +54,14 @@ pub fn build(name: &'static str, url: &str, size: u32, config: &Config) -> PgPoo
 }
 
 fn establish(
-    url: String,
+    connector: Result<Connector, String>,
     statement_timeout: Option<Duration>,
 ) -> BoxFuture<'static, diesel::ConnectionResult<AsyncPgConnection>> {
     async move {
-        let mut conn = AsyncPgConnection::establish(&url).await?;
+        let mut conn = connector
+            .map_err(ConnectionError::BadConnection)?
+            .connect()
+            .await?;
         if let Some(t) = statement_timeout {
             conn.batch_execute(&format!("SET statement_timeout = {}", t.as_millis()))
                 .await
@@ -77,7 +85,7 @@ pub async fn wait_for_postgres(
         let mut attempt: u32 = 1;
         loop {
             let outcome = tokio::time::timeout(attempt_timeout, async {
-                let mut conn = AsyncPgConnection::establish(url.expose())
+                let mut conn = connect::establish(url.expose())
                     .await
                     .map_err(|e| e.to_string())?;
                 diesel::sql_query("SELECT 1")

@@ -114,7 +114,35 @@ async fn bad_settings_exit_2_with_one_line_naming_the_variable() {
             vec![("DATABASE_URL", db), ("METRICS_BIND", "::nope")],
             "METRICS_BIND",
         ),
+        (
+            "worker",
+            vec![
+                ("DATABASE_URL", db),
+                ("REDIS_URL", "rediss://x:6380"),
+                ("REDIS_CA_FILE", "/nonexistent/ca.pem"),
+            ],
+            "REDIS_CA_FILE",
+        ),
+        (
+            "serve",
+            vec![
+                (
+                    "DATABASE_URL",
+                    "postgres://u:pw@h/x?sslmode=verify-everything",
+                ),
+                ("JWT_SECRET", SECRET),
+            ],
+            "sslmode",
+        ),
         ("migrate", vec![], "DATABASE_URL"),
+        (
+            "migrate",
+            vec![(
+                "DATABASE_URL",
+                "postgres://h/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            )],
+            "sslrootcert",
+        ),
         (
             "migrate",
             vec![("DATABASE_URL", "file:///tmp/db")],

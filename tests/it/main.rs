@@ -20,4 +20,5 @@ mod orders;
 mod outage;
 mod outbox;
 mod push;
+mod tls;
 mod ws;

@@ -41,7 +41,7 @@ fn lenient() -> BreakerConfig {
 }
 
 fn kv(redis: &TestRedis) -> Kv {
-    Kv::new(&redis.url, &redis.prefix, 4).unwrap()
+    Kv::new(&redis.url, None, &redis.prefix, 4).unwrap()
 }
 
 fn message() -> PushMessage {

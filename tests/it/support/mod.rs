@@ -6,6 +6,7 @@ pub mod db;
 pub mod fake_push;
 pub mod fixtures;
 pub mod redis;
+pub mod tls;
 pub mod ws;
 
 use std::net::SocketAddr;
