@@ -51,10 +51,14 @@ fn admin_url() -> String {
     )
 }
 
+/// A database of the bench server, without TLS for itsur and pgbench alike (both would
+/// otherwise negotiate it with a server that has `ssl=on`): encryption over loopback is not
+/// what is measured.
 fn db_url(name: &str) -> String {
     let admin = admin_url();
+    let admin = admin.split_once('?').map_or(admin.as_str(), |(url, _)| url);
     let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+    format!("{base}/{name}?sslmode=disable")
 }
 
 fn secs() -> u64 {
