@@ -742,10 +742,16 @@ async fn bench_menu_and_isolation(rows: &mut Vec<Row>, run_menu: bool, run_isola
         let driver = tokio::spawn(async move {
             let http = reqwest::Client::new();
             while !AtomicBool::load(&s2, Ordering::Relaxed) {
-                let res: Value = http.post(format!("{base}/vendors/{v0}/reports/sales"))
+                let res: Value = http
+                    .post(format!("{base}/vendors/{v0}/reports/sales"))
                     .bearer_auth(&staff_token)
                     .json(&json!({"from": from, "to": to, "format": "csv"}))
-                    .send().await.unwrap().json().await.unwrap();
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
                 let Some(id) = res["data"]["jobId"].as_str().map(str::to_owned) else {
                     // Not accepted: say why once and stop asking (the figures will show it).
                     eprintln!("report request refused: {res}");

@@ -359,8 +359,21 @@ async fn finish(ctx: &Ctx, cx: &JobCx, with: FinishWith) -> Result<(), String> {
         _ => None,
     };
     let mut conn = ctx.db.conn().await.map_err(|e| e.to_string())?;
-    let held = conn
-        .transaction(async |conn| -> diesel::QueryResult<bool> {
+    let held = if let Finish::Completed { result, body } = &finish {
+        // The hot path: one statement.
+        let event = super::job_event(&cx.job, "job.status_changed", 999, "completed", None);
+        store::complete(
+            &mut conn,
+            cx.job.id,
+            cx.worker_id,
+            cx.job.attempt,
+            result,
+            *body,
+            &event,
+        )
+        .await
+    } else {
+        conn.transaction(async |conn| -> diesel::QueryResult<bool> {
             let held = store::finish(conn, cx.job.id, cx.worker_id, cx.job.attempt, finish).await?;
             if held && let Some(status) = status {
                 let event =
@@ -370,7 +383,8 @@ async fn finish(ctx: &Ctx, cx: &JobCx, with: FinishWith) -> Result<(), String> {
             Ok(held)
         })
         .await
-        .map_err(|e| e.to_string())?;
+    }
+    .map_err(|e| e.to_string())?;
     if held && status.is_some() {
         ctx.relay_waker.wake();
     }

@@ -381,6 +381,59 @@ pub async fn finish(
 }
 
 #[derive(QueryableByName)]
+struct Held {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The common end of a job — completed, with its owner's `job.status_changed` event — as ONE
+/// statement (a CTE writes the event only when the update matched), instead of a
+/// transaction of four round trips: at saturation the worker spends its time here. Same
+/// fencing as [`finish`]: false when the worker no longer held the job.
+pub async fn complete(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    worker_id: Uuid,
+    attempt: i32,
+    result: &serde_json::Value,
+    body: Option<(&str, &[u8])>,
+    event: &super::outbox::NewOutboxEventRow,
+) -> QueryResult<bool> {
+    use diesel::sql_types::{Bytea, Integer, Jsonb, Nullable};
+    let (content_type, bytes) = body.map_or((None, None), |(ct, b)| (Some(ct), Some(b)));
+    let rows: Vec<Held> = diesel::sql_query(
+        "WITH done AS ( \
+             UPDATE jobs SET state = 'completed', progress = 100, result = $4, \
+                 result_content_type = $5, result_body = $6, finished_at = now(), \
+                 lease_expires_at = NULL, updated_at = now() \
+             WHERE id = $1 AND worker_id = $2 AND attempt = $3 AND state = 'running' \
+             RETURNING id), \
+         event AS ( \
+             INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, \
+                 event_type, payload, campus_id, vendor_id, user_id) \
+             SELECT $7, $8, $9, $10, $11, $12, $13, $14 FROM done) \
+         SELECT count(*) AS n FROM done",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<SqlUuid, _>(worker_id)
+    .bind::<Integer, _>(attempt)
+    .bind::<Jsonb, _>(result)
+    .bind::<Nullable<Text>, _>(content_type)
+    .bind::<Nullable<Bytea>, _>(bytes)
+    .bind::<Text, _>(&event.aggregate_type)
+    .bind::<SqlUuid, _>(event.aggregate_id)
+    .bind::<Integer, _>(event.aggregate_version)
+    .bind::<Text, _>(&event.event_type)
+    .bind::<Jsonb, _>(&event.payload)
+    .bind::<Nullable<SqlUuid>, _>(event.campus_id)
+    .bind::<Nullable<SqlUuid>, _>(event.vendor_id)
+    .bind::<Nullable<SqlUuid>, _>(event.user_id)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().next().is_some_and(|r| r.n == 1))
+}
+
+#[derive(QueryableByName)]
 struct Rescued {
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
