@@ -19,6 +19,10 @@ CARGO ?= cargo
 TEST_ARGS ?=
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(STATIC_TARGET)/release/itsur
+# getrandom 0.3/0.4 find the getrandom(2) wrapper through dlsym, which a static glibc binary
+# cannot do, and would fall back to reading /dev/urandom — absent from a scratch image
+# without /dev (packaging/tests/image.sh found it). Use the system call directly.
+STATIC_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 DEV_BIN := ./target/debug/itsur
 RUN_BIND_ADDR ?= 127.0.0.1:8080
 
@@ -105,7 +109,7 @@ fmt: ## cargo fmt --all
 
 static: ## statically linked (crt-static), stripped release binary; checked with ldd
 	@set -x
-	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --locked --release --target $(STATIC_TARGET)
+	RUSTFLAGS='$(STATIC_RUSTFLAGS)' $(CARGO) build --locked --release --target $(STATIC_TARGET)
 	strip $(STATIC_BIN)
 	{ set +x; } 2>/dev/null
 	echo "$(STATIC_BIN): $$(du -h $(STATIC_BIN) | cut -f1) ($$(stat -c %s $(STATIC_BIN)) bytes)"

@@ -214,6 +214,7 @@ must = {
     r"^FROM rust:1\.95-bookworm AS builder$|^ARG RUST_IMAGE=rust:1\.95-bookworm$": "builder image rust:1.95-bookworm",
     r"cargo build --release --locked --target x86_64-unknown-linux-gnu": "static release build with --locked",
     r"target-feature=\+crt-static": "RUSTFLAGS crt-static",
+    r'getrandom_backend=\\"linux_getrandom\\"': "RUSTFLAGS getrandom_backend=linux_getrandom (no /dev/urandom in scratch)",
     r"^FROM scratch$": "scratch runtime",
     r"^RUN sh packaging/rootfs\.sh /out/itsur /rootfs$": "runtime tree from packaging/rootfs.sh (CA bundle, passwd, nsswitch; run by image.sh)",
     r"^COPY --from=builder /rootfs/ /$": "COPY of the rootfs into scratch",

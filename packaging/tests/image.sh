@@ -69,15 +69,20 @@ print(u.urlunsplit((p.scheme, f"{auth}{host}{port}", "/" + sys.argv[2], p.query,
 PY
 )"
 
-# in_image VAR=VALUE... -- ARGS: /itsur ARGS inside the tree as uid 10001, with only the
-# Dockerfile's ENV and the given variables.
-in_image() {
+# image_cmd VAR=VALUE... -- ARGS: sets IMG to the command running /itsur ARGS inside the
+# tree as uid 10001, with only the Dockerfile's ENV and the given variables. Run as a simple
+# command ("${IMG[@]}" &), env and chroot exec in turn, so $! is the itsur process itself.
+image_cmd() {
     local vars=()
     while [[ $1 != -- ]]; do vars+=("$1"); shift; done
     shift
-    env -i SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt LOG_FORMAT=json \
-        DATABASE_URL="$DB_URL" JWT_SECRET=image-test-secret-0123456789abcdefghij \
-        "${vars[@]}" /usr/sbin/chroot --userspec=10001:10001 "$ROOT" /itsur "$@"
+    IMG=(env -i SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt LOG_FORMAT=json
+        DATABASE_URL="$DB_URL" JWT_SECRET=image-test-secret-0123456789abcdefghij
+        "${vars[@]}" /usr/sbin/chroot --userspec=10001:10001 "$ROOT" /itsur "$@")
+}
+in_image() {
+    image_cmd "$@"
+    "${IMG[@]}"
 }
 
 # ----------------------------------------------------------- 1. migrate --
@@ -90,12 +95,14 @@ say "migrate: ok, Postgres reached by host name"
 # ------------------------------------------------------ 2. roles + HEALTHCHECK --
 P_SERVE="$(free_port)"
 P_WORKER="$(free_port)"
-in_image BIND_ADDR="127.0.0.1:$P_SERVE" -- serve >"$TMP/serve.log" 2>&1 &
-PIDS+=($!)
+image_cmd BIND_ADDR="127.0.0.1:$P_SERVE" -- serve
+"${IMG[@]}" >"$TMP/serve.log" 2>&1 &
 SERVE_PID=$!
-in_image METRICS_BIND="127.0.0.1:$P_WORKER" -- worker >"$TMP/worker.log" 2>&1 &
-PIDS+=($!)
+PIDS+=("$SERVE_PID")
+image_cmd METRICS_BIND="127.0.0.1:$P_WORKER" -- worker
+"${IMG[@]}" >"$TMP/worker.log" 2>&1 &
 WORKER_PID=$!
+PIDS+=("$WORKER_PID")
 
 healthy() { # VAR=VALUE of the container's role: until `itsur healthcheck` answers 0
     local i
@@ -124,7 +131,6 @@ code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_SERVE/openap
 
 # ------------------------------------------------- 3. user and shutdown --
 for pid in "$SERVE_PID" "$WORKER_PID"; do
-    # The chroot process execs /itsur: the pid is the binary itself.
     uid="$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status")"
     [[ $uid == 10001 ]] || fail "pid $pid runs as uid $uid, not 10001"
 done
