@@ -33,7 +33,9 @@ pub struct AuditRow {
 
 /// A new audit row.
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = audit_log)]
+// None binds NULL (these columns default to NULL anyway) rather than DEFAULT, which
+// keeps the INSERT the same statement every time: diesel prepares it once per connection.
+#[diesel(table_name = audit_log, treat_none_as_default_value = false)]
 pub struct NewAuditRow {
     /// Campus.
     pub campus_id: Option<Uuid>,

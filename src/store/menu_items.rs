@@ -156,15 +156,35 @@ pub async fn change_stock(
         return Ok(());
     }
     let (ids, deltas): (Vec<Uuid>, Vec<i32>) = changes.iter().copied().unzip();
-    diesel::sql_query(
-        "UPDATE menu_items SET stock = stock + d.delta \
-         FROM (SELECT id, sum(delta)::int4 AS delta \
-               FROM unnest($1::uuid[], $2::int4[]) AS c(id, delta) GROUP BY id) AS d \
-         WHERE menu_items.id = d.id",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Integer>, _>(deltas)
-    .execute(conn)
-    .await
-    .map(drop)
+    ChangeStock { ids, deltas }.execute(conn).await.map(drop)
+}
+
+/// The statement of [`change_stock`]. Hand-written SQL through `sql_query` is never kept
+/// prepared by diesel (two round trips each time: prepare, then execute); a fixed query
+/// type with a static id is prepared once per connection.
+#[derive(diesel::query_builder::QueryId)]
+struct ChangeStock {
+    ids: Vec<Uuid>,
+    deltas: Vec<i32>,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for ChangeStock {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, Integer, Uuid as SqlUuid};
+        out.push_sql(
+            "UPDATE menu_items SET stock = stock + d.delta \
+             FROM (SELECT id, sum(delta)::int4 AS delta FROM unnest(",
+        );
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.ids)?;
+        out.push_sql("::uuid[], ");
+        out.push_bind_param::<Array<Integer>, _>(&self.deltas)?;
+        out.push_sql(
+            "::int4[]) AS c(id, delta) GROUP BY id) AS d \
+             WHERE menu_items.id = d.id",
+        );
+        Ok(())
+    }
 }

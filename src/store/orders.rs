@@ -37,7 +37,9 @@ pub struct OrderRow {
 
 /// A new order.
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = orders)]
+// None binds NULL (these columns default to NULL anyway) rather than DEFAULT, which
+// keeps the INSERT the same statement every time: diesel prepares it once per connection.
+#[diesel(table_name = orders, treat_none_as_default_value = false)]
 pub struct NewOrderRow {
     /// Id.
     pub id: Uuid,
@@ -117,14 +119,67 @@ pub async fn insert(
         .returning(OrderRow::as_returning())
         .get_result(conn)
         .await?;
-    // RETURNING spares reading the lines back; sorted like `items_for_order`.
-    let mut lines: Vec<OrderItemRow> = diesel::insert_into(order_items::table)
-        .values(items)
-        .returning(OrderItemRow::as_returning())
-        .get_results(conn)
-        .await?;
+    let mut lines: Vec<OrderItemRow> = InsertLines {
+        order_id: row.id,
+        item_ids: items.iter().map(|i| i.menu_item_id).collect(),
+        names: items.iter().map(|i| i.name.clone()).collect(),
+        prices: items.iter().map(|i| i.unit_price_cents).collect(),
+        quantities: items.iter().map(|i| i.quantity).collect(),
+    }
+    .load(conn)
+    .await?;
+    // Sorted like `items_for_order`.
     lines.sort_by_key(|l| l.menu_item_id);
     Ok((row, lines))
+}
+
+/// An order's lines in one INSERT over `unnest`, returning them (no read back). A fixed
+/// query type: diesel keeps it prepared per connection, where a multi-row `insert_into` is
+/// prepared anew each time (a second round trip).
+#[derive(diesel::query_builder::QueryId)]
+struct InsertLines {
+    order_id: Uuid,
+    item_ids: Vec<Uuid>,
+    names: Vec<String>,
+    prices: Vec<i64>,
+    quantities: Vec<i32>,
+}
+
+impl diesel::query_builder::Query for InsertLines {
+    type SqlType = (
+        diesel::sql_types::Uuid,
+        diesel::sql_types::Uuid,
+        diesel::sql_types::Text,
+        diesel::sql_types::BigInt,
+        diesel::sql_types::Integer,
+    );
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertLines {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid as SqlUuid};
+        out.push_sql(
+            "INSERT INTO order_items (order_id, menu_item_id, name, unit_price_cents, quantity) \
+             SELECT ",
+        );
+        out.push_bind_param::<SqlUuid, _>(&self.order_id)?;
+        out.push_sql(", l.* FROM unnest(");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.item_ids)?;
+        out.push_sql("::uuid[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.names)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.prices)?;
+        out.push_sql("::int8[], ");
+        out.push_bind_param::<Array<Integer>, _>(&self.quantities)?;
+        out.push_sql(
+            "::int4[]) AS l \
+             RETURNING order_id, menu_item_id, name, unit_price_cents, quantity",
+        );
+        Ok(())
+    }
 }
 
 /// An order by id.

@@ -59,7 +59,9 @@ pub struct OutboxEventRow {
 
 /// A new event.
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = outbox_events)]
+// None binds NULL (these columns default to NULL anyway) rather than DEFAULT, which
+// keeps the INSERT the same statement every time: diesel prepares it once per connection.
+#[diesel(table_name = outbox_events, treat_none_as_default_value = false)]
 pub struct NewOutboxEventRow {
     /// `order`, …
     pub aggregate_type: String,
