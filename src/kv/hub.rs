@@ -13,6 +13,7 @@
 //!
 //! L1: depends on `domain` (routing, subscriptions) and tokio; no Redis, no actix.
 
+use bytestring::ByteString;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -50,6 +51,34 @@ pub struct EventEnvelope {
     pub data: serde_json::Value,
     /// Who may receive it.
     pub routing: EventRouting,
+    /// The text frame clients receive, encoded once per event by the gateway and shared by
+    /// every socket it goes to (not published: it is derived from the fields above).
+    #[serde(skip)]
+    pub text_frame: FrameCache,
+}
+
+/// A lazily encoded frame, cheap to clone ([`ByteString`] is reference counted). Equality and
+/// `Debug` ignore it: it only caches what the other fields determine.
+#[derive(Clone, Default)]
+pub struct FrameCache(std::sync::OnceLock<ByteString>);
+
+impl FrameCache {
+    /// The cached frame, encoding it with `encode` the first time.
+    pub fn get_or_init(&self, encode: impl FnOnce() -> String) -> ByteString {
+        self.0.get_or_init(|| ByteString::from(encode())).clone()
+    }
+}
+
+impl PartialEq for FrameCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for FrameCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameCache")
+    }
 }
 
 /// Admission and queue limits of a hub.
@@ -412,6 +441,7 @@ mod tests {
             created_at: Utc::now(),
             data: serde_json::json!({}),
             routing,
+            text_frame: Default::default(),
         })
     }
 

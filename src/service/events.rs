@@ -49,6 +49,7 @@ pub fn envelope(row: &OutboxEventRow) -> EventEnvelope {
             vendor_id: row.vendor_id.map(Into::into),
             user_id: row.user_id.map(Into::into),
         },
+        text_frame: Default::default(),
     }
 }
 

@@ -169,6 +169,7 @@ mod tests {
             created_at: chrono::DateTime::UNIX_EPOCH,
             data: serde_json::json!({"to": "ready"}),
             routing: Default::default(),
+            text_frame: Default::default(),
         };
         let v: serde_json::Value =
             serde_json::from_str(&ServerMessage::Event(EventFrame::from(&e)).to_json()).unwrap();
