@@ -31,12 +31,11 @@ fi
 
 make_tmp
 PIDS=() DB=""
-ADMIN_URL="$(pg_admin_url "$DATABASE_URL")"
 cleanup() {
     local rc=$? p
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [[ -n $DB ]] && psql -X -q -d "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1
+    drop_db
     if ((rc != 0)); then say "logs kept in $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -50,11 +49,7 @@ if find "$ROOT" -name 'sh' -o -name '*.so*' | grep -q .; then
     fail "the runtime tree holds a shell or a shared library"
 fi
 
-DB="itsur_image_$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
-psql -X -q -d "$ADMIN_URL" -c "CREATE DATABASE \"$DB\"" >/dev/null || {
-    DB=""
-    fail "cannot create a database on $ADMIN_URL"
-}
+create_db itsur_image
 # The same server, addressed by name: scratch has no resolver library, only glibc's built-in
 # files/dns NSS modules and /etc/nsswitch.conf from rootfs.sh.
 DB_URL="$(python3 - "$DATABASE_URL" "$DB" <<'PY'

@@ -108,6 +108,23 @@ print(u.urlunsplit((p.scheme, p.netloc, "/" + sys.argv[2], p.query, "")))
 PY
 }
 
+# create_db PREFIX: a throwaway database PREFIX_<random> on DATABASE_URL's server; sets DB
+# and ADMIN_URL (fails the test when it cannot). drop_db, from the script's cleanup, drops it
+# again (nothing to do before create_db ran).
+create_db() {
+    ADMIN_URL="$(pg_admin_url "$DATABASE_URL")"
+    DB="$1_$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
+    psql -X -q -d "$ADMIN_URL" -c "CREATE DATABASE \"$DB\"" >/dev/null || {
+        DB=""
+        fail "cannot create a database on $ADMIN_URL"
+    }
+}
+drop_db() {
+    [[ -n ${DB:-} ]] || return 0
+    psql -X -q -d "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 ||
+        say "could not drop database $DB"
+}
+
 # render_nginx SRC DIR LISTEN_PORT UPSTREAM_PORT... : a runnable copy of an nginx conf of
 # packaging/nginx/ under DIR (prefix, logs, temp paths, pid all inside DIR): nginx listens
 # on 127.0.0.1:LISTEN_PORT and balances over 127.0.0.1:UPSTREAM_PORT...; everything else

@@ -44,10 +44,7 @@ cleanup() {
     for n in "${!PID[@]}"; do kill -TERM "${PID[$n]}" 2>/dev/null || true; done
     [[ -n $NGINX_PID ]] && kill -QUIT "$NGINX_PID" 2>/dev/null
     wait 2>/dev/null || true
-    if [[ -n $DB ]]; then
-        psql -X -q -d "$ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 ||
-            say "could not drop database $DB"
-    fi
+    drop_db
     if ((rc != 0)) && [[ -d $TMP ]]; then
         say "logs kept in $TMP"
     else
@@ -57,12 +54,7 @@ cleanup() {
 trap cleanup EXIT
 
 # ------------------------------------------------------------ database --
-ADMIN_URL="$(pg_admin_url "$DATABASE_URL")"
-DB="itsur_roll_$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
-psql -X -q -d "$ADMIN_URL" -c "CREATE DATABASE \"$DB\"" >/dev/null || {
-    DB=""
-    fail "cannot create a database on $ADMIN_URL"
-}
+create_db itsur_roll
 export DATABASE_URL
 DATABASE_URL="$(pg_with_db "$DATABASE_URL" "$DB")"
 export JWT_SECRET="rolling-restart-secret-0123456789abcdefgh" # 40 bytes, any value
