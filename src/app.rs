@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::kv::Kv;
 use crate::kv::hub::{Hub, HubLimits};
 use crate::resilience::{Breakers, RateLimiter};
+use crate::service::credentials::{HasherSettings, PasswordHasher};
 use crate::service::events::RelayWaker;
 use crate::service::health::Readiness;
 use crate::store::Db;
@@ -45,6 +46,8 @@ pub struct Ctx {
     pub hub: Hub,
     /// Wakes the relays after a transaction that wrote outbox events has committed.
     pub relay_waker: RelayWaker,
+    /// Bounded argon2: logins, registrations and imports queue for one of a few hashers.
+    pub hasher: PasswordHasher,
 }
 
 impl Ctx {
@@ -70,6 +73,7 @@ impl Ctx {
             readiness: Readiness::default(),
             hub,
             relay_waker: RelayWaker::default(),
+            hasher: PasswordHasher::new(HasherSettings::default()),
         })
     }
 }

@@ -236,7 +236,7 @@ pub async fn register(ctx: &Ctx, input: Registration) -> Result<(Me, Tokens)> {
         .rsplit_once('@')
         .map(|(_, d)| d.to_owned())
         .unwrap_or_default();
-    let hash = credentials::hash_password(input.password).await?;
+    let hash = ctx.hasher.hash(input.password).await?;
     let mut conn = ctx.db.conn().await?;
     let campus = campuses::find_by_email_domain(&mut conn, &email_domain)
         .await?
@@ -370,7 +370,9 @@ pub async fn login(
     let mut conn = ctx.db.conn().await?;
     let user = users::find_by_email(&mut conn, &email).await?;
     drop(conn);
-    let ok = credentials::verify_password(password, user.as_ref().map(|u| u.password_hash.clone()))
+    let ok = ctx
+        .hasher
+        .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
         .await?;
     let user = match user {
         Some(user) if ok => user,

@@ -11,6 +11,7 @@
 mod support;
 
 mod jobs;
+mod login_memory;
 mod proc;
 mod realtime;
 mod roles;

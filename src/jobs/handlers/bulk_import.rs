@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 
 use crate::jobs::{Handler, JobCx, JobError, Output};
-use crate::service::credentials;
+use crate::service::credentials::HashError;
 use crate::service::imports::{self, ImportSpec, MAX_REPORTED_ERRORS, RowError};
 use crate::store;
 
@@ -56,13 +56,13 @@ impl Handler for BulkImportUsers {
                 let fresh: Vec<_> = chunk.iter().filter(|r| !taken.contains(&r.email)).collect();
                 let passwords: Vec<String> = fresh.iter().map(|r| r.password.clone()).collect();
                 let hashed: Vec<_> = futures_util::stream::iter(passwords)
-                    .map(credentials::hash_password)
+                    .map(|p| hash_patiently(cx, p))
                     .buffered(HASHERS)
                     .collect()
                     .await;
                 let mut rows = Vec::with_capacity(fresh.len());
                 for (row, hash) in fresh.iter().zip(hashed) {
-                    let hash = hash.map_err(|e| JobError::Retryable(format!("{e:#}")))?;
+                    let hash = hash?;
                     rows.push(imports::new_user(spec.campus_id, row, hash));
                 }
                 let inserted: HashSet<String> = {
@@ -95,5 +95,19 @@ impl Handler for BulkImportUsers {
             })
         }
         .boxed()
+    }
+}
+
+/// Hashes through the process's bounded hasher. A job is not a waiting user: when every
+/// hasher stays busy past the queue timeout (a login storm), it queues again instead of
+/// failing the attempt, stopping only if the job is cancelled or the worker stops.
+async fn hash_patiently(cx: &JobCx, password: String) -> Result<String, JobError> {
+    loop {
+        cx.check()?;
+        match cx.ctx.hasher.hash(password.clone()).await {
+            Ok(hash) => return Ok(hash),
+            Err(HashError::Saturated(_)) => {}
+            Err(HashError::Failed(e)) => return Err(JobError::Retryable(format!("{e:#}"))),
+        }
     }
 }
