@@ -53,6 +53,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    import_uploads (job_id) {
+        job_id -> Uuid,
+        csv -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     jobs (id) {
         id -> Uuid,
         kind -> Text,
@@ -144,6 +152,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    refresh_token_history (token_hash) {
+        token_hash -> Text,
+        session_id -> Uuid,
+        superseded_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sessions (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -198,12 +214,14 @@ diesel::table! {
 }
 
 diesel::joinable!(devices -> users (user_id));
+diesel::joinable!(import_uploads -> jobs (job_id));
 diesel::joinable!(menu_items -> vendors (vendor_id));
 diesel::joinable!(order_items -> menu_items (menu_item_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(orders -> campuses (campus_id));
 diesel::joinable!(orders -> users (user_id));
 diesel::joinable!(orders -> vendors (vendor_id));
+diesel::joinable!(refresh_token_history -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(vendors -> campuses (campus_id));
 
@@ -212,11 +230,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     campuses,
     devices,
     idempotency_keys,
+    import_uploads,
     jobs,
     menu_items,
     order_items,
     orders,
     outbox_events,
+    refresh_token_history,
     sessions,
     users,
     vendors,
