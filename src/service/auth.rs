@@ -458,7 +458,8 @@ pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<(Me, Tokens)> {
                 .await?;
                 return Ok(RefreshOutcome::Rotated(user));
             }
-            let Some(superseded_at) = sessions::find_superseded_at(conn, sid, &presented_hash).await?
+            let Some(superseded_at) =
+                sessions::find_superseded_at(conn, sid, &presented_hash).await?
             else {
                 return Ok(RefreshOutcome::Unknown);
             };
@@ -497,7 +498,9 @@ pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<(Me, Tokens)> {
         RefreshOutcome::Reused => {
             // Best effort, as for evictions: Postgres already refuses the session.
             cache_revoke(ctx, &[sid]).await;
-            Err(Error::Unauthenticated("refresh token reuse: session revoked"))
+            Err(Error::Unauthenticated(
+                "refresh token reuse: session revoked",
+            ))
         }
     }
 }
@@ -505,8 +508,7 @@ pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<(Me, Tokens)> {
 /// Compares two hex digests without an early exit (no timing hint about the stored hash).
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0_u8, |acc, (x, y)| acc | (x ^ y))
             == 0

@@ -211,13 +211,16 @@ impl PasswordHasher {
             drop(permit);
             out
         });
-        Ok(task.await.map_err(|e| anyhow::anyhow!("hash task: {e}"))??)
+        Ok(task
+            .await
+            .map_err(|e| anyhow::anyhow!("hash task: {e}"))??)
     }
 }
 
 fn lock(pool: &Mutex<Vec<Vec<Block>>>) -> std::sync::MutexGuard<'_, Vec<Vec<Block>>> {
     // The pool holds plain buffers: one poisoned by a panicking hash is still usable.
-    pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pool.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The first `count` blocks of a pooled area, growing it once to the largest size asked for
@@ -400,7 +403,11 @@ mod tests {
         let legacy = hash_password("battery staple".to_owned()).await.unwrap();
         let verify = |p: &str, h: Option<String>| hasher.verify(p.to_owned(), h);
         assert!(verify("correct horse", Some(hash.clone())).await.unwrap());
-        assert!(verify("battery staple", Some(legacy.clone())).await.unwrap());
+        assert!(
+            verify("battery staple", Some(legacy.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!verify("wrong", Some(hash)).await.unwrap());
         assert!(!verify("wrong", Some(legacy)).await.unwrap());
         assert!(!verify("x", None).await.unwrap());
@@ -417,7 +424,10 @@ mod tests {
         // Stands in for a hash in progress: the only permit is taken.
         let held = hasher.permits.clone().acquire_owned().await.unwrap();
         let refused = hasher.verify("second".to_owned(), None).await;
-        assert!(matches!(refused, Err(HashError::Saturated(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(HashError::Saturated(_))),
+            "{refused:?}"
+        );
         drop(held);
         assert!(!hasher.verify("third".to_owned(), None).await.unwrap());
     }

@@ -9,6 +9,7 @@ pub mod campuses;
 pub mod connect;
 pub mod devices;
 pub mod idempotency;
+pub mod import_uploads;
 pub mod jobs;
 pub mod listen;
 pub mod menu_items;

@@ -62,14 +62,20 @@ async fn a_login_storm_keeps_the_server_small() {
             };
             async move {
                 let res = http.post(url).json(&body).send().await.unwrap();
-                (res.status().as_u16(), res.headers().contains_key("retry-after"))
+                (
+                    res.status().as_u16(),
+                    res.headers().contains_key("retry-after"),
+                )
             }
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
     let peak = peak_rss_kib(pid);
-    println!("serve: VmHWM {} MiB after {LOGINS} logins at concurrency {CONCURRENCY}", peak / 1024);
+    println!(
+        "serve: VmHWM {} MiB after {LOGINS} logins at concurrency {CONCURRENCY}",
+        peak / 1024
+    );
     sigterm(&child).await;
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)).await, 0);
 

@@ -348,7 +348,12 @@ async fn two_refreshes_of_the_current_token_at_once_keep_the_session() {
     let res = api
         .post("/auth/refresh", None, &json!({ "refreshToken": refresh2 }))
         .await;
-    assert_eq!(res.status, 200, "the winner's token still works: {}", res.text());
+    assert_eq!(
+        res.status,
+        200,
+        "the winner's token still works: {}",
+        res.text()
+    );
 }
 
 #[actix_web::test]
