@@ -72,7 +72,7 @@ test: ## cargo test --all-targets against the dev services; extra args in TEST_A
 	set -x
 	$(CARGO) test --locked --all-targets $(TEST_ARGS)
 
-test-packaging: build ## systemd/nginx/compose/prometheus/debian checks and the rolling restart
+test-packaging: build ## systemd/nginx/TLS/client-ip/Makefile/compose/prometheus/debian/k8s checks and the rolling restart
 	ITSUR_BIN='$(DEV_BIN)' packaging/tests/run-all.sh
 
 bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=orders|menu|jobs|realtime|sockets|report-isolation); figures in bench/results/
