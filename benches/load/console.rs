@@ -43,7 +43,9 @@ async fn build(
     let has_history = history[0].has_history;
     let finished_table = if has_history { "jobs_history" } else { "jobs" };
     let t0 = Instant::now();
-    conn.batch_execute("SET synchronous_commit = off").await.unwrap();
+    conn.batch_execute("SET synchronous_commit = off")
+        .await
+        .unwrap();
     // A UUIDv7 from a millisecond timestamp and a row number: time-ordered like the engine's.
     let uuid7 = |ms: &str, g: &str| {
         format!(
@@ -234,7 +236,15 @@ pub(super) async fn bench_console(rows: &mut Vec<Row>) {
     let base = server.base.clone();
 
     // Ids and cursors to use: a job deep in the table, a cursor half-way down.
-    let (_, _, page) = time(&http, &base, &root, "GET", "/admin/console/jobs?limit=1", None).await;
+    let (_, _, page) = time(
+        &http,
+        &base,
+        &root,
+        "GET",
+        "/admin/console/jobs?limit=1",
+        None,
+    )
+    .await;
     let newest = page["data"][0]["id"].as_str().unwrap().to_owned();
     let mid = {
         let mut c = AsyncPgConnection::establish(&db).await.unwrap();
@@ -245,31 +255,146 @@ pub(super) async fn bench_console(rows: &mut Vec<Row>) {
         let r: Vec<IdRow> = diesel_async::RunQueryDsl::load(diesel::sql_query(sql), &mut c)
             .await
             .unwrap();
-        r.first().map_or_else(|| newest.clone(), |r| r.id.to_string())
+        r.first()
+            .map_or_else(|| newest.clone(), |r| r.id.to_string())
     };
     let calls: Vec<(&str, &str, &str, String, Option<Value>)> = vec![
-        ("overview", "root", "GET", "/admin/console/overview".into(), None),
-        ("overview", "campus", "GET", "/admin/console/overview".into(), None),
-        ("jobs: newest 50", "root", "GET", "/admin/console/jobs".into(), None),
-        ("jobs: newest 50", "campus", "GET", "/admin/console/jobs".into(), None),
-        ("jobs: state=dead", "root", "GET", "/admin/console/jobs?state=dead".into(), None),
-        ("jobs: state=queued", "root", "GET", "/admin/console/jobs?state=queued".into(), None),
-        ("jobs: state=cancelled", "campus", "GET", "/admin/console/jobs?state=cancelled".into(), None),
-        ("jobs: kind=sales_report", "root", "GET", "/admin/console/jobs?kind=sales_report".into(), None),
-        ("jobs: queue=reports&state=dead", "root", "GET", "/admin/console/jobs?queue=reports&state=dead".into(), None),
-        ("jobs: q=<payload text> (no match)", "root", "GET", "/admin/console/jobs?q=no-such-text".into(), None),
-        ("jobs: q=<payload text>", "campus", "GET", "/admin/console/jobs?q=bench%20order%2012".into(), None),
-        ("jobs: a page half-way down (keyset)", "root", "GET", format!("/admin/console/jobs?before={mid}"), None),
-        ("jobs/count: state=dead", "root", "GET", "/admin/console/jobs/count?state=dead".into(), None),
-        ("jobs/count: all", "campus", "GET", "/admin/console/jobs/count".into(), None),
-        ("jobs/{id}", "root", "GET", format!("/admin/console/jobs/{newest}"), None),
-        ("queues", "root", "GET", "/admin/console/queues".into(), None),
-        ("queues", "campus", "GET", "/admin/console/queues".into(), None),
+        (
+            "overview",
+            "root",
+            "GET",
+            "/admin/console/overview".into(),
+            None,
+        ),
+        (
+            "overview",
+            "campus",
+            "GET",
+            "/admin/console/overview".into(),
+            None,
+        ),
+        (
+            "jobs: newest 50",
+            "root",
+            "GET",
+            "/admin/console/jobs".into(),
+            None,
+        ),
+        (
+            "jobs: newest 50",
+            "campus",
+            "GET",
+            "/admin/console/jobs".into(),
+            None,
+        ),
+        (
+            "jobs: state=dead",
+            "root",
+            "GET",
+            "/admin/console/jobs?state=dead".into(),
+            None,
+        ),
+        (
+            "jobs: state=queued",
+            "root",
+            "GET",
+            "/admin/console/jobs?state=queued".into(),
+            None,
+        ),
+        (
+            "jobs: state=cancelled",
+            "campus",
+            "GET",
+            "/admin/console/jobs?state=cancelled".into(),
+            None,
+        ),
+        (
+            "jobs: kind=sales_report",
+            "root",
+            "GET",
+            "/admin/console/jobs?kind=sales_report".into(),
+            None,
+        ),
+        (
+            "jobs: queue=reports&state=dead",
+            "root",
+            "GET",
+            "/admin/console/jobs?queue=reports&state=dead".into(),
+            None,
+        ),
+        (
+            "jobs: q=<payload text> (no match)",
+            "root",
+            "GET",
+            "/admin/console/jobs?q=no-such-text".into(),
+            None,
+        ),
+        (
+            "jobs: q=<payload text>",
+            "campus",
+            "GET",
+            "/admin/console/jobs?q=bench%20order%2012".into(),
+            None,
+        ),
+        (
+            "jobs: a page half-way down (keyset)",
+            "root",
+            "GET",
+            format!("/admin/console/jobs?before={mid}"),
+            None,
+        ),
+        (
+            "jobs/count: state=dead",
+            "root",
+            "GET",
+            "/admin/console/jobs/count?state=dead".into(),
+            None,
+        ),
+        (
+            "jobs/count: all",
+            "campus",
+            "GET",
+            "/admin/console/jobs/count".into(),
+            None,
+        ),
+        (
+            "jobs/{id}",
+            "root",
+            "GET",
+            format!("/admin/console/jobs/{newest}"),
+            None,
+        ),
+        (
+            "queues",
+            "root",
+            "GET",
+            "/admin/console/queues".into(),
+            None,
+        ),
+        (
+            "queues",
+            "campus",
+            "GET",
+            "/admin/console/queues".into(),
+            None,
+        ),
         ("workers", "root", "GET", "/admin/workers".into(), None),
         ("cron", "root", "GET", "/admin/console/cron".into(), None),
-        ("outbox: dead", "campus", "GET", "/admin/console/outbox".into(), None),
+        (
+            "outbox: dead",
+            "campus",
+            "GET",
+            "/admin/console/outbox".into(),
+            None,
+        ),
         ("audit", "root", "GET", "/admin/console/audit".into(), None),
-        ("audit", "campus", "GET", "/admin/console/audit".into(), None),
+        (
+            "audit",
+            "campus",
+            "GET",
+            "/admin/console/audit".into(),
+            None,
+        ),
         (
             "bulk: cancel 1000 matching (state=completed: none changes)",
             "root",
