@@ -72,10 +72,6 @@ async fn a_login_storm_keeps_the_server_small() {
         .collect()
         .await;
     let peak = peak_rss_kib(pid);
-    println!(
-        "serve: VmHWM {} MiB after {LOGINS} logins at concurrency {CONCURRENCY}",
-        peak / 1024
-    );
     sigterm(&child).await;
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)).await, 0);
 

@@ -398,11 +398,15 @@ async fn post_chunked(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
             break;
         }
     }
+    // Both may fail once the server has answered and closed; the status was read by then.
     let _ = stream.write_all(b"0\r\n\r\n").await;
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
     let text = String::from_utf8_lossy(&response);
-    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[actix_web::test]
@@ -429,7 +433,10 @@ async fn the_auth_body_limit_counts_the_bytes_of_chunked_bodies() {
     }
     // A small chunked body still reaches the handler.
     let small = serde_json::to_vec(&json!({ "refreshToken": "nope" })).unwrap();
-    assert_eq!(post_chunked(server.addr, "/auth/refresh", &small).await, 401);
+    assert_eq!(
+        post_chunked(server.addr, "/auth/refresh", &small).await,
+        401
+    );
     server.shutdown.trigger();
     server.task.await.unwrap().unwrap();
 }
