@@ -146,3 +146,36 @@ test('a platform admin sees every campus, queues, workers, cron and dead events;
   await page.getByRole('cell', { name: /\d+/ }).first().waitFor();
   assert.deepEqual(page.problems(), []);
 });
+
+test('a flow run\'s DAG shows each step\'s state live; screenshot', async (t) => {
+  const admin = await Api.login(DEMO.admin);
+  const probe = await admin.call('GET', '/flows?limit=1');
+  if (probe.status === 404) {
+    t.skip('this server has no flows');
+    return;
+  }
+  const noop = (id, deps, sleepMs) => ({ id, node: 'noop', dependsOn: deps, input: { sleepMs }, maxAttempts: 1 });
+  const flow = await admin.ok('POST', '/flows', {
+    name: `console-dag-${process.pid}`,
+    description: 'A diamond for the console test',
+    definition: {
+      steps: [
+        noop('fetch', [], 300), noop('price', ['fetch'], 300), noop('stock', ['fetch'], 300),
+        noop('notify', ['price', 'stock'], 300),
+      ],
+    },
+  });
+  // Still signed in as the platform admin of the previous test.
+  const run = await admin.ok('POST', `/flows/${flow.data.id}/runs`, { input: {} });
+  await page.goto(`${BASE}/console/#/flows/runs/${run.data.id}`);
+  await page.locator('#run-live[data-state="live"]').waitFor();
+  await page.locator('#run-dag g[data-step="notify"]').waitFor();
+  // The page follows the run over /ws until every step has finished.
+  await page.locator('#run-status .state-succeeded').waitFor({ timeout: 20000 });
+  for (const step of ['fetch', 'price', 'stock', 'notify']) {
+    await page.locator(`#run-dag g.step-succeeded[data-step="${step}"]`).waitFor();
+  }
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'console-flow-run.png'), fullPage: true });
+  await assertAccessible(page, 'console flow run');
+  assert.deepEqual(page.problems(), []);
+});
