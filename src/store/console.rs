@@ -252,7 +252,7 @@ async fn merged(
     if f.wants_history() {
         rows.extend(history_summaries(conn, f, before, floor, limit).await?);
     }
-    rows.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+    rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
     rows.truncate(usize::try_from(limit).unwrap_or(0));
     Ok(rows)
 }
@@ -343,7 +343,7 @@ pub async fn batch_ids(
                 .await?,
         );
     }
-    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
     ids.truncate(usize::try_from(limit).unwrap_or(0));
     Ok(ids)
 }

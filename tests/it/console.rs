@@ -387,13 +387,9 @@ async fn overview_queues_and_cron_report_the_hot_set() {
         "running",
     )
     .await;
-    add(
-        &t.ctx,
-        job(kind::NOOP, "default", None, json!({})),
-        "completed",
-    )
-    .await;
-    add(&t.ctx, job(kind::NOOP, "default", None, json!({})), "dead").await;
+    let a = Some(world.a.campus.id);
+    add(&t.ctx, job(kind::NOOP, "default", a, json!({})), "completed").await;
+    add(&t.ctx, job(kind::NOOP, "default", a, json!({})), "dead").await;
 
     let res = api.get("/admin/console/overview", root.token()).await;
     assert_eq!(res.status, 200, "{}", res.text());
@@ -408,13 +404,17 @@ async fn overview_queues_and_cron_report_the_hot_set() {
         (reports["ready"].as_i64(), reports["running"].as_i64()),
         (Some(3), Some(1))
     );
-    let points = o["throughput"].as_array().unwrap();
-    let completed: i64 = points
-        .iter()
-        .map(|p| p["completed"].as_i64().unwrap())
-        .sum();
-    let failed: i64 = points.iter().map(|p| p["failed"].as_i64().unwrap()).sum();
-    assert_eq!((completed, failed), (1, 1), "{}", res.text());
+    // The per-minute counters are the engine's (written by its completer): jobs put in place
+    // by hand are not in them. A campus admin's figures come from its campus's history.
+    assert!(o["throughput"].is_array(), "{}", res.text());
+    let admin = api.login(&world.a.admin.email).await;
+    let res = api.get("/admin/console/overview", admin.token()).await;
+    let points = res.data()["throughput"].as_array().unwrap().clone();
+    let sum = |k: &str| points.iter().map(|p| p[k].as_i64().unwrap()).sum::<i64>();
+    assert_eq!((sum("completed"), sum("dead")), (1, 1), "{}", res.text());
+    assert!(points.iter().all(|p| p["failed"].is_null()));
+    let res = api.get("/admin/console/overview", root.token()).await;
+    let o = res.data();
     assert_eq!(o["outbox"]["dead"], 0);
     assert!(
         o["breakers"]
