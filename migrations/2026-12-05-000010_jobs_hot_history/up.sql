@@ -40,6 +40,9 @@ CREATE TABLE jobs_history (
 CREATE INDEX jobs_history_owner_idx ON jobs_history (owner_id, created_at DESC);
 CREATE INDEX jobs_history_campus_idx ON jobs_history (campus_id, created_at DESC);
 CREATE INDEX jobs_history_created_idx ON jobs_history (created_at DESC);
+-- Keyset pages of the console (UUIDv7 ids are time-ordered).
+CREATE INDEX jobs_history_state_id_idx ON jobs_history (state, id);
+CREATE INDEX jobs_history_campus_id_idx ON jobs_history (campus_id, id);
 CREATE INDEX jobs_history_finished_idx ON jobs_history (finished_at);
 CREATE INDEX jobs_history_dead_idx ON jobs_history (kind, finished_at) WHERE state = 'dead';
 CREATE INDEX jobs_history_flow_step_idx ON jobs_history (flow_step_id) WHERE flow_step_id IS NOT NULL;

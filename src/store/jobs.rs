@@ -186,8 +186,12 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn of(jobs: &'a [NewJob], flow_step_id: Option<Uuid>) -> Self {
+        Self::of_steps(jobs.iter().map(|j| (j, flow_step_id)))
+    }
+
+    fn of_steps(jobs: impl Iterator<Item = (&'a NewJob, Option<Uuid>)>) -> Self {
         let mut c = Self::default();
-        for j in jobs {
+        for (j, flow_step_id) in jobs {
             c.id.push(j.id);
             c.kind.push(&j.kind);
             c.queue.push(&j.queue);
@@ -329,6 +333,22 @@ pub async fn enqueue_many(conn: &mut AsyncPgConnection, batch: &[NewJob]) -> Que
         // Counted under the first job's kind: bulk batches are of one kind in practice.
         metrics::counter!("jobs_enqueued_total", "kind" => first.kind.clone())
             .increment(u64::try_from(inserted).unwrap_or(0));
+    }
+    Ok(inserted)
+}
+
+/// Enqueues flow-step jobs, each with its own `flow_step_id`, in one statement per 50,000
+/// (in the caller's transaction; duplicates of unique keys are skipped); returns how many
+/// were inserted. Fires no NOTIFY: wake the workers after commit.
+pub async fn enqueue_many_steps(
+    conn: &mut AsyncPgConnection,
+    batch: &[(NewJob, Uuid)],
+) -> QueryResult<usize> {
+    let mut inserted = 0;
+    for chunk in batch.chunks(50_000) {
+        let columns = Columns::of_steps(chunk.iter().map(|(j, s)| (j, Some(*s))));
+        let rows: Vec<IdRow> = Insert(&columns).load(conn).await?;
+        inserted += rows.len();
     }
     Ok(inserted)
 }
