@@ -557,7 +557,12 @@ pub async fn set_queue_paused(
             &audit::NewAuditRow {
                 campus_id: None,
                 actor_id: Some(actor.user_id.into_inner()),
-                action: if paused { "queue.paused" } else { "queue.resumed" }.to_owned(),
+                action: if paused {
+                    "queue.paused"
+                } else {
+                    "queue.resumed"
+                }
+                .to_owned(),
                 target_type: "queue".to_owned(),
                 target_id: queue.to_owned(),
                 detail: serde_json::json!({}),

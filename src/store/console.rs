@@ -186,7 +186,12 @@ macro_rules! job_queries {
 }
 
 job_queries!(jobs, hot_indexed, hot_filtered, hot_summaries);
-job_queries!(jobs_history, history_indexed, history_filtered, history_summaries);
+job_queries!(
+    jobs_history,
+    history_indexed,
+    history_filtered,
+    history_summaries
+);
 
 /// One keyset page.
 #[derive(Debug, Clone)]

@@ -388,7 +388,12 @@ async fn overview_queues_and_cron_report_the_hot_set() {
     )
     .await;
     let a = Some(world.a.campus.id);
-    add(&t.ctx, job(kind::NOOP, "default", a, json!({})), "completed").await;
+    add(
+        &t.ctx,
+        job(kind::NOOP, "default", a, json!({})),
+        "completed",
+    )
+    .await;
     add(&t.ctx, job(kind::NOOP, "default", a, json!({})), "dead").await;
 
     let res = api.get("/admin/console/overview", root.token()).await;
@@ -426,16 +431,34 @@ async fn overview_queues_and_cron_report_the_hot_set() {
     assert_eq!(o["socketsOpen"], 0);
 
     // Pause and resume: platform admins only, audited, reflected in the queue list.
-    api.post("/admin/console/queues/reports/pause", admin.token(), &json!({}))
-        .await
-        .assert_problem(403);
+    api.post(
+        "/admin/console/queues/reports/pause",
+        admin.token(),
+        &json!({}),
+    )
+    .await
+    .assert_problem(403);
     let res = api
-        .post("/admin/console/queues/reports/pause", root.token(), &json!({}))
+        .post(
+            "/admin/console/queues/reports/pause",
+            root.token(),
+            &json!({}),
+        )
         .await;
     assert_eq!(res.status, 200, "{}", res.text());
-    assert_eq!((res.data()["paused"].as_bool(), res.data()["changed"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (
+            res.data()["paused"].as_bool(),
+            res.data()["changed"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
     let again = api
-        .post("/admin/console/queues/reports/pause", root.token(), &json!({}))
+        .post(
+            "/admin/console/queues/reports/pause",
+            root.token(),
+            &json!({}),
+        )
         .await;
     assert_eq!(again.data()["changed"], false);
     let paused = |body: &Value| {
@@ -449,7 +472,11 @@ async fn overview_queues_and_cron_report_the_hot_set() {
     let res = api.get("/admin/console/queues", root.token()).await;
     assert_eq!(paused(&res.body), Some(true), "{}", res.text());
     let res = api
-        .post("/admin/console/queues/reports/resume", root.token(), &json!({}))
+        .post(
+            "/admin/console/queues/reports/resume",
+            root.token(),
+            &json!({}),
+        )
         .await;
     assert_eq!(res.data()["changed"], true, "{}", res.text());
     let res = api.get("/admin/console/queues", root.token()).await;

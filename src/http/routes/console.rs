@@ -369,8 +369,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/console/jobs/bulk", web::post().to(bulk_jobs))
         .route("/admin/console/jobs/{id}", web::get().to(get_job))
         .route("/admin/console/queues", web::get().to(list_queues))
-        .route("/admin/console/queues/{name}/pause", web::post().to(pause_queue))
-        .route("/admin/console/queues/{name}/resume", web::post().to(resume_queue))
+        .route(
+            "/admin/console/queues/{name}/pause",
+            web::post().to(pause_queue),
+        )
+        .route(
+            "/admin/console/queues/{name}/resume",
+            web::post().to(resume_queue),
+        )
         .route("/admin/console/cron", web::get().to(list_cron))
         .route("/admin/console/audit", web::get().to(list_audit))
         .route("/admin/console/outbox", web::get().to(list_outbox));
