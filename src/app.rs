@@ -18,6 +18,7 @@ use crate::resilience::{Breakers, RateLimiter};
 use crate::service::credentials::{HasherSettings, PasswordHasher};
 use crate::service::events::RelayWaker;
 use crate::service::health::Readiness;
+use crate::service::job_hooks::JobHooks;
 use crate::store::Db;
 
 /// Shared handles of one process. Cloning is cheap (pools and Arcs).
@@ -48,6 +49,9 @@ pub struct Ctx {
     pub relay_waker: RelayWaker,
     /// Bounded argon2: logins, registrations and imports queue for one of a few hashers.
     pub hasher: PasswordHasher,
+    /// The flow hook the job engine calls in the transaction of flow-step jobs' terminal
+    /// transitions (`service::job_hooks`); empty until flows register one.
+    pub job_hooks: JobHooks,
 }
 
 impl Ctx {
@@ -74,6 +78,7 @@ impl Ctx {
             hub,
             relay_waker: RelayWaker::default(),
             hasher: PasswordHasher::new(HasherSettings::default()),
+            job_hooks: JobHooks::default(),
         })
     }
 }

@@ -85,6 +85,7 @@ fn options() -> WorkerOptions {
         poll_only: false,
         drain_timeout: Duration::from_secs(20),
         cron: false,
+        prefetch: 8,
     }
 }
 
@@ -107,6 +108,7 @@ fn new_job(kind: &str, payload: Value) -> NewJob {
 async fn enqueue(ctx: &Ctx, job: &NewJob) -> JobRow {
     let mut conn = ctx.db.conn().await.unwrap();
     let (row, inserted) = store::enqueue(&mut conn, job).await.unwrap();
+    store::notify_workers(&mut conn, &row.queue).await.unwrap();
     assert!(inserted);
     row
 }
@@ -458,8 +460,7 @@ async fn a_duplicate_unique_key_returns_the_existing_job() {
     batch.push(second.clone());
     assert_eq!(store::enqueue_many(&mut conn, &batch).await.unwrap(), 3);
     assert_eq!(store::enqueue_many(&mut conn, &batch).await.unwrap(), 0);
-    let keyed: i64 = jobs::table
-        .filter(jobs::unique_key.is_not_null())
+    let keyed: i64 = itsur::store::schema::job_keys::table
         .count()
         .get_result(&mut conn)
         .await
@@ -1468,7 +1469,7 @@ async fn progress_and_the_end_of_a_job_are_events_for_its_owner() {
 }
 
 #[actix_web::test]
-async fn the_file_of_a_cancelled_import_is_swept_by_maintenance() {
+async fn the_file_of_a_cancelled_import_goes_with_the_job() {
     let t = TestApp::new().await;
     let w = World::create(&t.ctx).await;
     let api = Api::new(t.ctx.clone()).await;
@@ -1482,32 +1483,108 @@ async fn the_file_of_a_cancelled_import_is_swept_by_maintenance() {
         ))
         .await;
     let id = accepted(&res, "bulk_import_users");
+    assert_eq!(uploads(&t.ctx).await, 1);
     assert_eq!(
         api.delete(&format!("/jobs/{id}"), admin.token())
             .await
             .status,
         204
     );
-    assert_eq!(
-        uploads(&t.ctx).await,
-        1,
-        "a cancelled job never ran its cleanup"
-    );
+    assert_eq!(uploads(&t.ctx).await, 0, "a cancelled import keeps no file");
+}
 
-    let schedule = itsur::jobs::cron::schedules()
-        .into_iter()
-        .find(|s| s.name == "maintenance")
+#[tokio::test]
+async fn a_batch_completion_racing_a_rescue_never_resurrects_or_double_completes() {
+    let t = TestApp::new().await;
+    let ghost = Uuid::now_v7();
+    let batch: Vec<NewJob> = (0..200).map(|i| noop(json!({ "i": i }))).collect();
+    let ids: Vec<Uuid> = batch.iter().map(|j| j.id).collect();
+    {
+        let mut conn = t.ctx.db.conn().await.unwrap();
+        assert_eq!(store::enqueue_many(&mut conn, &batch).await.unwrap(), 200);
+        let claimed = store::claim(
+            &mut conn,
+            &["default".to_owned()],
+            200,
+            ghost,
+            Duration::from_millis(1),
+        )
+        .await
         .unwrap();
-    let tick = enqueue(&t.ctx, &itsur::jobs::cron::tick_job(&schedule, Utc::now())).await;
-    let worker = Worker::start(&t.ctx, options(), Registry::standard());
-    let done = wait_job(&t.ctx, tick.id, "maintenance completed", |j| {
-        j.state == "completed"
+        assert_eq!(claimed.len(), 200);
+    }
+    // The leases are over at once; the ghost's batch end and a rescue now race.
+    let expired = eventually(DEADLINE, || async {
+        let mut conn = t.ctx.db.conn().await.unwrap();
+        jobs::table
+            .filter(jobs::lease_expires_at.ge(diesel::dsl::now))
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await
+            .unwrap()
+            == 0
     })
     .await;
-    worker.stop().await;
-    assert_eq!(
-        done.result.as_ref().map(|r| r["importUploads"].clone()),
-        Some(json!(1))
+    assert!(expired);
+    let result = json!({ "from": "ghost" });
+    let ends: Vec<store::End<'_>> = ids
+        .iter()
+        .map(|id| store::End {
+            id: *id,
+            attempt: 1,
+            state: store::EndState::Completed,
+            result: Some(&result),
+            body: None,
+            error: None,
+            message: None,
+        })
+        .collect();
+    let (mut c1, mut c2) = (
+        t.ctx.db.conn().await.unwrap(),
+        t.ctx.db.conn().await.unwrap(),
     );
-    assert_eq!(uploads(&t.ctx).await, 0);
+    let (ended, rescued) = tokio::join!(
+        store::end_batch(&mut c1, ghost, 7, &ends),
+        store::rescue_expired(&mut c2)
+    );
+    let (ended, rescued) = (ended.unwrap(), rescued.unwrap());
+    let ended: std::collections::HashSet<Uuid> = ended.iter().map(|e| e.id).collect();
+    let rescued: std::collections::HashSet<Uuid> = rescued.iter().map(|r| r.id).collect();
+    assert!(ended.is_disjoint(&rescued), "no job both ended and rescued");
+    assert_eq!(ended.len() + rescued.len(), 200, "each job went one way");
+    // A second late batch from the ghost changes nothing.
+    assert!(
+        store::end_batch(&mut c1, ghost, 7, &ends)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    drop((c1, c2));
+
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    for id in &ids {
+        let r = wait_job(&t.ctx, *id, "completed", in_state("completed")).await;
+        if ended.contains(id) {
+            assert_eq!(
+                (r.attempt, r.result.clone()),
+                (1, Some(result.clone())),
+                "{r:#?}"
+            );
+        } else {
+            assert_eq!(r.attempt, 2, "rescued, then run once more: {r:#?}");
+        }
+    }
+    worker.stop().await;
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    let hot: i64 = jobs::table.count().get_result(&mut conn).await.unwrap();
+    let history: i64 = itsur::store::schema::jobs_history::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (hot, history),
+        (0, 200),
+        "every job completed once, in history only"
+    );
 }

@@ -1,8 +1,8 @@
 //! `bulk_import_users`: reads the uploaded file from `import_uploads` (never from the job
 //! payload: it holds passwords), validates every row, imports the good ones in chunks
 //! (passwords hashed through the process's bounded hasher, two at a time so the worker's
-//! other jobs keep a core), reports {total, imported, failed, errors[≤100]} and deletes the
-//! file.
+//! other jobs keep a core), reports {total, imported, failed, errors[≤100]}. The file goes with
+//! the job's row in `jobs` when the job ends (see `store::import_uploads`).
 
 use std::collections::HashSet;
 
@@ -22,19 +22,7 @@ const HASHERS: usize = 2;
 
 impl Handler for BulkImportUsers {
     fn run<'a>(&'a self, cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {
-        async move {
-            let out = import(cx).await;
-            // The file holds passwords in clear: it goes as soon as no attempt will need it
-            // again. A retryable failure or a stop (cancel, shutdown, lost lease: the job may
-            // run again elsewhere) keeps it; once such a job is cancelled or dead,
-            // maintenance deletes it.
-            if matches!(out, Ok(_) | Err(JobError::Permanent(_))) {
-                let mut conn = cx.ctx.db.conn().await?;
-                store::import_uploads::delete(&mut conn, cx.job.id).await?;
-            }
-            out
-        }
-        .boxed()
+        import(cx).boxed()
     }
 }
 

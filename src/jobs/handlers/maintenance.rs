@@ -1,5 +1,5 @@
-//! `maintenance` (cron): prunes finished jobs, published outbox events, ended sessions,
-//! expired idempotency keys and the import files of cancelled or dead jobs after their retention windows, in small batches so it never
+//! `maintenance` (cron): prunes finished jobs, published outbox events, ended sessions and
+//! expired idempotency keys after their retention windows, in small batches so it never
 //! holds long locks.
 
 use chrono::{DateTime, Utc};
@@ -21,7 +21,6 @@ enum Prune {
     Events(DateTime<Utc>),
     Sessions(DateTime<Utc>),
     IdempotencyKeys,
-    ImportUploads,
 }
 
 async fn prune_batch(conn: &mut AsyncPgConnection, what: &Prune) -> diesel::QueryResult<usize> {
@@ -30,7 +29,6 @@ async fn prune_batch(conn: &mut AsyncPgConnection, what: &Prune) -> diesel::Quer
         Prune::Events(before) => store::outbox::delete_published_before(conn, *before, BATCH).await,
         Prune::Sessions(before) => store::sessions::delete_ended_before(conn, *before, BATCH).await,
         Prune::IdempotencyKeys => store::idempotency::delete_expired(conn, BATCH).await,
-        Prune::ImportUploads => store::import_uploads::delete_of_ended_jobs(conn, BATCH).await,
     }
 }
 
@@ -63,12 +61,10 @@ impl Handler for Maintenance {
             let sessions = drain(cx, Prune::Sessions(sessions_before)).await?;
             cx.progress(75, "ended sessions pruned").await;
             let keys = drain(cx, Prune::IdempotencyKeys).await?;
-            let uploads = drain(cx, Prune::ImportUploads).await?;
-            tracing::info!(jobs, events, sessions, keys, uploads, "maintenance pruned");
+            tracing::info!(jobs, events, sessions, keys, "maintenance pruned");
             Ok(Output {
                 summary: serde_json::json!({
-                    "jobs": jobs, "outboxEvents": events, "sessions": sessions, "idempotencyKeys": keys,
-                    "importUploads": uploads
+                    "jobs": jobs, "outboxEvents": events, "sessions": sessions, "idempotencyKeys": keys
                 }),
                 body: None,
             })
