@@ -3,7 +3,7 @@
 # scripts/services.sh (see `make services`).
 #
 #   make run                  build, start services, seed demo data once, run `itsur all`
-#   make test [TEST_ARGS=..]  cargo test against the dev services
+#   make test [TEST_ARGS=..]  cargo test against the dev services, then the browser suite
 #   make lint                 fmt check, clippy -D warnings, layer rules, no libpq/OpenSSL/aws-lc
 #   make static               statically linked, stripped release binary
 #   make deb                  Debian package (cargo-deb) around the static binary
@@ -17,6 +17,8 @@ MAKEFLAGS += --no-builtin-rules
 CARGO ?= cargo
 # Extra arguments for `cargo test`, e.g. TEST_ARGS='--test it -- --nocapture'.
 TEST_ARGS ?=
+# 0: `make test` skips the browser suite (tests/browser/run.sh).
+BROWSER_TESTS ?= 1
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(STATIC_TARGET)/release/itsur
 # getrandom 0.3/0.4 find the getrandom(2) wrapper through dlsym, which a static glibc binary
@@ -26,7 +28,7 @@ STATIC_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux
 DEV_BIN := ./target/debug/itsur
 RUN_BIND_ADDR ?= 127.0.0.1:8080
 
-.PHONY: help build run test test-packaging bench lint check-layers check-no-c-deps fmt static deb \
+.PHONY: help build run test test-browser test-packaging bench lint check-layers check-no-c-deps fmt static deb \
         services services-stop clean-local
 
 help: ## list the targets
@@ -56,12 +58,20 @@ run: build ## start services, seed demo data if empty, run `itsur all` on 127.0.
 	echo "run: itsur all on http://$(RUN_BIND_ADDR) (DATABASE_URL=$$DATABASE_URL REDIS_URL=$$REDIS_URL)" >&2
 	exec $(DEV_BIN) all
 
-test: ## cargo test --all-targets against the dev services; extra args in TEST_ARGS
+test: ## cargo test --all-targets, then the browser suite (BROWSER_TESTS=0 skips it); extra cargo args in TEST_ARGS
 	@env_lines="$$(scripts/services.sh env)"
 	eval "$$env_lines"
 	export TEST_DATABASE_URL TEST_REDIS_URL
 	set -x
 	$(CARGO) test --locked --all-targets $(TEST_ARGS)
+	if [[ "$(BROWSER_TESTS)" != 0 ]]; then tests/browser/run.sh; fi
+
+test-browser: ## only the browser suite (Chromium + playwright-core): tests/browser/run.sh [FILES=...]
+	@env_lines="$$(scripts/services.sh env)"
+	eval "$$env_lines"
+	export TEST_DATABASE_URL TEST_REDIS_URL
+	$(CARGO) build --locked --bin itsur
+	tests/browser/run.sh $(FILES)
 
 test-packaging: build ## systemd/nginx/compose/prometheus/debian checks and the rolling restart
 	ITSUR_BIN=$(CURDIR)/target/debug/itsur packaging/tests/run-all.sh

@@ -5,3 +5,4 @@ pub mod auth;
 pub mod catalog;
 pub mod jobs;
 pub mod orders;
+pub mod web_auth;
