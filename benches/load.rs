@@ -561,7 +561,7 @@ struct CountRow {
 
 async fn count_finished(conn: &mut AsyncPgConnection) -> i64 {
     let r: Vec<CountRow> =
-        diesel::sql_query("SELECT count(*) AS n FROM jobs WHERE state = 'completed'")
+        diesel::sql_query("SELECT count(*) AS n FROM jobs_history WHERE state = 'completed'")
             .load(conn)
             .await
             .unwrap();
@@ -621,7 +621,7 @@ async fn bench_jobs(rows: &mut Vec<Row>) {
     }
     drop(worker);
     let mut pick: Vec<f64> = diesel::sql_query(
-        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 AS ms FROM jobs \
+        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 AS ms FROM jobs_history \
          ORDER BY created_at DESC LIMIT 2000",
     )
     .load::<Pickup>(&mut conn)
