@@ -11,6 +11,7 @@ mod migrate;
 mod outbox_relay;
 mod seed;
 mod serve;
+mod settings;
 mod worker;
 
 use std::process::ExitCode;
@@ -43,6 +44,9 @@ enum Command {
     All(all::AllArgs),
     /// Loads demo data (`--demo`): a campus, vendors, menus and three logins.
     Seed(seed::SeedArgs),
+    /// Prints the README's settings table (generated from these definitions).
+    #[command(hide = true)]
+    Settings(settings::SettingsArgs),
 }
 
 /// Exit status for bad settings and command-line misuse.
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Healthcheck(args) => healthcheck::main(&args),
         Command::All(args) => all::main(args),
         Command::Seed(args) => seed::main(args),
+        Command::Settings(args) => settings::main(&args),
     }
 }
 

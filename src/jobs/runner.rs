@@ -480,7 +480,7 @@ async fn listen(ctx: Ctx, stop: Shutdown, wake: Arc<Notify>, running: Running) {
     let mut backoff = Duration::from_millis(250);
     while !stop.is_triggered() {
         let connected = async {
-            let mut conn = crate::store::connect::establish(ctx.config.database_url.expose())
+            let mut conn = crate::store::connect::establish(ctx.config.database.url.expose())
                 .await
                 .map_err(|e| e.to_string())?;
             conn.batch_execute(&format!(

@@ -15,6 +15,7 @@ pub mod menu_items;
 pub mod migrations;
 pub mod orders;
 pub mod outbox;
+pub mod pg_url;
 pub mod pool;
 pub mod schema;
 pub mod sessions;
@@ -59,18 +60,18 @@ impl Db {
     pub fn new(config: &Config) -> Self {
         let primary = pool::build(
             "primary",
-            config.database_url.expose(),
-            config.db_pool_size,
+            config.database.url.expose(),
+            config.database.pool_size,
             config,
         );
-        let read = config
-            .database_read_url
-            .as_ref()
-            .map(|url| pool::build("read", url.expose(), config.db_read_pool_size, config));
+        let read =
+            config.database.read_url.as_ref().map(|url| {
+                pool::build("read", url.expose(), config.database.read_pool_size, config)
+            });
         Self {
             primary,
             read,
-            checkout_timeout: config.db_connect_timeout,
+            checkout_timeout: config.database.connect_timeout,
         }
     }
 
