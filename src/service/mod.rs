@@ -10,7 +10,9 @@
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod console;
 pub mod credentials;
+pub mod cron;
 pub mod devices;
 pub mod events;
 pub mod health;
