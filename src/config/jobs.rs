@@ -1,7 +1,7 @@
 //! The job worker (`worker`, `all`); the retention of finished jobs is in
 //! [`super::retention`].
 //!
-//! Env vars: `JOB_QUEUES`, `WORKER_CONCURRENCY`, `JOB_LEASE_SECS`, `JOB_POLL_INTERVAL_MS`,
+//! Env vars: `JOB_QUEUES`, `WORKER_CONCURRENCY`, `JOB_PREFETCH`, `JOB_LEASE_SECS`, `JOB_POLL_INTERVAL_MS`,
 //! `JOB_POLL_ONLY`, `JOB_NO_CRON`.
 
 use clap::Args;
@@ -21,6 +21,11 @@ pub struct JobArgs {
     /// Jobs run at once by this worker.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
+
+    /// Jobs claimed ahead of free slots into the worker's local buffer (leased like running
+    /// jobs; handed back at once on shutdown). 0 = four times the concurrency, at most 1,000.
+    #[arg(long, env = "JOB_PREFETCH", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub prefetch: u32,
 
     /// Seconds a claimed job stays leased without a heartbeat; a dead worker's jobs return
     /// to the queue within it.

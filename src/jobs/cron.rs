@@ -48,9 +48,17 @@ pub async fn run(ctx: Ctx, stop: Shutdown) {
                 continue;
             }
             let enqueued = match ctx.db.conn().await {
-                Ok(mut conn) => store::enqueue(&mut conn, &tick_job(schedule, tick))
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(mut conn) => {
+                    let job = tick_job(schedule, tick);
+                    let enqueued = store::enqueue(&mut conn, &job)
+                        .await
+                        .map_err(|e| e.to_string());
+                    if matches!(enqueued, Ok((_, true))) {
+                        // Autocommitted above: the wake-up goes after it.
+                        let _ = store::notify_workers(&mut conn, &job.queue).await; // workers poll
+                    }
+                    enqueued
+                }
                 Err(e) => Err(e.to_string()),
             };
             match enqueued {

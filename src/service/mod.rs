@@ -17,6 +17,7 @@ pub mod devices;
 pub mod events;
 pub mod health;
 pub mod imports;
+pub mod job_hooks;
 pub mod jobs;
 pub mod orders;
 pub mod reports;

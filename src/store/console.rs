@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::schema::{audit_log, jobs, outbox_events};
 
 /// How many rows a windowed (unindexed) filter may look at per request.
-pub const SCAN_WINDOW: i64 = 20_000;
+pub const SCAN_WINDOW: i64 = 10_000;
 
 /// A job as a console list shows it: no payload body, no result body.
 #[derive(Debug, Clone, Queryable, Selectable)]
