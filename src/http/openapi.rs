@@ -38,7 +38,7 @@ impl Modify for BearerAuth {
         jobs::request_sales_report, jobs::import_users, jobs::list_jobs, jobs::get_job,
         jobs::cancel_job, jobs::job_result, jobs::list_workers, jobs::retry_job,
         console::overview, console::list_jobs, console::count_jobs, console::get_job,
-        console::bulk_jobs, console::list_queues, console::list_cron, console::list_audit,
+        console::bulk_jobs, console::list_queues, console::pause_queue, console::resume_queue, console::list_cron, console::list_audit,
         console::list_outbox,
     ),
     modifiers(&BearerAuth),
