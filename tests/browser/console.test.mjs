@@ -175,7 +175,7 @@ test('a flow run\'s DAG shows each step\'s state live; screenshot', async (t) =>
   for (const step of ['fetch', 'price', 'stock', 'notify']) {
     await page.locator(`#run-dag g.step-succeeded[data-step="${step}"]`).waitFor();
   }
-  await page.screenshot({ path: path.join(SCREENSHOTS, 'console-flow-run.png'), fullPage: true });
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'console-flow-dag.png'), fullPage: true });
   await assertAccessible(page, 'console flow run');
   assert.deepEqual(page.problems(), []);
 });
