@@ -23,7 +23,8 @@
 //! ([`WsArgs`]): `WS_MAX_CONNECTIONS_PER_IP`, `WS_MAX_CONNECTIONS_PER_USER`, `WS_SEND_QUEUE`,
 //! `WS_PING_SECS`, `WS_IDLE_TIMEOUT_SECS`, `WS_SESSION_RECHECK_SECS`; outbox relay
 //! ([`OutboxArgs`]): `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`,
-//! `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_TIMEOUT_MS`.
+//! `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_TIMEOUT_MS`; broker sinks
+//! ([`BrokerArgs`], in `config/brokers.rs`): `AMQP_*`, `NATS_*`.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +33,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+
+mod brokers;
+pub use brokers::{AmqpSettings, BrokerArgs, NatsSettings};
 
 /// Minimum length of `JWT_SECRET` outside development: HS256 wants at least 256 bits of key.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -567,6 +571,10 @@ pub struct OutboxArgs {
     /// Deadline of one webhook call, in ms.
     #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub webhook_timeout_ms: u64,
+
+    /// RabbitMQ and NATS JetStream sinks.
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
 }
 
 impl OutboxArgs {
@@ -602,12 +610,15 @@ impl OutboxArgs {
                 })
             }
         };
+        let (amqp, nats) = self.brokers.settings()?;
         Ok(OutboxSettings {
             batch_size: i64::from(self.outbox_batch_size),
             poll_interval: Duration::from_millis(self.outbox_poll_interval_ms),
             poll_only: self.outbox_poll_only,
             max_attempts: i32::try_from(self.outbox_max_attempts).unwrap_or(i32::MAX),
             webhook,
+            amqp,
+            nats,
         })
     }
 }
@@ -636,6 +647,10 @@ pub struct OutboxSettings {
     pub max_attempts: i32,
     /// The optional signed webhook sink.
     pub webhook: Option<WebhookSettings>,
+    /// The optional RabbitMQ sink.
+    pub amqp: Option<AmqpSettings>,
+    /// The optional NATS JetStream sink.
+    pub nats: Option<NatsSettings>,
 }
 
 impl Default for OutboxSettings {
@@ -646,6 +661,8 @@ impl Default for OutboxSettings {
             poll_only: false,
             max_attempts: 6,
             webhook: None,
+            amqp: None,
+            nats: None,
         }
     }
 }
