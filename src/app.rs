@@ -17,6 +17,7 @@ use crate::kv::hub::{Hub, HubLimits};
 use crate::resilience::{Breakers, RateLimiter};
 use crate::service::events::RelayWaker;
 use crate::service::health::Readiness;
+use crate::service::job_hooks::JobHooks;
 use crate::store::Db;
 
 /// Shared handles of one process. Cloning is cheap (pools and Arcs).
@@ -45,6 +46,9 @@ pub struct Ctx {
     pub hub: Hub,
     /// Wakes the relays after a transaction that wrote outbox events has committed.
     pub relay_waker: RelayWaker,
+    /// The flow hook the job engine calls in the transaction of flow-step jobs' terminal
+    /// transitions (`service::job_hooks`); empty until flows register one.
+    pub job_hooks: JobHooks,
 }
 
 impl Ctx {
@@ -70,6 +74,7 @@ impl Ctx {
             readiness: Readiness::default(),
             hub,
             relay_waker: RelayWaker::default(),
+            job_hooks: JobHooks::default(),
         })
     }
 }

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{admin, auth, catalog, jobs, orders};
+use super::routes::{admin, auth, catalog, console, jobs, orders};
 
 struct BearerAuth;
 
@@ -37,6 +37,9 @@ impl Modify for BearerAuth {
         admin::list_audit, admin::list_outbox, admin::retry_dead_event,
         jobs::request_sales_report, jobs::import_users, jobs::list_jobs, jobs::get_job,
         jobs::cancel_job, jobs::job_result, jobs::list_workers, jobs::retry_job,
+        console::overview, console::list_jobs, console::count_jobs, console::get_job,
+        console::bulk_jobs, console::list_queues, console::list_cron, console::list_audit,
+        console::list_outbox,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -44,6 +47,7 @@ impl Modify for BearerAuth {
         (name = "catalog", description = "Campuses, vendors and menus"),
         (name = "orders", description = "Placing and following orders"),
         (name = "admin", description = "Campus administration: audit trail, outbox dead letters"),
+        (name = "console", description = "The operator console's API: overview, job explorer and bulk actions, queues, cron, audit, outbox (keyset pages)"),
         (name = "jobs", description = "Long-running work: reports, imports, their progress and results"),
     )
 )]

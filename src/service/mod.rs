@@ -10,11 +10,14 @@
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod console;
 pub mod credentials;
+pub mod cron;
 pub mod devices;
 pub mod events;
 pub mod health;
 pub mod imports;
+pub mod job_hooks;
 pub mod jobs;
 pub mod orders;
 pub mod reports;

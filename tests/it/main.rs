@@ -12,6 +12,7 @@ mod auth;
 mod authz;
 mod bad_input;
 mod brokers;
+mod console;
 mod edge;
 mod health;
 mod jobs;
