@@ -177,8 +177,7 @@ impl Sink for Nats {
                     }
                 }
             }
-            let Some((client, js)) = link.as_ref().map(|l| (l.client.clone(), l.js.clone()))
-            else {
+            let Some((client, js)) = link.as_ref().map(|l| (l.client.clone(), l.js.clone())) else {
                 self.breaker.record(permit, false).await;
                 return unavailable("nats not connected".to_owned());
             };

@@ -155,7 +155,10 @@ async fn a_thousand_events_reach_rabbitmq_and_jetstream_once_each_across_kill_9_
         count(&ctx, nats_only).await > 0
     })
     .await;
-    assert!(progressed, "NATS kept taking events while RabbitMQ was away");
+    assert!(
+        progressed,
+        "NATS kept taking events while RabbitMQ was away"
+    );
     proxy.restore();
 
     let all = eventually(Duration::from_secs(180), || async {
@@ -165,15 +168,27 @@ async fn a_thousand_events_reach_rabbitmq_and_jetstream_once_each_across_kill_9_
     assert!(all, "every event published");
     let took = start.elapsed();
     drop(b);
-    let dead = count(&ctx, "SELECT count(*) AS n FROM outbox_events WHERE dead_at IS NOT NULL").await;
+    let dead = count(
+        &ctx,
+        "SELECT count(*) AS n FROM outbox_events WHERE dead_at IS NOT NULL",
+    )
+    .await;
     assert_eq!(dead, 0);
 
     let want = usize::try_from(EVENTS).unwrap();
     let ids: Vec<i64> = (1..=EVENTS).collect();
     let rabbit = consume_queue(&ch, &queue, want, Duration::from_secs(5)).await;
-    assert_eq!(rabbit.keys().copied().collect::<Vec<_>>(), ids, "queue holds every id");
+    assert_eq!(
+        rabbit.keys().copied().collect::<Vec<_>>(),
+        ids,
+        "queue holds every id"
+    );
     let js = consume_stream(&nats.url, &stream, want, Duration::from_secs(5)).await;
-    assert_eq!(js.keys().copied().collect::<Vec<_>>(), ids, "stream holds every id");
+    assert_eq!(
+        js.keys().copied().collect::<Vec<_>>(),
+        ids,
+        "stream holds every id"
+    );
     let stored = stream_messages(&nats.url, &stream).await;
     println!(
         "brokers e2e: {EVENTS} events in {took:.1?} (relay A killed after {at_kill}); \

@@ -87,7 +87,11 @@ async fn a_down_rabbitmq_opens_its_breaker_while_redis_and_nats_keep_delivering(
         assert_eq!((report.published, report.dead), (0, 0), "{report:?}");
     }
     let breaker = ctx.breakers.get("amqp");
-    assert_eq!(breaker.state().await, State::Open, "two failed calls open it");
+    assert_eq!(
+        breaker.state().await,
+        State::Open,
+        "two failed calls open it"
+    );
     let nats_breaker = ctx.breakers.get("nats").state().await;
     assert_eq!(nats_breaker, State::Closed);
     {
@@ -127,7 +131,11 @@ async fn a_down_rabbitmq_opens_its_breaker_while_redis_and_nats_keep_delivering(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(published, "every event published once RabbitMQ is back");
-    assert_eq!(breaker.state().await, State::Closed, "the trial call closed it");
+    assert_eq!(
+        breaker.state().await,
+        State::Closed,
+        "the trial call closed it"
+    );
 
     let seen = consume_queue(&ch, &queue, ids.len(), Duration::from_secs(5)).await;
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), ids);

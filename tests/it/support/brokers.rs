@@ -25,7 +25,10 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The shared RabbitMQ's URL, or None (with a SKIP line) when nothing answers there.
-#[expect(clippy::disallowed_methods, reason = "test settings come from the environment")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "test settings come from the environment"
+)]
 pub async fn rabbitmq(test: &str) -> Option<String> {
     let url = std::env::var("TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
@@ -118,7 +121,10 @@ pub async fn delete_topology(ch: &Channel, exchange: &str, queue: &str) {
     }
     for x in [exchange.to_owned(), format!("{exchange}.dlx")] {
         let _ = ch
-            .exchange_delete(ShortString::from(x.as_str()), ExchangeDeleteOptions::default())
+            .exchange_delete(
+                ShortString::from(x.as_str()),
+                ExchangeDeleteOptions::default(),
+            )
             .await;
     }
 }
@@ -148,7 +154,11 @@ pub async fn consume_queue(ch: &Channel, queue: &str, want: usize, quiet: Durati
             break;
         };
         let d = delivery.unwrap();
-        assert_eq!(d.routing_key.as_str(), "order.created", "routing key = event type");
+        assert_eq!(
+            d.routing_key.as_str(),
+            "order.created",
+            "routing key = event type"
+        );
         assert_eq!(*d.properties.delivery_mode(), Some(2), "persistent");
         let header = d
             .properties
@@ -178,11 +188,14 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts one, or None (with a SKIP line) when no nats-server binary is installed.
     pub async fn start(test: &str) -> Option<Self> {
-        let Some(bin) = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-        else {
+        let Some(bin) = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists()) else {
             eprintln!("SKIP: {test}: no nats-server binary (Debian package nats-server)");
             return None;
         };
@@ -206,7 +219,14 @@ impl NatsServer {
 
     async fn spawn(&mut self) {
         let child = Command::new(&self.bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -264,11 +284,25 @@ pub async fn consume_stream(url: &str, stream: &str, want: usize, quiet: Duratio
         };
         let m = m.unwrap();
         let headers = m.headers.clone().expect("headers");
-        let msg_id: i64 = headers.get("Nats-Msg-Id").unwrap().as_str().parse().unwrap();
-        let header_id: i64 = headers.get("X-Itsur-Event-Id").unwrap().as_str().parse().unwrap();
+        let msg_id: i64 = headers
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        let header_id: i64 = headers
+            .get("X-Itsur-Event-Id")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!((msg_id, body["id"].as_i64()), (header_id, Some(header_id)));
-        assert!(m.subject.as_str().ends_with(".order.created"), "{}", m.subject);
+        assert!(
+            m.subject.as_str().ends_with(".order.created"),
+            "{}",
+            m.subject
+        );
         *seen.entry(msg_id).or_default() += 1;
     }
     seen
