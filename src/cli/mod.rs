@@ -13,6 +13,7 @@ mod migrate;
 mod outbox_relay;
 mod seed;
 mod serve;
+mod settings;
 mod worker;
 
 use std::process::ExitCode;
@@ -30,6 +31,10 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up and matched once: boxing the role arguments buys nothing"
+)]
 enum Command {
     /// HTTP API, WebSocket gateway, /metrics and /health* (N instances behind nginx).
     Serve(serve::ServeArgs),
@@ -47,6 +52,9 @@ enum Command {
     Seed(seed::SeedArgs),
     /// Operates the job queue: `enqueue`, `stats [--json]`, `retry --dead`, `cancel ID…`.
     Jobs(jobs::JobsArgs),
+    /// Prints the README's settings table (generated from these definitions).
+    #[command(hide = true)]
+    Settings(settings::SettingsArgs),
 }
 
 /// Exit status for bad settings and command-line misuse.
@@ -67,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::All(args) => all::main(args),
         Command::Seed(args) => seed::main(args),
         Command::Jobs(args) => jobs::main(args),
+        Command::Settings(args) => settings::main(&args),
     }
 }
 
