@@ -6,3 +6,4 @@ pub mod catalog;
 pub mod console;
 pub mod jobs;
 pub mod orders;
+pub mod web_auth;
