@@ -32,6 +32,8 @@ use uuid::Uuid;
 
 #[path = "load/console.rs"]
 mod console;
+#[path = "load/relay.rs"]
+mod relay;
 
 const SECRET: &str = "bench-secret-that-is-long-enough-0123456789";
 const SEED: u64 = 20_261_123;
@@ -1240,6 +1242,9 @@ fn main() {
         }
         if want("console") {
             console::bench_console(&mut rows).await;
+        }
+        if want("relay") {
+            relay::bench_relay(&mut rows).await;
         }
     });
     println!("\n| scenario | figures |\n|---|---|");
