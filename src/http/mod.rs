@@ -49,6 +49,7 @@ pub fn app(
         .configure(routes::orders::routes)
         .configure(routes::admin::routes)
         .configure(routes::jobs::routes)
+        .configure(routes::flows::routes)
         .configure(ws::routes)
         .default_service(web::to(error::not_found))
         // Innermost first: limits, then admission (shedding, body size, deadline), CORS,

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{admin, auth, catalog, jobs, orders};
+use super::routes::{admin, auth, catalog, flows, jobs, orders};
 
 struct BearerAuth;
 
@@ -37,6 +37,9 @@ impl Modify for BearerAuth {
         admin::list_audit, admin::list_outbox, admin::retry_dead_event,
         jobs::request_sales_report, jobs::import_users, jobs::list_jobs, jobs::get_job,
         jobs::cancel_job, jobs::job_result, jobs::list_workers, jobs::retry_job,
+        flows::create_flow, flows::list_flows, flows::get_flow, flows::update_flow,
+        flows::delete_flow, flows::list_versions, flows::list_nodes, flows::start_run,
+        flows::list_runs, flows::get_run, flows::cancel_run, flows::retry_run,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -45,6 +48,7 @@ impl Modify for BearerAuth {
         (name = "orders", description = "Placing and following orders"),
         (name = "admin", description = "Campus administration: audit trail, outbox dead letters"),
         (name = "jobs", description = "Long-running work: reports, imports, their progress and results"),
+        (name = "flows", description = "Durable multi-step workflows on the job queue: definitions, node catalog, runs"),
     )
 )]
 pub struct ApiDoc;

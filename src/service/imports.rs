@@ -22,7 +22,7 @@ pub const MAX_ROWS: usize = 20_000;
 pub const MAX_REPORTED_ERRORS: usize = 100;
 
 /// The job payload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImportSpec {
     /// Campus the users join.

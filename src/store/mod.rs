@@ -8,6 +8,7 @@ pub mod audit;
 pub mod campuses;
 pub mod connect;
 pub mod devices;
+pub mod flows;
 pub mod idempotency;
 pub mod jobs;
 pub mod listen;

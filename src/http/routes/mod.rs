@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod auth;
 pub mod catalog;
+pub mod flows;
 pub mod jobs;
 pub mod orders;
