@@ -193,6 +193,10 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub push: PushArgs,
 
+    /// SMTP server of the `send_email` flow node.
+    #[command(flatten)]
+    pub smtp: SmtpArgs,
+
     /// Circuit breakers around every outbound call.
     #[command(flatten)]
     pub breaker: BreakerArgs,
@@ -723,6 +727,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Push-provider endpoints and credentials.
     pub push: PushConfig,
+    /// SMTP server of the `send_email` node.
+    pub smtp: SmtpConfig,
     /// Circuit-breaker policy shared by every outbound client.
     pub breaker: BreakerConfig,
     /// WebSocket gateway (defaults unless the role takes [`WsArgs`]).
@@ -759,6 +765,7 @@ impl Config {
             jwt_secret,
             edge: EdgeConfig::default(),
             push: common.push.to_config()?,
+            smtp: common.smtp.to_config()?,
             breaker: common.breaker.to_config()?,
             ws: WsSettings::default(),
             outbox: OutboxSettings::default(),
@@ -799,6 +806,7 @@ impl Config {
                 ..EdgeConfig::default()
             },
             push: PushConfig::default(),
+            smtp: SmtpConfig::default(),
             breaker: BreakerConfig::default(),
             ws: WsSettings::default(),
             // Tests drive the relay explicitly or wake it; a short poll keeps e2e-style tests
@@ -1218,6 +1226,71 @@ impl PushArgs {
             onesignal_app_id: nonempty(&self.onesignal_app_id),
             onesignal_api_key: nonempty(&self.onesignal_api_key).map(Secret::new),
             timeout: Duration::from_millis(self.push_timeout_ms),
+        })
+    }
+}
+
+/// SMTP settings of the `send_email` node.
+#[derive(Clone, Debug)]
+pub struct SmtpConfig {
+    /// `smtp://host:port` (plain, or `?tls=required` for STARTTLS), `smtps://host:port`
+    /// (implicit TLS); user and password may be in the URL. None: e-mails fail permanently.
+    pub url: Option<Secret<String>>,
+    /// The `From:` address.
+    pub from: String,
+    /// Deadline of one SMTP conversation.
+    pub timeout: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            from: DEFAULT_SMTP_FROM.to_owned(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Default sender.
+pub const DEFAULT_SMTP_FROM: &str = "ITSUR Eats <no-reply@itsur.invalid>";
+
+/// SMTP settings (the worker's `send_email` jobs).
+#[derive(Args, Clone, Debug)]
+pub struct SmtpArgs {
+    /// SMTP server: `smtp://host:587?tls=required` (STARTTLS), `smtps://host:465` (TLS),
+    /// `smtp://host:25` (plain, for a local relay); credentials in the URL.
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// The `From:` address of e-mails.
+    #[arg(long, env = "SMTP_FROM", default_value = DEFAULT_SMTP_FROM)]
+    pub smtp_from: String,
+
+    /// Deadline of one SMTP conversation, in ms.
+    #[arg(long, env = "SMTP_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub smtp_timeout_ms: u64,
+}
+
+impl SmtpArgs {
+    /// Validates into an [`SmtpConfig`] (the URL's scheme and the sender's address).
+    pub fn to_config(&self) -> Result<SmtpConfig, ConfigError> {
+        let url = self.smtp_url.as_ref().filter(|u| !u.trim().is_empty());
+        if let Some(u) = url
+            && !(u.starts_with("smtp://") || u.starts_with("smtps://"))
+        {
+            return Err(ConfigError::new("SMTP_URL", "must be an smtp:// or smtps:// URL"));
+        }
+        if self.smtp_from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(ConfigError::new(
+                "SMTP_FROM",
+                "must be an address, optionally with a name: Name <user@host>",
+            ));
+        }
+        Ok(SmtpConfig {
+            url: url.cloned().map(Secret::new),
+            from: self.smtp_from.clone(),
+            timeout: Duration::from_millis(self.smtp_timeout_ms),
         })
     }
 }

@@ -900,3 +900,17 @@ pub async fn retry_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
     ctx.relay_waker.wake();
     get_run(ctx, actor, id).await
 }
+
+/// Refreshes the `flow_steps{state}` gauge (steps of running runs by state).
+pub async fn refresh_gauges(ctx: &Ctx) {
+    let Ok(mut conn) = ctx.db.conn().await else {
+        return;
+    };
+    if let Ok(counts) = store::count_open_steps(&mut conn).await {
+        for state in [st::WAITING, st::QUEUED, st::SUCCEEDED, st::FAILED, st::SKIPPED, st::CANCELLED] {
+            let n = counts.iter().find(|c| c.state == state).map_or(0, |c| c.count);
+            #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
+            metrics::gauge!("flow_steps", "state" => state).set(n as f64);
+        }
+    }
+}

@@ -16,6 +16,8 @@ pub mod events;
 pub mod health;
 pub mod imports;
 pub mod flow_engine;
+pub mod flow_nodes;
+pub mod flow_schedules;
 pub mod flows;
 pub mod jobs;
 pub mod nodes;

@@ -12,6 +12,7 @@ mod auth;
 mod authz;
 mod bad_input;
 mod edge;
+mod flows;
 mod health;
 mod jobs;
 mod migrations;
