@@ -94,19 +94,15 @@ async fn run(api: &Api, token: &str, id: Uuid) -> Value {
 
 /// Polls the run until `done` holds; returns it.
 async fn wait_run(api: &Api, token: &str, id: Uuid, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    let ok = eventually(DEADLINE, || {
-        let api = api.clone();
-        let token = token.to_owned();
-        let last = &mut last;
-        async move {
-            *last = run(&api, &token, id).await;
-            done(last)
+    let start = std::time::Instant::now();
+    loop {
+        let last = run(api, token, id).await;
+        if done(&last) {
+            return last;
         }
-    })
-    .await;
-    assert!(ok, "run {id} never got {what}: {last:#}");
-    last
+        assert!(start.elapsed() < DEADLINE, "run {id} never got {what}: {last:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn ended(r: &Value) -> bool {
@@ -159,7 +155,8 @@ async fn bad_definitions_answer_400_with_json_paths() {
         {"id": "a", "node": "no_such_node"},
         {"id": "b", "node": "noop", "input": {"sleepMs": "soon", "nope": 1}},
         {"id": "c", "node": "sales_report", "dependsOn": ["b"],
-         "input": {"vendorId": {"$ref": "steps.a.output.id"}, "format": "pdf"}}
+         "input": {"vendorId": {"$ref": "steps.a.output.id"}, "format": "pdf"}},
+        {"id": "e", "node": "send_email", "input": {"to": {}, "subject": "s", "text": "t", "cc": "x"}}
     ], "schedules": [{"cron": "61 * * * *", "timeZone": "Mars/Olympus"}]});
     let res = api.post("/flows", tok, &json!({"name": "bad", "definition": bad})).await;
     res.assert_problem(400);
@@ -167,10 +164,10 @@ async fn bad_definitions_answer_400_with_json_paths() {
     for path in [
         "definition.steps[0].node",
         "definition.steps[1].input.sleepMs",
-        "definition.steps[1].input.nope",
         "definition.steps[2].input.vendorId.$ref",
         "definition.steps[2].input.format",
         "definition.steps[2].input.from",
+        "definition.steps[3].input.cc",
         "definition.schedules[0].cron",
         "definition.schedules[0].timeZone",
     ] {
@@ -621,4 +618,182 @@ async fn schedules_start_one_run_per_tick_however_many_workers_fire() {
     let r = wait_run(&api, tok, id, "an end", ended).await;
     worker.stop().await;
     assert_eq!(step(&r, "a")["output"]["echo"], "cron");
+}
+
+/// A context whose `send_email` node talks to `smtp`.
+async fn app_with_smtp(smtp: &crate::support::smtp::SmtpServer) -> (Ctx, crate::support::TestDb, crate::support::TestRedis) {
+    let db = crate::support::TestDb::new().await;
+    let redis = crate::support::TestRedis::new();
+    let mut config = crate::support::config_for(&db.url, Some(&redis));
+    config.smtp.url = Some(itsur::config::Secret::new(smtp.url.clone()));
+    let ctx = Ctx::new(config).unwrap();
+    ctx.readiness.refresh_now(&ctx).await;
+    (ctx, db, redis)
+}
+
+async fn flow_named(api: &Api, token: &str, name: &str) -> Uuid {
+    let list = api.get("/flows?limit=100", Some(token)).await;
+    let f = list.data().as_array().unwrap().iter().find(|f| f["name"] == name).cloned();
+    f.unwrap_or_else(|| panic!("flow {name} seeded: {}", list.text()))["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn end_of_day_closes_vendors_reports_each_and_emails_the_admins() {
+    let smtp = crate::support::smtp::SmtpServer::start().await;
+    let (ctx, _db, _redis) = app_with_smtp(&smtp).await;
+    let w = World::create(&ctx).await;
+    let api = Api::new(ctx.clone()).await;
+    let admin = api.login(&w.a.admin.email).await;
+    let tok = admin.access.as_str();
+    let seeded = itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id).await.unwrap();
+    assert_eq!(seeded, 2);
+    assert_eq!(itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id).await.unwrap(), 0);
+    let flow = flow_named(&api, tok, "campus.end_of_day").await;
+    let worker = Worker::start(&ctx, 4);
+    let id = start(&api, tok, flow, json!({})).await;
+    let r = wait_run(&api, tok, id, "an end", ended).await;
+    worker.stop().await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert_eq!(step(&r, "close")["output"]["closed"].as_array().unwrap().len(), 2);
+    assert_eq!(step(&r, "report")["itemsTotal"], 2, "one report per vendor");
+    assert_eq!(step(&r, "summary")["output"]["vendors"], 2);
+    assert_eq!(step(&r, "email")["output"]["sent"], 1);
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails[0].to, [w.a.admin.email.clone()]);
+    assert_eq!(mails[0].from, "no-reply@itsur.invalid");
+    assert!(mails[0].data.contains("Subject: ITSUR Eats: end of day"), "{}", mails[0].data);
+    // Every vendor of campus A is closed; campus B's are not.
+    let open = |campus: Uuid| {
+        let ctx = ctx.clone();
+        async move {
+            use diesel::prelude::*;
+            use diesel_async::RunQueryDsl;
+            use itsur::store::schema::vendors::dsl as v;
+            let mut conn = ctx.db.conn().await.unwrap();
+            v::vendors
+                .filter(v::campus_id.eq(campus).and(v::is_open.eq(true)))
+                .count()
+                .get_result::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(open(w.a.campus.id).await, 0);
+    assert_eq!(open(w.b.campus.id).await, 2);
+}
+
+#[actix_web::test]
+async fn an_order_left_placed_is_cancelled_and_its_student_emailed() {
+    let smtp = crate::support::smtp::SmtpServer::start().await;
+    let (ctx, _db, _redis) = app_with_smtp(&smtp).await;
+    let w = World::create(&ctx).await;
+    let api = Api::new(ctx.clone()).await;
+    let admin = api.login(&w.a.admin.email).await;
+    let student = api.login(&w.a.student.email).await;
+    let item = &w.a.items[0];
+    let before = crate::support::fixtures::stock_of(&ctx, item.id).await;
+    let res = api
+        .post("/orders", Some(&student.access), &crate::support::fixtures::order_body(w.a.vendor.id, item.id, 2))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let order = res.id();
+    let fresh = api
+        .post("/orders", Some(&student.access), &crate::support::fixtures::order_body(w.a.vendor.id, item.id, 1))
+        .await
+        .id();
+    {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use itsur::store::schema::orders::dsl as o;
+        let mut conn = ctx.db.conn().await.unwrap();
+        diesel::update(o::orders.find(order))
+            .set(o::created_at.eq(chrono::Utc::now() - chrono::Duration::minutes(11)))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id).await.unwrap();
+    let flow = flow_named(&api, &admin.access, "order.unaccepted").await;
+    let worker = Worker::start(&ctx, 4);
+    let id = start(&api, &admin.access, flow, json!({})).await;
+    let r = wait_run(&api, &admin.access, id, "an end", ended).await;
+    worker.stop().await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    let cancelled = step(&r, "cancel")["output"]["orders"].as_array().unwrap().clone();
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0]["orderId"], order.to_string());
+    let o = api.get(&format!("/orders/{order}"), Some(&student.access)).await;
+    assert_eq!(o.data()["status"], "cancelled");
+    let o = api.get(&format!("/orders/{fresh}"), Some(&student.access)).await;
+    assert_eq!(o.data()["status"], "placed", "a young order is left alone");
+    assert_eq!(crate::support::fixtures::stock_of(&ctx, item.id).await, before - 1, "stock of the cancelled order restored");
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails[0].to, [w.a.student.email.clone()]);
+}
+
+#[actix_web::test]
+async fn a_refused_email_fails_its_step_without_leaking_the_address() {
+    let smtp = crate::support::smtp::SmtpServer::start().await;
+    smtp.refuse_recipients();
+    let (ctx, _db, _redis) = app_with_smtp(&smtp).await;
+    let w = World::create(&ctx).await;
+    let api = Api::new(ctx.clone()).await;
+    let admin = api.login(&w.a.admin.email).await;
+    let tok = admin.access.as_str();
+    let flow = create(&api, tok, "mail", json!({"steps": [
+        {"id": "mail", "node": "send_email", "maxAttempts": 3,
+         "input": {"to": {"userIds": [w.a.student.id]}, "subject": "hi", "text": "there"}}
+    ]})).await;
+    let worker = Worker::start(&ctx, 2);
+    let id = start(&api, tok, flow, json!({})).await;
+    let r = wait_run(&api, tok, id, "an end", ended).await;
+    worker.stop().await;
+    assert_eq!(r["status"], "failed");
+    let err = step(&r, "mail")["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("550"), "{err}");
+    assert!(!err.contains('@'), "{err}");
+    assert_eq!(step(&r, "mail")["attempts"], 1, "a 5xx is permanent: no retry");
+}
+
+#[actix_web::test]
+async fn ws_clients_follow_a_run_through_its_topic_under_tenancy() {
+    use crate::support::ws::{WsClient, request, try_connect};
+    let t = TestApp::new().await;
+    let w = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let admin = api.login(&w.a.admin.email).await;
+    let other = api.login(&w.b.admin.email).await;
+    let tok = admin.access.as_str();
+    let flow = create(&api, tok, "watched", json!({"steps": [
+        noop("a", &[], json!({})), noop("b", &["a"], json!({}))
+    ]})).await;
+    let worker = Worker::start(&t.ctx, 2);
+    let id = start(&api, tok, flow, json!({})).await;
+    let noise = start(&api, tok, flow, json!({})).await;
+    wait_run(&api, tok, id, "an end", ended).await;
+    wait_run(&api, tok, noise, "an end", ended).await;
+    worker.stop().await;
+    let server = crate::support::TestServer::start(t.ctx.clone());
+    // Resume from 0 with the topic: exactly this run's events, in order, ending with its end.
+    let mut ws = WsClient::connect_request(request(server.addr, &format!("?topics=flow-run:{id}&after=0"), Some(tok))).await;
+    let (events, resumed) = ws.events_until("resumed").await;
+    assert_eq!(resumed["complete"], true, "{resumed}");
+    assert!(events.iter().all(|e| e["aggregate"]["type"] == "flow_run" && e["aggregate"]["id"] == id.to_string()), "{events:#?}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "flow_run.status_changed");
+    assert_eq!(last["data"]["status"], "succeeded");
+    let steps: Vec<&Value> = events.iter().filter(|e| e["event"] == "flow_step.status_changed").collect();
+    assert_eq!(steps.len(), 4, "a and b queued then succeeded: {steps:#?}");
+    // Another campus's admin cannot subscribe to it; a malformed topic is a 400.
+    let refused = try_connect(request(server.addr, &format!("?topics=flow-run:{id}"), Some(&other.access))).await;
+    assert_eq!(refused.err(), Some(404));
+    let refused = try_connect(request(server.addr, "?topics=order:1", Some(tok))).await;
+    assert_eq!(refused.err(), Some(400));
+    server.shutdown.trigger();
 }

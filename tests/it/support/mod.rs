@@ -6,6 +6,7 @@ pub mod db;
 pub mod fake_push;
 pub mod fixtures;
 pub mod redis;
+pub mod smtp;
 pub mod tls;
 pub mod ws;
 
