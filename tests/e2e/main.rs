@@ -10,6 +10,7 @@
 #[expect(dead_code, reason = "shared with the it binary, which uses all of it")]
 mod support;
 
+mod flows;
 mod jobs;
 mod proc;
 mod realtime;
