@@ -3,6 +3,7 @@
 # scripts/services.sh (see `make services`).
 #
 #   make run                  build, start services, seed demo data once, run `itsur all`
+#                             on BIND_ADDR (default 127.0.0.1:8080)
 #   make test [TEST_ARGS=..]  cargo test against the dev services
 #   make lint                 fmt check, clippy -D warnings, layer rules, no libpq/OpenSSL/aws-lc
 #   make static               statically linked, stripped release binary
@@ -18,13 +19,19 @@ CARGO ?= cargo
 # Extra arguments for `cargo test`, e.g. TEST_ARGS='--test it -- --nocapture'.
 TEST_ARGS ?=
 STATIC_TARGET := x86_64-unknown-linux-gnu
-STATIC_BIN := target/$(STATIC_TARGET)/release/itsur
+# Where cargo writes its output: CARGO_TARGET_DIR or build.target-dir when set, else
+# target/ (asked from cargo once, when a recipe needs it).
+TARGET_DIR = $(eval TARGET_DIR := $(or $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null \
+    | sed -nE 's/.*"target_directory":"([^"]*)".*/\1/p'),$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)))$(TARGET_DIR)
+STATIC_BIN = $(TARGET_DIR)/$(STATIC_TARGET)/release/itsur
 # getrandom 0.3/0.4 find the getrandom(2) wrapper through dlsym, which a static glibc binary
 # cannot do, and would fall back to reading /dev/urandom — absent from a scratch image
 # without /dev (packaging/tests/image.sh found it). Use the system call directly.
 STATIC_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
-DEV_BIN := ./target/debug/itsur
-RUN_BIND_ADDR ?= 127.0.0.1:8080
+DEV_BIN = $(TARGET_DIR)/debug/itsur
+# Address of `make run` (the same BIND_ADDR the binary reads): `make run BIND_ADDR=0.0.0.0:9000`
+# or BIND_ADDR in the environment.
+BIND_ADDR ?= 127.0.0.1:8080
 
 .PHONY: help build run test test-packaging bench lint check-layers check-no-c-deps fmt static deb \
         services services-stop clean-local
@@ -35,10 +42,10 @@ help: ## list the targets
 build: ## cargo build --locked (debug)
 	$(CARGO) build --locked
 
-run: build ## start services, seed demo data if empty, run `itsur all` on 127.0.0.1:8080
+run: build ## start services, seed demo data if empty, run `itsur all` on BIND_ADDR (127.0.0.1:8080)
 	@env_lines="$$(scripts/services.sh env)"
 	eval "$$env_lines"
-	export ITSUR_ENV=dev BIND_ADDR='$(RUN_BIND_ADDR)'
+	export ITSUR_ENV=dev BIND_ADDR='$(BIND_ADDR)'
 	export JWT_SECRET="$${JWT_SECRET:-dev-only-secret-change-me-please-0123456789}"
 	if $(DEV_BIN) seed --help >/dev/null 2>&1; then
 	  psql="$$(command -v psql || ls -1 /usr/lib/postgresql/*/bin/psql 2>/dev/null | sort -V | tail -n 1 || true)"
@@ -53,7 +60,9 @@ run: build ## start services, seed demo data if empty, run `itsur all` on 127.0.
 	    fi
 	  fi
 	fi
-	echo "run: itsur all on http://$(RUN_BIND_ADDR) (DATABASE_URL=$$DATABASE_URL REDIS_URL=$$REDIS_URL)" >&2
+	# URLs without their passwords (scheme://user:secret@host -> scheme://user:***@host).
+	redact() { sed -E 's#^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@#\1:***@#' <<<"$$1"; }
+	echo "run: itsur all on http://$$BIND_ADDR (DATABASE_URL=$$(redact "$$DATABASE_URL") REDIS_URL=$$(redact "$${REDIS_URL:-}"))" >&2
 	exec $(DEV_BIN) all
 
 test: ## cargo test --all-targets against the dev services; extra args in TEST_ARGS
@@ -63,8 +72,8 @@ test: ## cargo test --all-targets against the dev services; extra args in TEST_A
 	set -x
 	$(CARGO) test --locked --all-targets $(TEST_ARGS)
 
-test-packaging: build ## systemd/nginx/compose/prometheus/debian checks and the rolling restart
-	ITSUR_BIN=$(CURDIR)/target/debug/itsur packaging/tests/run-all.sh
+test-packaging: build ## systemd/nginx/TLS/client-ip/Makefile/compose/prometheus/debian/k8s checks and the rolling restart
+	ITSUR_BIN='$(DEV_BIN)' packaging/tests/run-all.sh
 
 bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=orders|menu|jobs|realtime|sockets|report-isolation); figures in bench/results/
 	@env_lines="$$(scripts/services.sh env)"
@@ -125,7 +134,7 @@ deb: static ## Debian package (cargo-deb, installed into .local/tools when missi
 	set -x
 	"$$cargo_deb" --no-build --no-strip --target $(STATIC_TARGET)
 	{ set +x; } 2>/dev/null
-	deb="$$(ls -t target/$(STATIC_TARGET)/debian/itsur_*.deb | head -n 1)"
+	deb="$$(ls -t '$(TARGET_DIR)/$(STATIC_TARGET)/debian/'itsur_*.deb | head -n 1)"
 	echo "$$deb: $$(du -h "$$deb" | cut -f1)"
 	dpkg-deb --info "$$deb"
 

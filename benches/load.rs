@@ -5,7 +5,7 @@
 //! keep-alive connection per virtual client) and writes `bench/results/<scenario>.json`;
 //! the run ends with one Markdown table. See `bench/README.md` for what each scenario does.
 //!
-//! Usage: `cargo bench --bench load -- [orders|menu|jobs|realtime|sockets|report-isolation|all]`
+//! Usage: `cargo bench --bench load -- [orders|menu|jobs|realtime|sockets|report-isolation|console|all]`
 //! (settings: BENCH_DATABASE_URL admin URL, BENCH_REDIS_URL, BENCH_SECS).
 
 #![expect(
@@ -29,6 +29,9 @@ use rand::Rng;
 use rand::SeedableRng;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+#[path = "load/console.rs"]
+mod console;
 
 const SECRET: &str = "bench-secret-that-is-long-enough-0123456789";
 const SEED: u64 = 20_261_123;
@@ -558,7 +561,7 @@ struct CountRow {
 
 async fn count_finished(conn: &mut AsyncPgConnection) -> i64 {
     let r: Vec<CountRow> =
-        diesel::sql_query("SELECT count(*) AS n FROM jobs WHERE state = 'completed'")
+        diesel::sql_query("SELECT count(*) AS n FROM jobs_history WHERE state = 'completed'")
             .load(conn)
             .await
             .unwrap();
@@ -618,7 +621,7 @@ async fn bench_jobs(rows: &mut Vec<Row>) {
     }
     drop(worker);
     let mut pick: Vec<f64> = diesel::sql_query(
-        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 AS ms FROM jobs \
+        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 AS ms FROM jobs_history \
          ORDER BY created_at DESC LIMIT 2000",
     )
     .load::<Pickup>(&mut conn)
@@ -1043,6 +1046,9 @@ fn main() {
         }
         if want("sockets") {
             bench_sockets(&mut rows).await;
+        }
+        if want("console") {
+            console::bench_console(&mut rows).await;
         }
     });
     println!("\n| scenario | figures |\n|---|---|");

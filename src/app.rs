@@ -17,6 +17,7 @@ use crate::kv::hub::{Hub, HubLimits};
 use crate::resilience::{Breakers, RateLimiter};
 use crate::service::events::RelayWaker;
 use crate::service::health::Readiness;
+use crate::service::job_hooks::JobHooks;
 use crate::store::Db;
 
 /// Shared handles of one process. Cloning is cheap (pools and Arcs).
@@ -45,6 +46,9 @@ pub struct Ctx {
     pub hub: Hub,
     /// Wakes the relays after a transaction that wrote outbox events has committed.
     pub relay_waker: RelayWaker,
+    /// The flow hook the job engine calls in the transaction of flow-step jobs' terminal
+    /// transitions (`service::job_hooks`); empty until flows register one.
+    pub job_hooks: JobHooks,
 }
 
 impl Ctx {
@@ -58,6 +62,12 @@ impl Ctx {
             per_user: config.ws.max_per_user,
             queue: config.ws.send_queue,
         });
+        let relay_waker = RelayWaker::default();
+        // Flows advance in the transaction that ends their steps' jobs (issue 13).
+        let job_hooks = JobHooks::default();
+        job_hooks.set(Arc::new(
+            crate::service::flow_engine::FlowHook::new(relay_waker.clone()),
+        ));
         Ok(Self {
             db,
             limiter: RateLimiter::new(kv.clone()),
@@ -69,7 +79,8 @@ impl Ctx {
             metrics: crate::telemetry::install_metrics(),
             readiness: Readiness::default(),
             hub,
-            relay_waker: RelayWaker::default(),
+            relay_waker,
+            job_hooks,
         })
     }
 }

@@ -670,6 +670,11 @@ pub struct JobArgs {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
 
+    /// Jobs claimed ahead of free slots into the worker's local buffer (leased like running
+    /// jobs; handed back at once on shutdown). 0 = four times the concurrency, at most 1,000.
+    #[arg(long, env = "JOB_PREFETCH", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub prefetch: u32,
+
     /// Seconds a claimed job stays leased without a heartbeat; a dead worker's jobs return
     /// to the queue within it.
     #[arg(long, env = "JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]

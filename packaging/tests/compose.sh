@@ -192,6 +192,29 @@ for host, port in ups:
 serve_services = {n for n, s in itsur.items() if (s.get("command") or ["serve"])[0] == "serve"}
 if {h for h, _ in ups} != serve_services:
     err(f"nginx/compose.conf upstreams {sorted(h for h, _ in ups)} != serve services {sorted(serve_services)}")
+# Every serve instance believes X-Forwarded-For from exactly the nginx service (rate limits
+# per client, issue 17): nginx has a fixed address in the declared subnet, and each serve's
+# TRUSTED_PROXIES is that address as a /32, nothing wider.
+import ipaddress
+ngx_nets = (services.get("nginx") or {}).get("networks") or {}
+ngx_addr = None
+if isinstance(ngx_nets, dict):
+    for net_name, net in ngx_nets.items():
+        if isinstance(net, dict) and net.get("ipv4_address"):
+            ngx_addr = (net_name, ipaddress.ip_address(net["ipv4_address"]))
+if ngx_addr is None:
+    err("nginx: no fixed ipv4_address, so the serve instances cannot trust exactly it")
+else:
+    net_name, addr = ngx_addr
+    subnets = [ipaddress.ip_network(c["subnet"]) for c in
+               (((doc.get("networks") or {}).get(net_name) or {}).get("ipam") or {}).get("config", [])]
+    if not any(addr in s for s in subnets):
+        err(f"nginx: ipv4_address {addr} is not in a declared subnet of network {net_name}")
+    for n in sorted(serve_services):
+        tp = str((itsur[n].get("environment") or {}).get("TRUSTED_PROXIES", ""))
+        want = {f"{addr}/32"}
+        if {c.strip() for c in tp.split(",") if c.strip()} != want:
+            err(f"{n}: TRUSTED_PROXIES={tp!r}, want exactly nginx's address {addr}/32")
 prom = yaml.safe_load(open(os.path.join(pkg, "prometheus", "prometheus.compose.yml"), encoding="utf-8"))
 scraped = set()
 for job in prom["scrape_configs"]:

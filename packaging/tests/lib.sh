@@ -129,13 +129,24 @@ drop_db() {
 # packaging/nginx/ under DIR (prefix, logs, temp paths, pid all inside DIR): nginx listens
 # on 127.0.0.1:LISTEN_PORT and balances over 127.0.0.1:UPSTREAM_PORT...; everything else
 # is the file as shipped. Prints the path of the wrapper nginx.conf (use with -p DIR/ -c).
+# A conf with a TLS server (itsur.conf): LISTEN_PORT is its plain-HTTP (redirecting)
+# server; the TLS server listens on 127.0.0.1:$TLS_PORT (a free port unless set) with a
+# self-signed certificate for localhost / 127.0.0.1 made now (see tls_cert), the redirect
+# points at that port, and TLS_PORT and TLS_CA (the certificate, for curl --cacert) are set.
 render_nginx() {
-    local src="$1" dir="$2" port="$3"
+    local src="$1" dir="$2" port="$3" tls_port=""
     shift 3
     mkdir -p "$dir/logs" "$dir/tmp"
-    python3 - "$src" "$dir/itsur.conf" "$dir/logs/itsur.access.log" "$port" "$@" <<'PY' || return 1
+    if grep -qE '^\s*listen 443 ssl;$' "$src"; then
+        TLS_PORT="${TLS_PORT:-$(free_port)}"
+        tls_port="$TLS_PORT"
+        tls_cert "$dir/tls" || return 1
+        TLS_CA="$dir/tls/cert.pem"
+    fi
+    python3 - "$src" "$dir/itsur.conf" "$dir/logs/itsur.access.log" "$port" "$tls_port" "$dir/tls" "$@" <<'PY' || return 1
 import re, sys
-src, dst, log, port, ups = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+src, dst, log, port, tls_port, tls_dir = sys.argv[1:7]
+ups = sys.argv[7:]
 text = open(src, encoding="utf-8").read()
 def sub(pattern, repl, count_expected, flags=re.M):
     global text
@@ -144,7 +155,15 @@ def sub(pattern, repl, count_expected, flags=re.M):
         sys.exit(f"render_nginx: {src}: expected {count_expected} match(es) of /{pattern}/, got {n}")
 sub(r"^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{port};", 1)
 sub(r"^\s*listen \[::\]:80;\n", "", 1)
-sub(r"^(\s*access_log )\S+( itsur_json;)$", rf"\g<1>{log}\2", 1)
+if tls_port:
+    sub(r"^(\s*)listen 443 ssl;$", rf"\1listen 127.0.0.1:{tls_port} ssl;", 1)
+    sub(r"^\s*listen \[::\]:443 ssl;\n", "", 1)
+    sub(r"^(\s*ssl_certificate )\S+;$", rf"\g<1>{tls_dir}/cert.pem;", 1)
+    sub(r"^(\s*ssl_certificate_key )\S+;$", rf"\g<1>{tls_dir}/key.pem;", 1)
+    sub(r"https://\$host\$request_uri", f"https://$host:{tls_port}$request_uri", 1)
+sub(r"^(\s*error_log )/var/log/nginx/error\.log( crit;)$", rf"\g<1>{log.rsplit('/', 1)[0]}/error.log\2", 1)
+n_logs = len(re.findall(r"^\s*access_log \S+ itsur_json;$", text, flags=re.M))
+sub(r"^(\s*access_log )\S+( itsur_json;)$", rf"\g<1>{log}\2", max(n_logs, 1))
 servers = re.findall(r"^\s*server (\S+:\d+) (.*);$", text, flags=re.M)
 if len(servers) < 1:
     sys.exit(f"render_nginx: {src}: no upstream server lines")
@@ -170,6 +189,21 @@ http {
 }
 CONF
     printf '%s\n' "$dir/nginx.conf"
+}
+
+# tls_cert DIR: a self-signed certificate (DIR/cert.pem, EC P-256, valid one day, for
+# localhost and 127.0.0.1) and its key (DIR/key.pem), made at test time; kept when present.
+tls_cert() {
+    local dir="$1"
+    [[ -s $dir/cert.pem && -s $dir/key.pem ]] && return 0
+    need_tool openssl openssl
+    mkdir -p "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$dir/key.pem" -out "$dir/cert.pem" >"$dir/openssl.log" 2>&1 || {
+        cat "$dir/openssl.log" >&2
+        return 1
+    }
 }
 
 # PyYAML for the python3 on PATH: pip first (it serves whichever python3 this is), then

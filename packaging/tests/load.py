@@ -4,14 +4,17 @@ total rate, over keep-alive connections (a refused or dropped connection is a fa
 is reopened), until SIGTERM/SIGINT or --max-seconds. Every answer that is not 200 and every
 transport error counts as failed. On exit prints one JSON summary line on stdout.
 
-    load.py --base http://127.0.0.1:PORT --paths /health/ready,/health/live \
+    load.py --base https://127.0.0.1:PORT --cacert CERT.pem --paths /health/ready,/health/live \
             [--threads 8] [--rate 400] [--max-seconds 300]
+
+An https base is verified against --cacert (the test's self-signed certificate).
 """
 
 import argparse
 import http.client
 import json
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -24,10 +27,12 @@ ap.add_argument("--threads", type=int, default=8)
 ap.add_argument("--rate", type=float, default=400.0, help="requests per second, all threads")
 ap.add_argument("--max-seconds", type=float, default=300.0)
 ap.add_argument("--timeout", type=float, default=10.0)
+ap.add_argument("--cacert", help="PEM file the https server's certificate must chain to")
 args = ap.parse_args()
 
 url = urllib.parse.urlsplit(args.base)
 paths = [p for p in args.paths.split(",") if p]
+tls = ssl.create_default_context(cafile=args.cacert) if url.scheme == "https" else None
 stop = threading.Event()
 lock = threading.Lock()
 stats = {"total": 0, "failed": 0, "by_path": {p: {"total": 0, "failed": 0} for p in paths}}
@@ -75,7 +80,10 @@ def worker(idx):
         started = time.monotonic()
         try:
             if conn is None:
-                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=args.timeout)
+                if tls is not None:
+                    conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=args.timeout, context=tls)
+                else:
+                    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=args.timeout)
             conn.request("GET", path, headers={"X-Request-Id": f"load-{idx}-{n}"})
             res = conn.getresponse()
             res.read()

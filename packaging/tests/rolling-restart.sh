@@ -98,11 +98,17 @@ P_NGX="$(free_port)"
 render_nginx "$PACKAGING/nginx/itsur.conf" "$TMP/nginx" "$P_NGX" "${PORT[a]}" "${PORT[b]}" >/dev/null
 nginx -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" -g 'daemon off;' &
 NGINX_PID=$!
-wait_http "http://127.0.0.1:$P_NGX/health/ready" 10 "$NGINX_PID" || fail "nginx did not start"
-say "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') on 127.0.0.1:$P_NGX, upstream itsur_api = both instances"
+# itsur.conf serves the API over TLS (a self-signed certificate made by render_nginx); its
+# plain-HTTP port only redirects.
+for ((i = 0; i < 100; i++)); do
+    curl -fsS -o /dev/null --max-time 1 --cacert "$TLS_CA" "https://127.0.0.1:$TLS_PORT/health/ready" 2>/dev/null && break
+    kill -0 "$NGINX_PID" 2>/dev/null || fail "nginx did not start"
+    sleep 0.1
+done
+say "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') on https://127.0.0.1:$TLS_PORT, upstream itsur_api = both instances"
 
 # ------------------------------------------------------------------ load --
-python3 "$PACKAGING/tests/load.py" --base "http://127.0.0.1:$P_NGX" \
+python3 "$PACKAGING/tests/load.py" --base "https://127.0.0.1:$TLS_PORT" --cacert "$TLS_CA" \
     --paths /health/ready,/health/live --threads "$THREADS" --rate "$RATE" \
     --max-seconds 600 >"$TMP/load.json" 2>"$TMP/load.err" &
 LOAD_PID=$!

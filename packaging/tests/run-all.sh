@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every packaging test in turn and summarises:
-#   systemd, nginx, compose, image, prometheus, debian, rolling-restart
+#   systemd, nginx, client-ip, makefile, compose, image, prometheus, debian, k8s, rolling-restart
 #
 #   ITSUR_BIN=target/debug/itsur packaging/tests/run-all.sh [NAME...]
 #
@@ -13,7 +13,7 @@ TEST_NAME=run-all # read by lib.sh
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL=(systemd nginx compose image prometheus debian rolling-restart)
+ALL=(systemd nginx client-ip makefile compose image prometheus debian k8s rolling-restart)
 if (($# > 0)); then TESTS=("$@"); else TESTS=("${ALL[@]}"); fi
 
 if [[ -z ${DATABASE_URL:-} ]]; then

@@ -1,4 +1,5 @@
-//! Command line: `itsur serve | worker | outbox-relay | migrate | healthcheck | all`.
+//! Command line: `itsur serve | worker | outbox-relay | migrate | healthcheck | all | seed |
+//! jobs`.
 //! Each subcommand is a thin shell that builds `Config`, `Ctx` and `Shutdown` and calls one
 //! `run`; a bad or missing setting prints ONE line naming the variable and exits 2.
 //!
@@ -7,6 +8,7 @@
 mod all;
 mod boot;
 mod healthcheck;
+mod jobs;
 mod migrate;
 mod outbox_relay;
 mod seed;
@@ -43,6 +45,8 @@ enum Command {
     All(all::AllArgs),
     /// Loads demo data (`--demo`): a campus, vendors, menus and three logins.
     Seed(seed::SeedArgs),
+    /// Operates the job queue: `enqueue`, `stats [--json]`, `retry --dead`, `cancel ID…`.
+    Jobs(jobs::JobsArgs),
 }
 
 /// Exit status for bad settings and command-line misuse.
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Healthcheck(args) => healthcheck::main(&args),
         Command::All(args) => all::main(args),
         Command::Seed(args) => seed::main(args),
+        Command::Jobs(args) => jobs::main(args),
     }
 }
 

@@ -40,6 +40,11 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             ctx.clone(),
             shutdown.clone(),
         ));
+        // The worker writes outbox events (job progress and ends): it wakes the relays.
+        shutdown.spawn(crate::service::events::RelayWaker::run(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
         let options =
             crate::jobs::runner::WorkerOptions::from_args(&args.jobs, ctx.config.shutdown_timeout);
         if !args.jobs.no_cron {

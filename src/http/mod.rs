@@ -48,6 +48,7 @@ pub fn app(
         .configure(routes::catalog::routes)
         .configure(routes::orders::routes)
         .configure(routes::admin::routes)
+        .configure(routes::console::routes)
         .configure(routes::jobs::routes)
         .configure(routes::flows::routes)
         .configure(ws::routes)

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{admin, auth, catalog, flows, jobs, orders};
+use super::routes::{admin, auth, catalog, console, flows, jobs, orders};
 
 struct BearerAuth;
 
@@ -40,6 +40,9 @@ impl Modify for BearerAuth {
         flows::create_flow, flows::list_flows, flows::get_flow, flows::update_flow,
         flows::delete_flow, flows::list_versions, flows::list_nodes, flows::start_run,
         flows::list_runs, flows::get_run, flows::cancel_run, flows::retry_run,
+        console::overview, console::list_jobs, console::count_jobs, console::get_job,
+        console::bulk_jobs, console::list_queues, console::list_cron, console::list_audit,
+        console::list_outbox,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -47,6 +50,7 @@ impl Modify for BearerAuth {
         (name = "catalog", description = "Campuses, vendors and menus"),
         (name = "orders", description = "Placing and following orders"),
         (name = "admin", description = "Campus administration: audit trail, outbox dead letters"),
+        (name = "console", description = "The operator console's API: overview, job explorer and bulk actions, queues, cron, audit, outbox (keyset pages)"),
         (name = "jobs", description = "Long-running work: reports, imports, their progress and results"),
         (name = "flows", description = "Durable multi-step workflows on the job queue: definitions, node catalog, runs"),
     )

@@ -3,46 +3,14 @@
 //! workers run, one job exists per tick.
 
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
 use uuid::Uuid;
 
 use crate::app::Ctx;
-use crate::domain::job::{Priority, kind};
+use crate::domain::job::Priority;
 use crate::shutdown::Shutdown;
 use crate::store::jobs::{self as store, NewJob};
 
-/// A recurring job.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    /// Unique name (part of the tick's unique key).
-    pub name: &'static str,
-    /// Standard cron expression, e.g. `*/10 * * * *`.
-    pub expression: &'static str,
-    /// Time zone the expression is read in.
-    pub time_zone: Tz,
-    /// Job kind to enqueue.
-    pub kind: &'static str,
-}
-
-/// The built-in schedules.
-pub fn schedules() -> Vec<Schedule> {
-    vec![Schedule {
-        name: "maintenance",
-        expression: "*/10 * * * *",
-        time_zone: chrono_tz::UTC,
-        kind: kind::MAINTENANCE,
-    }]
-}
-
-/// The first tick of `schedule` strictly after `after`.
-pub fn next_tick(schedule: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let cron = Cron::new(schedule.expression).parse().ok()?;
-    let local = after.with_timezone(&schedule.time_zone);
-    cron.find_next_occurrence(&local, false)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
+pub use crate::service::cron::{Schedule, next_tick, schedules};
 
 /// The job of one tick (unique per schedule and tick).
 pub fn tick_job(schedule: &Schedule, tick: DateTime<Utc>) -> NewJob {
@@ -52,7 +20,7 @@ pub fn tick_job(schedule: &Schedule, tick: DateTime<Utc>) -> NewJob {
         queue: "default".to_owned(),
         priority: Priority::Low.as_i16(),
         payload: serde_json::json!({ "schedule": schedule.name, "tick": tick }),
-        unique_key: Some(format!("cron:{}:{}", schedule.name, tick.to_rfc3339())),
+        unique_key: Some(crate::service::cron::tick_key(schedule, tick)),
         run_at: tick,
         max_attempts: 3,
         timeout_secs: 600,
@@ -80,9 +48,17 @@ pub async fn run(ctx: Ctx, stop: Shutdown) {
                 continue;
             }
             let enqueued = match ctx.db.conn().await {
-                Ok(mut conn) => store::enqueue(&mut conn, &tick_job(schedule, tick))
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(mut conn) => {
+                    let job = tick_job(schedule, tick);
+                    let enqueued = store::enqueue(&mut conn, &job)
+                        .await
+                        .map_err(|e| e.to_string());
+                    if matches!(enqueued, Ok((_, true))) {
+                        // Autocommitted above: the wake-up goes after it.
+                        let _ = store::notify_workers(&mut conn, &job.queue).await; // workers poll
+                    }
+                    enqueued
+                }
                 Err(e) => Err(e.to_string()),
             };
             match enqueued {
@@ -102,6 +78,7 @@ pub async fn run(ctx: Ctx, stop: Shutdown) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::job::kind;
 
     #[test]
     fn ticks_follow_the_expression_in_its_time_zone() {

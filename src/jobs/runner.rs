@@ -1,17 +1,28 @@
-//! The worker: claims only as many jobs as it has free slots (priority, then age, `FOR
-//! UPDATE SKIP LOCKED`), wakes on `LISTEN itsur_jobs` with a polling fallback (or polls
-//! only, for poolers that break LISTEN), heartbeats the leases of its running jobs, rescues
-//! jobs of dead workers, runs cron schedules, and on shutdown stops claiming, lets running
-//! jobs finish within the drain budget and hands the rest back.
+//! The worker. Three loops share one set of in-flight jobs:
+//!
+//! - the **claim loop** takes due jobs in batches (one prepared statement on its own
+//!   connection) into a bounded local buffer — the free slots plus a prefetch — and starts
+//!   them as slots free up. Buffered jobs are leased like running ones (state `running` in the
+//!   database), so a killed worker's buffer is rescued by the lease like its running jobs;
+//! - the **completer** records outcomes in batches: whatever ended while the previous batch
+//!   was being written goes in the next one (at most [`MAX_BATCH`]), as one statement for the
+//!   ends and one for the retries and hand-backs, fenced by worker id and attempt so a late
+//!   outcome of a rescued job changes nothing;
+//! - the **heartbeat** extends the leases of everything in flight, applies cancel requests,
+//!   rescues jobs of dead workers, vacuums the hot table and refreshes gauges.
+//!
+//! Wake-ups (NOTIFY, freed slots, recorded batches) coalesce on one [`Notify`]. On shutdown
+//! the worker stops claiming, hands buffered jobs back at once, lets running jobs finish
+//! within the drain budget and hands the rest back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-use futures_util::StreamExt;
-use tokio::sync::{Notify, Semaphore};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use uuid::Uuid;
 
 use super::registry::Registry;
@@ -19,7 +30,14 @@ use super::{JobCx, JobError, Output, StopReason};
 use crate::app::Ctx;
 use crate::domain::job::retry_delay;
 use crate::shutdown::Shutdown;
-use crate::store::jobs::{self as store, Finish, WorkerRow};
+use crate::store::jobs::{self as store, End, EndState, Requeue, Terminal, WorkerRow};
+
+/// Most outcomes written by one completer statement.
+pub const MAX_BATCH: usize = 2000;
+/// Most jobs one claim statement takes.
+const MAX_CLAIM: usize = 1000;
+/// Jobs ended by this worker between two vacuums of the hot table.
+const VACUUM_EVERY_JOBS: u64 = 20_000;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -28,6 +46,9 @@ pub struct WorkerOptions {
     pub queues: Vec<String>,
     /// Jobs run at once.
     pub concurrency: usize,
+    /// Jobs claimed ahead of free slots into the local buffer, so a saturated worker never
+    /// idles waiting for a claim round trip.
+    pub prefetch: usize,
     /// How long a claim lasts without a heartbeat; a dead worker's jobs return within it.
     pub lease: Duration,
     /// Poll interval (the fallback when no NOTIFY arrives; the only wake-up when poll-only).
@@ -40,19 +61,36 @@ pub struct WorkerOptions {
     pub cron: bool,
 }
 
+/// The prefetch when none is configured: four claims' worth of slots, at most 1,000.
+pub fn default_prefetch(concurrency: usize) -> usize {
+    concurrency.saturating_mul(4).clamp(16, 1000)
+}
+
 impl WorkerOptions {
     /// From the command line; the drain budget is most of the shutdown budget, leaving time to
     /// hand unfinished jobs back.
     pub fn from_args(args: &crate::config::JobArgs, shutdown_timeout: Duration) -> Self {
+        let concurrency = usize::try_from(args.concurrency).unwrap_or(8);
         Self {
             queues: args.queues.clone(),
-            concurrency: usize::try_from(args.concurrency).unwrap_or(8),
+            concurrency,
+            prefetch: match usize::try_from(args.prefetch).unwrap_or(0) {
+                0 => default_prefetch(concurrency),
+                n => n,
+            },
             lease: Duration::from_secs(args.lease_secs),
             poll_interval: Duration::from_millis(args.poll_interval_ms),
             poll_only: args.poll_only,
             drain_timeout: shutdown_timeout.mul_f64(0.8),
             cron: !args.no_cron,
         }
+    }
+
+    /// Jobs in flight at most: buffered, running, and ended but not yet recorded.
+    fn max_in_flight(&self) -> usize {
+        self.concurrency
+            .saturating_add(self.prefetch)
+            .saturating_mul(2)
     }
 }
 
@@ -61,6 +99,7 @@ impl Default for WorkerOptions {
         Self {
             queues: vec!["default".to_owned()],
             concurrency: 8,
+            prefetch: default_prefetch(8),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             poll_only: false,
@@ -70,12 +109,124 @@ impl Default for WorkerOptions {
     }
 }
 
-/// The jobs this worker is running, by id.
-type Running = Arc<std::sync::Mutex<HashMap<Uuid, Arc<JobCx>>>>;
+/// The jobs this worker holds (buffered, running, or ended and not yet recorded), by id:
+/// the heartbeat extends all their leases.
+type InFlight = Arc<std::sync::Mutex<HashMap<Uuid, Arc<JobCx>>>>;
+
+/// What a job's attempt came to, as the completer records it.
+enum Outcome {
+    /// The handler's result.
+    Ran(Result<Output, JobError>),
+    /// Not run to the end: the worker is stopping; another worker takes it.
+    HandBack,
+}
+
+/// One job's outcome on its way to the completer.
+struct Done {
+    cx: Arc<JobCx>,
+    outcome: Outcome,
+}
+
+/// What the completer does with an outcome: the finish path's state machine.
+enum Record {
+    /// Moves to history.
+    End {
+        state: EndState,
+        error: Option<String>,
+        message: Option<String>,
+    },
+    /// Back to the queue: a retry after its backoff, or a hand-back.
+    Requeue {
+        hand_back: bool,
+        run_at: chrono::DateTime<Utc>,
+        error: Option<String>,
+    },
+    /// Nothing to write (a cancelled attempt whose lease was lost: the rescuer owns it).
+    Skip,
+}
+
+impl Record {
+    fn of(cx: &JobCx, outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::HandBack => Self::Requeue {
+                hand_back: true,
+                run_at: Utc::now(),
+                error: None,
+            },
+            Outcome::Ran(Ok(_)) => Self::End {
+                state: EndState::Completed,
+                error: None,
+                message: None,
+            },
+            Outcome::Ran(Err(e @ JobError::Cancelled)) => match cx.stop_reason() {
+                Some(StopReason::LeaseLost) => Self::Skip,
+                Some(StopReason::Shutdown) => Self::Requeue {
+                    hand_back: true,
+                    run_at: Utc::now(),
+                    error: None,
+                },
+                _ => Self::End {
+                    state: EndState::Cancelled,
+                    error: None,
+                    message: Some(e.to_string()),
+                },
+            },
+            // Interrupted by the shutdown: not the job's failure.
+            Outcome::Ran(Err(_)) if cx.stop_reason() == Some(StopReason::Shutdown) => {
+                Self::Requeue {
+                    hand_back: true,
+                    run_at: Utc::now(),
+                    error: None,
+                }
+            }
+            Outcome::Ran(Err(JobError::Permanent(reason))) => Self::End {
+                state: EndState::Dead,
+                error: Some(reason.clone()),
+                message: Some(format!("permanent: {reason}")),
+            },
+            Outcome::Ran(Err(JobError::Retryable(reason))) => {
+                if cx.job.attempt >= cx.job.max_attempts {
+                    Self::End {
+                        state: EndState::Dead,
+                        error: Some(format!(
+                            "{reason} (attempt {} of {})",
+                            cx.job.attempt, cx.job.max_attempts
+                        )),
+                        message: Some(format!("retryable: {reason}")),
+                    }
+                } else {
+                    let delay = retry_delay(cx.job.attempt, rand::random::<f64>());
+                    Self::Requeue {
+                        hand_back: false,
+                        run_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        error: Some(reason.clone()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Claimed jobs not started yet, with their handlers, oldest first.
+type Buffer = VecDeque<(Arc<JobCx>, Option<Arc<dyn super::Handler>>)>;
+
+/// Shared state of one worker's loops.
+struct Worker {
+    ctx: Ctx,
+    options: WorkerOptions,
+    row: WorkerRow,
+    /// This worker's row of the per-minute counters (workers never share a row lock).
+    shard: i16,
+    in_flight: InFlight,
+    wake: Arc<Notify>,
+    slots: Arc<Semaphore>,
+    /// Jobs ended by this worker since it last vacuumed the hot table.
+    ended: AtomicU64,
+}
 
 /// Runs the worker until shutdown.
 pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry: Registry) {
-    let worker = WorkerRow {
+    let row = WorkerRow {
         id: Uuid::now_v7(),
         host: hostname::get()
             .ok()
@@ -88,54 +239,62 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
         started_at: Utc::now(),
         heartbeat_at: Utc::now(),
     };
-    tracing::info!(worker.id = %worker.id, queues = ?options.queues, concurrency = options.concurrency, "worker started");
-    let running: Running = Arc::default();
-    let wake = Arc::new(Notify::new());
-    let slots = Arc::new(Semaphore::new(options.concurrency));
+    tracing::info!(worker.id = %row.id, queues = ?options.queues, concurrency = options.concurrency, prefetch = options.prefetch, "worker started");
+    let w = Arc::new(Worker {
+        ctx: ctx.clone(),
+        slots: Arc::new(Semaphore::new(options.concurrency)),
+        options,
+        shard: rand::random_range(1..=64),
+        row,
+        in_flight: Arc::default(),
+        wake: Arc::new(Notify::new()),
+        ended: AtomicU64::new(0),
+    });
     // Background loops stop with this token, after the claim loop has drained.
     let loops = Shutdown::new();
+    let completer_stop = Shutdown::new();
+    let (done_tx, done_rx) = mpsc::channel::<Done>(w.options.max_in_flight().max(1));
 
-    if !options.poll_only {
-        tokio::spawn(listen(
-            ctx.clone(),
-            loops.clone(),
-            wake.clone(),
-            running.clone(),
-        ));
+    if !w.options.poll_only {
+        tokio::spawn(listen(w.clone(), loops.clone()));
     }
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        ctx.clone(),
-        loops.clone(),
-        worker.clone(),
-        options.lease,
-        running.clone(),
-        wake.clone(),
-    ));
-    if options.cron {
+    let heartbeat = tokio::spawn(heartbeat_loop(w.clone(), loops.clone()));
+    let completer = tokio::spawn(completer(w.clone(), done_rx, completer_stop.clone()));
+    if w.options.cron {
         tokio::spawn(super::cron::run(ctx.clone(), loops.clone()));
     }
 
     let tasks = tokio_util::task::TaskTracker::new();
-    claim_loop(
-        &ctx, &shutdown, &options, &registry, &worker, &running, &wake, &slots, &tasks,
-    )
-    .await;
+    let mut buffer = claim_loop(&w, &shutdown, &registry, &done_tx, &tasks).await;
 
+    // Buffered jobs never started: back to the queue at once.
+    if !buffer.is_empty() {
+        tracing::info!(count = buffer.len(), "handing buffered jobs back");
+    }
+    for (cx, _) in buffer.drain(..) {
+        let _ = done_tx
+            .send(Done {
+                cx,
+                outcome: Outcome::HandBack,
+            })
+            .await; // the completer outlives this send: it only stops below
+    }
     // Drain: running jobs get the budget to finish, then are told to stop and handed back.
     tasks.close();
-    let drained = tokio::time::timeout(options.drain_timeout, tasks.wait())
+    let drained = tokio::time::timeout(w.options.drain_timeout, tasks.wait())
         .await
         .is_ok();
     if !drained {
-        let ids: Vec<Arc<JobCx>> = running
+        let running: Vec<Arc<JobCx>> = w
+            .in_flight
             .lock()
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
         tracing::warn!(
-            count = ids.len(),
+            count = running.len(),
             "drain budget spent: handing running jobs back"
         );
-        for cx in &ids {
+        for cx in &running {
             cx.request_stop(StopReason::Shutdown);
         }
         if tokio::time::timeout(Duration::from_secs(3), tasks.wait())
@@ -144,78 +303,134 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
         {
             // Handlers that ignore cancellation: hand their jobs back from here; their late
             // writes are fenced out by the attempt number.
-            for cx in ids {
-                let _ = finish(&ctx, &cx, FinishWith::HandBack).await;
+            for cx in running {
+                let _ = done_tx.try_send(Done {
+                    cx,
+                    outcome: Outcome::HandBack,
+                }); // a full channel: the lease returns the job instead
             }
         }
     }
+    drop(done_tx);
+    completer_stop.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(5), completer).await;
     loops.trigger();
     let _ = heartbeat.await;
     if let Ok(mut conn) = ctx.db.conn().await {
-        let _ = store::delete_worker(&mut conn, worker.id).await;
+        let _ = store::delete_worker(&mut conn, w.row.id).await;
     }
-    tracing::info!(worker.id = %worker.id, "worker stopped");
+    tracing::info!(worker.id = %w.row.id, "worker stopped");
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the loop's shared state, passed once"
-)]
+/// Opens the claim (or completer) connection: a dedicated session whose planner always
+/// walks the claim index, whatever the statistics say (a table analyzed while empty must
+/// not turn a claim of 32 into a sort of the whole backlog).
+async fn session(ctx: &Ctx) -> Result<AsyncPgConnection, String> {
+    let mut conn = crate::store::connect::establish(ctx.config.database_url.expose())
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.batch_execute(
+        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
+         SET jit = off",
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// Claims into the buffer and starts buffered jobs as slots free up; returns the buffer
+/// (jobs claimed, never started) at shutdown.
 async fn claim_loop(
-    ctx: &Ctx,
+    w: &Arc<Worker>,
     shutdown: &Shutdown,
-    options: &WorkerOptions,
     registry: &Registry,
-    worker: &WorkerRow,
-    running: &Running,
-    wake: &Arc<Notify>,
-    slots: &Arc<Semaphore>,
+    done_tx: &mpsc::Sender<Done>,
     tasks: &tokio_util::task::TaskTracker,
-) {
+) -> Buffer {
+    let mut buffer: Buffer = VecDeque::new();
+    let mut conn: Option<AsyncPgConnection> = None;
     let mut backoff = Duration::from_millis(100);
+    let max = w.options.max_in_flight();
     while !shutdown.is_triggered() {
-        let free = slots.available_permits();
-        let mut claimed_all = false;
-        if free > 0 {
-            let limit = i64::try_from(free.min(100)).unwrap_or(100);
-            let claimed = match ctx.db.conn().await {
-                Ok(mut conn) => {
-                    store::claim(&mut conn, &options.queues, limit, worker.id, options.lease)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.to_string()),
+        // Start what the free slots allow.
+        while !buffer.is_empty() {
+            let Ok(permit) = w.slots.clone().try_acquire_owned() else {
+                break;
             };
-            match claimed {
-                Ok(jobs) => {
-                    backoff = Duration::from_millis(100);
-                    claimed_all = i64::try_from(jobs.len()).unwrap_or(0) == limit;
-                    for job in jobs {
-                        let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            // Cannot happen (we claimed at most `free`); hand it back.
-                            let cx = JobCx::new(ctx.clone(), job, worker.id);
-                            let _ = finish(ctx, &cx, FinishWith::HandBack).await;
-                            continue;
-                        };
-                        let cx = Arc::new(JobCx::new(ctx.clone(), job, worker.id));
-                        if let Ok(mut r) = running.lock() {
-                            r.insert(cx.job.id, cx.clone());
+            let Some((cx, handler)) = buffer.pop_front() else {
+                break;
+            };
+            match cx.stop_reason() {
+                Some(StopReason::CancelRequested) => {
+                    drop(permit);
+                    let _ = done_tx
+                        .send(Done {
+                            cx,
+                            outcome: Outcome::Ran(Err(JobError::Cancelled)),
+                        })
+                        .await; // the completer lives until after this loop
+                    continue;
+                }
+                Some(StopReason::LeaseLost) => {
+                    // Rescued while buffered (this worker stalled): another worker owns it.
+                    drop(permit);
+                    if let Ok(mut map) = w.in_flight.lock() {
+                        map.remove(&cx.job.id);
+                    }
+                    continue;
+                }
+                Some(StopReason::Shutdown) | None => {}
+            }
+            let slot = Slot {
+                wake: w.wake.clone(),
+                permit: Some(permit),
+            };
+            let done_tx = done_tx.clone();
+            tasks.spawn(async move {
+                let outcome = execute(&cx, handler, slot).await;
+                let _ = done_tx.send(Done { cx, outcome }).await; // closed only after the drain
+            });
+        }
+        // Refill the buffer when it runs low.
+        let held = w.in_flight.lock().map(|r| r.len()).unwrap_or(max);
+        let want = max.saturating_sub(held).min(MAX_CLAIM);
+        let low = buffer.len() <= w.options.prefetch / 2;
+        let mut full_claim = false;
+        if low && want > 0 {
+            if conn.is_none() {
+                match session(&w.ctx).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis(), "claim connection failed");
+                        if !shutdown.sleep(backoff).await {
+                            break;
                         }
-                        let handler = registry.get(&cx.job.kind);
-                        let slot = Slot {
-                            running: running.clone(),
-                            id: cx.job.id,
-                            wake: wake.clone(),
-                            permit: Some(permit),
-                        };
-                        let ctx = ctx.clone();
-                        tasks.spawn(async move {
-                            let _slot = slot;
-                            execute(&ctx, &cx, handler).await;
-                        });
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let limit = i64::try_from(want).unwrap_or(1);
+            let started = Instant::now();
+            match store::claim(c, &w.options.queues, limit, w.row.id, w.options.lease).await {
+                Ok(jobs) => {
+                    metrics::histogram!("jobs_claim_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    backoff = Duration::from_millis(100);
+                    full_claim = jobs.len() == want;
+                    let mut in_flight = w.in_flight.lock().ok();
+                    for job in jobs {
+                        let handler = registry.get(&job.kind);
+                        let cx = Arc::new(JobCx::new(w.ctx.clone(), job, w.row.id));
+                        if let Some(map) = in_flight.as_mut() {
+                            map.insert(cx.job.id, cx.clone());
+                        }
+                        buffer.push_back((cx, handler));
                     }
                 }
                 Err(e) => {
+                    conn = None;
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis(), "claiming jobs failed");
                     if !shutdown.sleep(backoff).await {
                         break;
@@ -225,211 +440,285 @@ async fn claim_loop(
                 }
             }
         }
-        if claimed_all {
-            continue; // there may be more due work: claim again at once
+        if (full_claim && buffer.len() <= w.options.prefetch / 2)
+            || (!buffer.is_empty() && w.slots.available_permits() > 0)
+        {
+            continue; // more due work, or buffered jobs for free slots: go on at once
         }
         tokio::select! {
-            () = wake.notified() => {}
-            () = tokio::time::sleep(options.poll_interval) => {}
+            () = w.wake.notified() => {}
+            () = tokio::time::sleep(w.options.poll_interval) => {}
             () = shutdown.cancelled() => break,
         }
     }
+    buffer
 }
 
-/// A running job's hold on this worker, released when its task ends however it ends: a job
-/// left in the running set after a panic would have its lease extended by every heartbeat
-/// and never be rescued.
+/// A running job's slot, released when its handler ends however it ends (a panic
+/// included), before its outcome is recorded: recording is the completer's, in batches.
 struct Slot {
-    running: Running,
-    id: Uuid,
     wake: Arc<Notify>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut r) = self.running.lock() {
-            r.remove(&self.id);
-        }
         // Free the slot before waking the claim loop, so the wake finds it free.
         drop(self.permit.take());
         self.wake.notify_one();
     }
 }
 
-enum FinishWith {
-    Outcome(Result<Output, JobError>),
-    HandBack,
-}
-
-async fn execute(ctx: &Ctx, cx: &Arc<JobCx>, handler: Option<Arc<dyn super::Handler>>) {
+async fn execute(cx: &Arc<JobCx>, handler: Option<Arc<dyn super::Handler>>, slot: Slot) -> Outcome {
     let kind = cx.job.kind.clone();
     let wait = (Utc::now() - cx.job.run_at).to_std().unwrap_or_default();
     metrics::histogram!("jobs_wait_seconds", "kind" => kind.clone()).record(wait.as_secs_f64());
     let started = Instant::now();
     let span = tracing::info_span!("job", job.id = %cx.job.id, job.kind = %kind, job.attempt = cx.job.attempt);
-    let outcome = {
-        use tracing::Instrument;
-        async {
-            let Some(handler) = handler else {
-                return Err(JobError::Permanent(format!("no handler for kind {kind}")));
-            };
-            let limit = Duration::from_secs(u64::try_from(cx.job.timeout_secs).unwrap_or(300));
-            // A panicking handler must not take the worker down: run it as its own task.
-            let cx2 = cx.clone();
-            let task = tokio::spawn(async move { handler.run(&cx2).await });
-            let abort = task.abort_handle();
-            match tokio::time::timeout(limit, task).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(join)) => Err(JobError::Retryable(format!("handler panicked: {join}"))),
-                Err(_) => {
-                    abort.abort();
-                    Err(JobError::Retryable(format!("timed out after {limit:?}")))
-                }
-            }
-        }
-        .instrument(span.clone())
-        .await
-    };
-    metrics::histogram!("jobs_duration_seconds", "kind" => kind.clone())
-        .record(started.elapsed().as_secs_f64());
-    let with = match (&outcome, cx.stop_reason()) {
-        (Err(_), Some(StopReason::Shutdown)) => FinishWith::HandBack,
-        _ => FinishWith::Outcome(outcome),
-    };
     // `.instrument`, not `span.enter()`: an entered guard held across an await corrupts the
-    // subscriber's span stack when the task resumes on another thread, and tracing-subscriber
-    // then panics ("tried to clone a span that already closed", tokio-rs/tracing#3514).
+    // subscriber's span stack when the task resumes on another thread (tokio-rs/tracing#3514).
     use tracing::Instrument;
-    async {
-        if let Err(e) = finish(ctx, cx, with).await {
-            tracing::warn!(error = %e, "could not record the job's outcome; the lease will expire and it will be rescued");
+    let outcome = async {
+        let Some(handler) = handler else {
+            return Err(JobError::Permanent(format!("no handler for kind {kind}")));
+        };
+        let limit = Duration::from_secs(u64::try_from(cx.job.timeout_secs).unwrap_or(300));
+        // A panicking handler must not take the worker down: run it as its own task.
+        let cx2 = cx.clone();
+        let task = tokio::spawn(async move { handler.run(&cx2).await });
+        let abort = task.abort_handle();
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(JobError::Retryable(format!("handler panicked: {join}"))),
+            Err(_) => {
+                abort.abort();
+                Err(JobError::Retryable(format!("timed out after {limit:?}")))
+            }
         }
     }
     .instrument(span)
     .await;
+    drop(slot);
+    metrics::histogram!("jobs_duration_seconds", "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+    Outcome::Ran(outcome)
 }
 
-async fn finish(ctx: &Ctx, cx: &JobCx, with: FinishWith) -> Result<(), String> {
-    let kind = cx.job.kind.clone();
-    let retry_error;
-    let (finish, label) = match &with {
-        FinishWith::HandBack => (Finish::HandBack, "handed_back"),
-        FinishWith::Outcome(Ok(out)) => (
-            Finish::Completed {
-                result: out.summary.clone(),
-                body: out.body.as_ref().map(|(ct, b)| (ct.as_str(), b.as_slice())),
-            },
-            "completed",
-        ),
-        FinishWith::Outcome(Err(JobError::Cancelled)) => match cx.stop_reason() {
-            Some(StopReason::LeaseLost) => return Ok(()),
-            _ => (Finish::Cancelled, "cancelled"),
-        },
-        FinishWith::Outcome(Err(JobError::Permanent(e))) => (Finish::Dead { error: e }, "dead"),
-        FinishWith::Outcome(Err(JobError::Retryable(e))) => {
-            if cx.job.attempt >= cx.job.max_attempts {
-                retry_error = format!(
-                    "{e} (attempt {} of {})",
-                    cx.job.attempt, cx.job.max_attempts
-                );
-                (
-                    Finish::Dead {
-                        error: &retry_error,
-                    },
-                    "dead",
-                )
-            } else {
-                let delay = retry_delay(cx.job.attempt, rand::random::<f64>());
-                let run_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                (Finish::Retry { error: e, run_at }, "failed")
+/// Records outcomes in batches until stopped (then records what is left).
+async fn completer(w: Arc<Worker>, mut rx: mpsc::Receiver<Done>, stop: Shutdown) {
+    let mut conn: Option<AsyncPgConnection> = None;
+    let mut batch: Vec<Done> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                d = rx.recv() => match d {
+                    Some(d) => batch.push(d),
+                    None => return,
+                },
+                () = stop.cancelled() => {
+                    // Whatever is already queued is still recorded.
+                    while let Ok(d) = rx.try_recv() {
+                        batch.push(d);
+                    }
+                    if batch.is_empty() {
+                        return;
+                    }
+                }
             }
         }
-    };
-    // The status the owner sees next; a hand-back is invisible to them.
-    let status = match label {
-        "completed" => Some("completed"),
-        "failed" => Some("queued"),
-        "dead" => Some("failed"),
-        "cancelled" => Some("cancelled"),
-        _ => None,
-    };
-    let error = match &with {
-        FinishWith::Outcome(Err(e)) => Some(e.to_string()),
-        _ => None,
-    };
-    let mut conn = ctx.db.conn().await.map_err(|e| e.to_string())?;
-    let held = if let Finish::Completed { result, body } = &finish {
-        // The hot path: one statement.
-        let event = super::job_event(&cx.job, "job.status_changed", 999, "completed", None);
-        store::complete(
-            &mut conn,
-            cx.job.id,
-            cx.worker_id,
-            cx.job.attempt,
-            result,
-            *body,
-            &event,
-        )
-        .await
-    } else {
-        conn.transaction(async |conn| -> diesel::QueryResult<bool> {
-            let held = store::finish(conn, cx.job.id, cx.worker_id, cx.job.attempt, finish).await?;
-            if held && let Some(status) = status {
-                let event =
-                    super::job_event(&cx.job, "job.status_changed", 999, status, error.as_deref());
-                crate::store::outbox::insert_event(conn, &event).await?;
+        // Everything that ended while the previous batch was written goes in this one.
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
             }
-            Ok(held)
+        }
+        let mut failures = 0_u32;
+        loop {
+            match record(&w, &mut conn, &batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    conn = None;
+                    failures += 1;
+                    let delay = crate::resilience::backoff::schedule(failures)
+                        .min(Duration::from_secs(2))
+                        .mul_f64(0.05);
+                    tracing::warn!(error = %e, count = batch.len(), failures, "recording job outcomes failed");
+                    // The jobs stay leased (the heartbeat still extends them) while we retry;
+                    // after a few failures give up: the leases expire and the jobs are rescued.
+                    if failures >= 5 || stop.is_triggered() && failures >= 2 {
+                        forget(&w, &batch);
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Stops holding (heartbeating) the batch's jobs and wakes the claim loop.
+fn forget(w: &Worker, batch: &[Done]) {
+    if let Ok(mut map) = w.in_flight.lock() {
+        for d in batch {
+            map.remove(&d.cx.job.id);
+        }
+    }
+    w.wake.notify_one();
+}
+
+/// Writes one batch: the ends (to history) and the requeues, each one statement; in one
+/// transaction with the flow hook when a flow step ended.
+async fn record(
+    w: &Worker,
+    conn: &mut Option<AsyncPgConnection>,
+    batch: &[Done],
+) -> Result<(), String> {
+    if conn.is_none() {
+        *conn = Some(session(&w.ctx).await?);
+    }
+    let Some(conn) = conn.as_mut() else {
+        return Err("no connection".to_owned());
+    };
+    let records: Vec<Record> = batch
+        .iter()
+        .map(|d| Record::of(&d.cx, &d.outcome))
+        .collect();
+    let mut ends = Vec::new();
+    let mut requeues = Vec::new();
+    let mut has_step = false;
+    for (d, r) in batch.iter().zip(&records) {
+        match r {
+            Record::End {
+                state,
+                error,
+                message,
+            } => {
+                has_step |= d.cx.job.flow_step_id.is_some();
+                let (result, body) = match &d.outcome {
+                    Outcome::Ran(Ok(out)) => (
+                        Some(&out.summary),
+                        out.body.as_ref().map(|(ct, b)| (ct.as_str(), b.as_slice())),
+                    ),
+                    _ => (None, None),
+                };
+                ends.push(End {
+                    id: d.cx.job.id,
+                    attempt: d.cx.job.attempt,
+                    state: *state,
+                    result,
+                    body,
+                    error: error.as_deref(),
+                    message: message.as_deref(),
+                });
+            }
+            Record::Requeue {
+                hand_back,
+                run_at,
+                error,
+            } => requeues.push(Requeue {
+                id: d.cx.job.id,
+                attempt: d.cx.job.attempt,
+                hand_back: *hand_back,
+                run_at: *run_at,
+                error: error.as_deref(),
+            }),
+            Record::Skip => {}
+        }
+    }
+    let (id, shard) = (w.row.id, w.shard);
+    let hooks = w.ctx.job_hooks.clone();
+    let (ended, requeued): (Vec<Terminal>, Vec<Uuid>) = if has_step {
+        conn.transaction(async |conn| -> Result<_, crate::service::Error> {
+            let ended = store::end_batch(conn, id, shard, &ends).await?;
+            let requeued = store::requeue_batch(conn, id, shard, &requeues).await?;
+            hooks.call(conn, &ended).await?;
+            Ok((ended, requeued))
         })
         .await
-    }
-    .map_err(|e| e.to_string())?;
-    if held && status.is_some() {
-        ctx.relay_waker.wake();
-    }
-    if !held {
-        tracing::info!(
-            "late outcome ignored: the job was rescued after this worker's lease expired"
-        );
-        return Ok(());
-    }
-    match label {
-        "completed" => metrics::counter!("jobs_completed_total", "kind" => kind).increment(1),
-        "failed" => metrics::counter!("jobs_failed_total", "kind" => kind).increment(1),
-        "dead" => {
-            metrics::counter!("jobs_failed_total", "kind" => kind.clone()).increment(1);
-            metrics::counter!("jobs_dead_total", "kind" => kind).increment(1);
-        }
-        "cancelled" => metrics::counter!("jobs_cancelled_total", "kind" => kind).increment(1),
-        _ => {}
-    }
-    if let FinishWith::Outcome(Err(e)) = &with {
-        tracing::warn!(outcome = label, error = %e, "job attempt failed");
+        .map_err(|e| e.to_string())?
     } else {
-        tracing::debug!(outcome = label, "job finished");
+        let ended = store::end_batch(conn, id, shard, &ends)
+            .await
+            .map_err(|e| e.to_string())?;
+        let requeued = store::requeue_batch(conn, id, shard, &requeues)
+            .await
+            .map_err(|e| e.to_string())?;
+        (ended, requeued)
+    };
+    let n_ended = u64::try_from(ended.len()).unwrap_or(0);
+    w.ended.fetch_add(n_ended, Ordering::Relaxed);
+    let held: std::collections::HashSet<Uuid> = ended
+        .iter()
+        .map(|t| t.id)
+        .chain(requeued.iter().copied())
+        .collect();
+    let mut events = false;
+    let mut handed_back = false;
+    for (d, r) in batch.iter().zip(&records) {
+        let kind = d.cx.job.kind.clone();
+        if !held.contains(&d.cx.job.id) {
+            if !matches!(r, Record::Skip) {
+                tracing::info!(job.id = %d.cx.job.id, "late outcome ignored: the job was rescued after this worker's lease expired");
+            }
+            continue;
+        }
+        match r {
+            Record::End { state, .. } => {
+                events = true;
+                match state {
+                    EndState::Completed => {
+                        metrics::counter!("jobs_completed_total", "kind" => kind).increment(1);
+                    }
+                    EndState::Dead => {
+                        metrics::counter!("jobs_failed_total", "kind" => kind.clone()).increment(1);
+                        metrics::counter!("jobs_dead_total", "kind" => kind).increment(1);
+                    }
+                    EndState::Cancelled => {
+                        metrics::counter!("jobs_cancelled_total", "kind" => kind).increment(1);
+                    }
+                }
+            }
+            Record::Requeue { hand_back, .. } => {
+                if *hand_back {
+                    handed_back = true;
+                } else {
+                    events = true;
+                    metrics::counter!("jobs_failed_total", "kind" => kind).increment(1);
+                }
+            }
+            Record::Skip => {}
+        }
+        if let Outcome::Ran(Err(e)) = &d.outcome {
+            tracing::warn!(job.id = %d.cx.job.id, job.kind = %d.cx.job.kind, error = %e, "job attempt failed");
+        }
     }
+    if events {
+        w.ctx.relay_waker.wake();
+    }
+    if handed_back {
+        // Another worker may take them now (sent after commit: this statement autocommits).
+        let _ = store::notify_workers(conn, "*").await; // best effort: workers poll
+    }
+    forget(w, batch);
     Ok(())
 }
 
-/// Extends leases, applies cancel requests, rescues expired jobs and refreshes gauges.
-async fn heartbeat_loop(
-    ctx: Ctx,
-    stop: Shutdown,
-    worker: WorkerRow,
-    lease: Duration,
-    running: Running,
-    wake: Arc<Notify>,
-) {
-    let every = lease / 3;
+/// Extends leases, applies cancel requests, rescues expired jobs, vacuums the hot table and
+/// refreshes gauges.
+async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
+    let every = w.options.lease / 3;
+    let vacuuming = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
-        let snapshot: Vec<Arc<JobCx>> = running
+        let snapshot: Vec<Arc<JobCx>> = w
+            .in_flight
             .lock()
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
-        if let Ok(mut conn) = ctx.db.conn().await {
+        if let Ok(mut conn) = w.ctx.db.conn().await {
             let ids: Vec<Uuid> = snapshot.iter().map(|cx| cx.job.id).collect();
-            match store::heartbeat(&mut conn, worker.id, &ids, lease).await {
+            match store::heartbeat(&mut conn, w.row.id, &ids, w.options.lease).await {
                 Ok(held) => {
                     let held: HashMap<Uuid, bool> = held.into_iter().collect();
                     for cx in &snapshot {
@@ -443,16 +732,29 @@ async fn heartbeat_loop(
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
             let count = i32::try_from(snapshot.len()).unwrap_or(i32::MAX);
-            if let Err(e) = store::update_worker_heartbeat(&mut conn, &worker, count).await {
+            if let Err(e) = store::update_worker_heartbeat(&mut conn, &w.row, count).await {
                 tracing::warn!(error = %e, "worker heartbeat failed");
             }
-            match store::rescue_expired(&mut conn).await {
+            let hooks = w.ctx.job_hooks.clone();
+            let rescued = conn
+                .transaction(async |conn| -> Result<_, crate::service::Error> {
+                    let rescued = store::rescue_expired(conn).await?;
+                    let dead: Vec<Terminal> = rescued
+                        .iter()
+                        .filter_map(store::Rescued::terminal)
+                        .collect();
+                    hooks.call(conn, &dead).await?;
+                    Ok(rescued)
+                })
+                .await;
+            match rescued {
                 Ok(rescued) if !rescued.is_empty() => {
                     tracing::warn!(
                         count = rescued.len(),
                         "rescued jobs whose worker stopped heartbeating"
                     );
-                    wake.notify_one();
+                    let _ = store::notify_workers(&mut conn, "*").await; // others poll anyway
+                    w.wake.notify_one();
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "rescue failed"),
@@ -463,10 +765,32 @@ async fn heartbeat_loop(
                     metrics::gauge!("jobs_queue_depth", "state" => state).set(n as f64);
                 }
             }
-            if let Ok(alive) = store::list_live_workers(&mut conn, lease).await {
+            if let Ok(alive) = store::list_live_workers(&mut conn, w.options.lease).await {
                 #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
                 metrics::gauge!("jobs_workers_alive").set(alive.len() as f64);
             }
+        }
+        // Autovacuum may be off or behind: every job leaves dead entries in the claim index,
+        // and a claim walks them. The worker that ended enough jobs vacuums the (small) hot
+        // table itself, off the heartbeat's path; SKIP_LOCKED makes concurrent ones skip.
+        if w.ended.load(Ordering::Relaxed) >= VACUUM_EVERY_JOBS
+            && !vacuuming.swap(true, Ordering::AcqRel)
+        {
+            w.ended.store(0, Ordering::Relaxed);
+            let (ctx, flag) = (w.ctx.clone(), vacuuming.clone());
+            tokio::spawn(async move {
+                if let Ok(mut conn) = ctx.db.conn().await {
+                    let started = Instant::now();
+                    match conn.batch_execute("VACUUM (SKIP_LOCKED) jobs").await {
+                        Ok(()) => tracing::debug!(
+                            took_ms = started.elapsed().as_millis(),
+                            "vacuumed the hot job table"
+                        ),
+                        Err(e) => tracing::debug!(error = %e, "vacuum of the hot job table failed"),
+                    }
+                }
+                flag.store(false, Ordering::Release);
+            });
         }
         if !stop.sleep(every).await {
             return;
@@ -474,60 +798,31 @@ async fn heartbeat_loop(
     }
 }
 
-/// LISTENs for new jobs and cancel requests on a dedicated connection (a LISTEN on a pooled
-/// connection would go back to the pool with it), reconnecting when it drops.
-async fn listen(ctx: Ctx, stop: Shutdown, wake: Arc<Notify>, running: Running) {
-    let mut backoff = Duration::from_millis(250);
-    while !stop.is_triggered() {
-        let connected = async {
-            let mut conn = crate::store::connect::establish(ctx.config.database_url.expose())
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.batch_execute(&format!(
-                "LISTEN {}; LISTEN {}",
-                store::JOBS_CHANNEL,
-                store::CANCEL_CHANNEL
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok::<_, String>(conn)
-        }
-        .await;
-        let mut conn = match connected {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "LISTEN connection failed; polling meanwhile");
-                if !stop.sleep(backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(250);
-        // Anything enqueued while we were not listening is picked up by this wake.
-        wake.notify_one();
-        let mut stream = std::pin::pin!(conn.notifications_stream());
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                n = stream.next() => match n {
-                    Some(Ok(n)) if n.channel == store::CANCEL_CHANNEL => {
-                        if let Ok(id) = n.payload.parse::<Uuid>() {
-                            let cx = running.lock().ok().and_then(|r| r.get(&id).cloned());
-                            if let Some(cx) = cx {
-                                cx.request_stop(StopReason::CancelRequested);
-                            }
-                        }
+/// LISTENs for new jobs and cancel requests through the shared listener (its own
+/// connection, health check and reconnect loop); new-job notifications coalesce into one
+/// wake-up of the claim loop.
+async fn listen(w: Arc<Worker>, stop: Shutdown) {
+    let on = {
+        let w = w.clone();
+        move |n: crate::store::listen::Notification<'_>| match n {
+            crate::store::listen::Notification::Message { channel, payload }
+                if channel == store::CANCEL_CHANNEL =>
+            {
+                if let Ok(id) = payload.parse::<Uuid>() {
+                    let cx = w.in_flight.lock().ok().and_then(|r| r.get(&id).cloned());
+                    if let Some(cx) = cx {
+                        cx.request_stop(StopReason::CancelRequested);
                     }
-                    Some(Ok(_)) => wake.notify_one(),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
-                        break;
-                    }
-                    None => break,
                 }
             }
+            _ => w.wake.notify_one(),
         }
-    }
+    };
+    crate::store::listen::on_notify(
+        w.ctx.config.database_url.clone(),
+        &[store::JOBS_CHANNEL, store::CANCEL_CHANNEL],
+        on,
+        stop,
+    )
+    .await;
 }

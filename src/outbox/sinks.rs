@@ -136,7 +136,13 @@ impl Sink for EnqueuePush {
                     continue;
                 };
                 let enqueued = tx
-                    .transaction(async |conn| crate::store::jobs::enqueue(conn, &job).await)
+                    .transaction(async |conn| {
+                        let enqueued = crate::store::jobs::enqueue(conn, &job).await?;
+                        // Delivered when the relay's claim transaction commits (no business
+                        // transaction waits on the notify lock here).
+                        crate::store::jobs::notify_workers(conn, &job.queue).await?;
+                        Ok::<_, diesel::result::Error>(enqueued)
+                    })
                     .await;
                 out.push(
                     enqueued

@@ -643,27 +643,86 @@ pub(crate) fn run_event(run: &RunRow, event: &str, payload: Value) -> NewOutboxE
     }
 }
 
-/// Enqueues step jobs in the caller's transaction.
+/// Enqueues step jobs in the caller's transaction, one statement for the batch.
 async fn enqueue_jobs(conn: &mut AsyncPgConnection, jobs: &[StepJob]) -> QueryResult<()> {
     if jobs.is_empty() {
         return Ok(());
     }
-    let rows: Vec<crate::store::jobs::NewJob> = jobs
+    let now = Utc::now();
+    let rows: Vec<(crate::store::jobs::NewJob, Uuid)> = jobs
         .iter()
-        .map(|j| crate::store::jobs::NewJob {
-            id: j.id,
-            kind: j.kind.clone(),
-            queue: j.queue.clone(),
-            priority: j.priority,
-            payload: j.payload.clone(),
-            unique_key: None,
-            run_at: Utc::now(),
-            max_attempts: j.max_attempts,
-            timeout_secs: j.timeout_secs,
-            owner_id: j.owner_id,
-            campus_id: Some(j.campus_id),
-            // flow_step_id: Some(j.step_id), // TODO(#13): with the jobs engine's column
+        .map(|j| {
+            (
+                crate::store::jobs::NewJob {
+                    id: j.id,
+                    kind: j.kind.clone(),
+                    queue: j.queue.clone(),
+                    priority: j.priority,
+                    payload: j.payload.clone(),
+                    unique_key: None,
+                    run_at: now,
+                    max_attempts: j.max_attempts,
+                    timeout_secs: j.timeout_secs,
+                    owner_id: j.owner_id,
+                    campus_id: Some(j.campus_id),
+                },
+                j.step_id,
+            )
         })
         .collect();
-    crate::store::jobs::enqueue_many(conn, &rows).await.map(drop)
+    crate::store::jobs::enqueue_many_steps(conn, &rows).await.map(drop)
+}
+
+/// The flow engine as the job engine's terminal hook (`service::job_hooks`), registered on
+/// every `Ctx`: the engine calls it in the transaction that ends flow-step jobs.
+pub struct FlowHook {
+    relay: crate::service::events::RelayWaker,
+}
+
+impl FlowHook {
+    /// A hook that wakes `relay` when it wrote events.
+    pub fn new(relay: crate::service::events::RelayWaker) -> Self {
+        Self { relay }
+    }
+}
+
+impl crate::service::job_hooks::JobTerminalHook for FlowHook {
+    fn on_terminal<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        jobs: &'a [crate::service::job_hooks::TerminalJob],
+    ) -> futures_util::future::BoxFuture<'a, Result<(), super::Error>> {
+        use futures_util::FutureExt;
+        async move {
+            let ends: Vec<StepJobEnd> = jobs
+                .iter()
+                .map(|j| StepJobEnd {
+                    job_id: j.id,
+                    step_id: j.flow_step_id,
+                    job_state: j.state.as_str().to_owned(),
+                    result: j.result.clone(),
+                    error: j.last_error.clone(),
+                    attempt: j.attempt,
+                })
+                .collect();
+            let events = on_jobs_ended(conn, &ends).await?;
+            if events > 0 {
+                // Before commit: a relay that looks too early finds nothing new and the
+                // worker's own wake after the batch (or the relay's poll) picks it up.
+                self.relay.wake();
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Wakes the workers after a transaction that started steps (API start, retry, schedules)
+/// has committed: `NOTIFY itsur_jobs` outside the business transaction.
+pub async fn notify_workers(ctx: &crate::app::Ctx) {
+    if let Ok(mut conn) = ctx.db.conn().await
+        && let Err(e) = crate::store::jobs::notify_workers(&mut conn, "*").await
+    {
+        tracing::debug!(error = %e, "workers not notified; they poll");
+    }
 }

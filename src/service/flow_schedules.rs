@@ -61,6 +61,7 @@ pub async fn fire_due(ctx: &Ctx, now: DateTime<Utc>) -> Result<usize> {
         .await?;
     if started > 0 {
         ctx.relay_waker.wake();
+        super::flow_engine::notify_workers(ctx).await;
     }
     Ok(started)
 }

@@ -608,6 +608,7 @@ pub async fn start_run(ctx: &Ctx, actor: &Actor, flow_id: Uuid, input: Value) ->
         })
         .await?;
     ctx.relay_waker.wake();
+    flow_engine::notify_workers(ctx).await;
     Ok(run_view(&run, None))
 }
 
@@ -898,6 +899,7 @@ pub async fn retry_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
     })
     .await?;
     ctx.relay_waker.wake();
+    flow_engine::notify_workers(ctx).await;
     get_run(ctx, actor, id).await
 }
 

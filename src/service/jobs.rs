@@ -125,7 +125,16 @@ async fn submit(ctx: &Ctx, actor: &Actor, job: NewJob, action: &str) -> Result<J
             Ok(row)
         })
         .await?;
+    wake_workers(&mut conn, &row.queue).await;
     Ok(view(&row))
+}
+
+/// Wakes the workers after a commit that made jobs due (`NOTIFY itsur_jobs` on its own, so
+/// the notify lock is never taken inside a business transaction). Best effort: workers poll.
+pub async fn wake_workers(conn: &mut diesel_async::AsyncPgConnection, queue: &str) {
+    if let Err(e) = store::notify_workers(conn, queue).await {
+        tracing::debug!(error = %e, "job wake-up not sent; workers poll");
+    }
 }
 
 /// Starts a sales report of a vendor (its staff or its campus admin).
@@ -269,16 +278,32 @@ pub async fn list_jobs(
 pub async fn cancel_job(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<()> {
     visible(ctx, actor, id).await?;
     let mut conn = ctx.db.conn().await?;
-    let outcome = conn
-        .transaction(async |conn| -> Result<CancelOutcome> { Ok(store::cancel(conn, id).await?) })
-        .await?;
+    let outcome = cancel_in_tx(ctx, &mut conn, id).await?;
     match outcome {
-        CancelOutcome::Cancelled | CancelOutcome::Requested => Ok(()),
+        CancelOutcome::Cancelled(_) | CancelOutcome::Requested => Ok(()),
         CancelOutcome::AlreadyFinished => {
             Err(DomainError::conflict("the job has already finished").into())
         }
         CancelOutcome::NotFound => Err(DomainError::NotFound { what: "job" }.into()),
     }
+}
+
+/// Cancels one job in its own transaction, calling the flow hook when a queued flow-step
+/// job is cancelled at once.
+async fn cancel_in_tx(
+    ctx: &Ctx,
+    conn: &mut diesel_async::AsyncPgConnection,
+    id: Uuid,
+) -> Result<CancelOutcome> {
+    let hooks = ctx.job_hooks.clone();
+    conn.transaction(async |conn| -> Result<CancelOutcome> {
+        let outcome = store::cancel(conn, id).await?;
+        if let CancelOutcome::Cancelled(t) = &outcome {
+            hooks.call(conn, std::slice::from_ref(t)).await?;
+        }
+        Ok(outcome)
+    })
+    .await
 }
 
 /// A finished job's file: (media type, body).
@@ -317,6 +342,7 @@ pub async fn retry_job(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<JobView> {
     let row = store::find(&mut conn, id)
         .await?
         .ok_or(DomainError::NotFound { what: "job" })?;
+    wake_workers(&mut conn, &row.queue).await;
     Ok(view(&row))
 }
 
@@ -362,4 +388,226 @@ pub async fn list_workers(ctx: &Ctx, actor: &Actor) -> Result<Vec<WorkerView>> {
             heartbeat_at: w.heartbeat_at,
         })
         .collect())
+}
+
+/// A queue as operators see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueView {
+    /// Queue name.
+    pub queue: String,
+    /// Claims skip it while paused.
+    pub paused: bool,
+    /// Queued jobs (due or delayed).
+    pub queued: i64,
+    /// Jobs claimed or running.
+    pub running: i64,
+    /// Seconds the oldest due job has waited (0 when none).
+    pub oldest_queued_secs: f64,
+}
+
+/// Every queue with jobs or a pause flag (reads the hot table only).
+pub async fn list_queues(ctx: &Ctx) -> Result<Vec<QueueView>> {
+    let mut conn = ctx.db.conn().await?;
+    let now = Utc::now();
+    Ok(store::list_queues(&mut conn)
+        .await?
+        .into_iter()
+        .map(|q| QueueView {
+            oldest_queued_secs: q.oldest_due_at.map_or(0.0, |t| {
+                let ms = (now - t).num_milliseconds().max(0);
+                #[expect(clippy::as_conversions, clippy::cast_precision_loss, reason = "an age")]
+                let secs = ms as f64 / 1000.0;
+                secs
+            }),
+            queue: q.queue,
+            paused: q.paused,
+            queued: q.queued,
+            running: q.running,
+        })
+        .collect())
+}
+
+/// Pauses a queue: claims skip it from the next claim on (running jobs go on). True when
+/// it was running.
+pub async fn pause_queue(ctx: &Ctx, queue: &str) -> Result<bool> {
+    validate_queue(queue)?;
+    let mut conn = ctx.db.conn().await?;
+    Ok(store::set_queue_paused(&mut conn, queue, true).await?)
+}
+
+/// Resumes a paused queue and wakes the workers. True when it was paused.
+pub async fn resume_queue(ctx: &Ctx, queue: &str) -> Result<bool> {
+    validate_queue(queue)?;
+    let mut conn = ctx.db.conn().await?;
+    let changed = store::set_queue_paused(&mut conn, queue, false).await?;
+    if changed {
+        wake_workers(&mut conn, queue).await;
+    }
+    Ok(changed)
+}
+
+fn validate_queue(queue: &str) -> Result<()> {
+    if queue.is_empty() || queue.len() > 100 {
+        return Err(DomainError::Invalid {
+            field_errors: vec![("queue".to_owned(), "1 to 100 characters".to_owned())],
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Jobs ended in one minute, kind and queue.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MinuteCountView {
+    /// Start of the minute.
+    pub minute: DateTime<Utc>,
+    /// Job kind.
+    pub kind: String,
+    /// Queue.
+    pub queue: String,
+    /// Completed.
+    pub completed: i64,
+    /// Attempts that failed and will be retried.
+    pub failed: i64,
+    /// Jobs that died.
+    pub dead: i64,
+}
+
+/// Per-minute counters of the last hour, oldest first (maintained by the workers as they
+/// record outcomes; no scan of the job tables).
+pub async fn job_counts_last_hour(ctx: &Ctx) -> Result<Vec<MinuteCountView>> {
+    let mut conn = ctx.db.read_conn().await?;
+    let since = Utc::now() - chrono::Duration::hours(1);
+    Ok(store::list_minute_counts(&mut conn, since)
+        .await?
+        .into_iter()
+        .map(|c| MinuteCountView {
+            minute: c.minute,
+            kind: c.kind,
+            queue: c.queue,
+            completed: c.completed,
+            failed: c.failed,
+            dead: c.dead,
+        })
+        .collect())
+}
+
+/// Enqueues `count` jobs of one kind in one statement (`itsur jobs enqueue`), then wakes
+/// the workers; returns how many were inserted.
+pub async fn enqueue_bulk(
+    ctx: &Ctx,
+    kind: &str,
+    payload: serde_json::Value,
+    queue: &str,
+    priority: Priority,
+    count: usize,
+) -> Result<usize> {
+    validate_queue(queue)?;
+    let now = Utc::now();
+    let batch: Vec<NewJob> = (0..count)
+        .map(|_| NewJob {
+            id: Uuid::now_v7(),
+            kind: kind.to_owned(),
+            queue: queue.to_owned(),
+            priority: priority.as_i16(),
+            payload: payload.clone(),
+            unique_key: None,
+            run_at: now,
+            max_attempts: 5,
+            timeout_secs: 300,
+            owner_id: None,
+            campus_id: None,
+        })
+        .collect();
+    let mut conn = ctx.db.conn().await?;
+    let n = conn
+        .transaction(async |conn| -> Result<usize> { Ok(store::enqueue_many(conn, &batch).await?) })
+        .await?;
+    wake_workers(&mut conn, queue).await;
+    Ok(n)
+}
+
+/// Jobs per state, and the queues (`itsur jobs stats`).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStats {
+    /// Waiting to run.
+    pub queued: i64,
+    /// Claimed or running.
+    pub running: i64,
+    /// Completed (kept until pruned).
+    pub completed: i64,
+    /// Dead.
+    pub dead: i64,
+    /// Cancelled.
+    pub cancelled: i64,
+    /// Per queue.
+    pub queues: Vec<QueueView>,
+}
+
+/// Exact counts by state across the hot table and the history, and the queues.
+pub async fn job_stats(ctx: &Ctx) -> Result<JobStats> {
+    let mut stats = JobStats {
+        queued: 0,
+        running: 0,
+        completed: 0,
+        dead: 0,
+        cancelled: 0,
+        queues: list_queues(ctx).await?,
+    };
+    let mut conn = ctx.db.conn().await?;
+    for (state, n) in store::count_by_state(&mut conn).await? {
+        match state.parse::<JobState>() {
+            Ok(JobState::Queued) => stats.queued += n,
+            Ok(JobState::Running) => stats.running += n,
+            Ok(JobState::Completed) => stats.completed += n,
+            Ok(JobState::Dead) => stats.dead += n,
+            Ok(JobState::Cancelled) => stats.cancelled += n,
+            Err(_) => {}
+        }
+    }
+    Ok(stats)
+}
+
+/// Puts every dead job (of `kind`) back in the queue (`itsur jobs retry --dead`), then wakes
+/// the workers; returns how many.
+pub async fn retry_dead_jobs(ctx: &Ctx, kind: Option<&str>) -> Result<usize> {
+    let mut conn = ctx.db.conn().await?;
+    let n = store::retry_dead_all(&mut conn, kind).await?;
+    if n > 0 {
+        wake_workers(&mut conn, "*").await;
+    }
+    Ok(n)
+}
+
+/// What an operator's cancel did to one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelResult {
+    /// It was queued and is now cancelled.
+    Cancelled,
+    /// It is running; its worker was told to stop.
+    Requested,
+    /// It had already finished.
+    AlreadyFinished,
+    /// No such job.
+    NotFound,
+}
+
+/// Cancels jobs by id for an operator (`itsur jobs cancel`), each in its own transaction
+/// (with the flow hook for flow-step jobs).
+pub async fn cancel_jobs(ctx: &Ctx, ids: &[Uuid]) -> Result<Vec<(Uuid, CancelResult)>> {
+    let mut conn = ctx.db.conn().await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let r = match cancel_in_tx(ctx, &mut conn, *id).await? {
+            CancelOutcome::Cancelled(_) => CancelResult::Cancelled,
+            CancelOutcome::Requested => CancelResult::Requested,
+            CancelOutcome::AlreadyFinished => CancelResult::AlreadyFinished,
+            CancelOutcome::NotFound => CancelResult::NotFound,
+        };
+        out.push((*id, r));
+    }
+    Ok(out)
 }

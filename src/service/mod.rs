@@ -10,7 +10,9 @@
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod console;
 pub mod credentials;
+pub mod cron;
 pub mod devices;
 pub mod events;
 pub mod health;
@@ -19,6 +21,7 @@ pub mod flow_engine;
 pub mod flow_nodes;
 pub mod flow_schedules;
 pub mod flows;
+pub mod job_hooks;
 pub mod jobs;
 pub mod nodes;
 pub mod orders;

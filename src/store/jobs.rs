@@ -1,25 +1,51 @@
-//! `jobs` and `workers`: the durable queue. Enqueue runs in the caller's transaction (a job
-//! and the business row commit or roll back together) and fires `NOTIFY itsur_jobs` at
-//! commit; claims use `FOR UPDATE SKIP LOCKED` on the partial index of queued jobs; every
-//! write a worker makes is fenced by (worker id, attempt), so a late completion from a worker
-//! whose lease expired changes nothing.
+//! `jobs` (the hot set: queued and running jobs only), `jobs_history` (finished jobs),
+//! `job_keys` (unique keys across both), `job_queues` (paused queues), `job_counts_minute`
+//! (per-minute counters) and `workers`: the durable queue.
+//!
+//! Enqueue runs in the caller's transaction (a job and the business row commit or roll back
+//! together) and fires no `NOTIFY` (that would take Postgres's database-wide notify lock
+//! during the caller's commit): the caller wakes the workers after commit
+//! ([`notify_workers`], or `service::jobs::JobWaker`). Claims take a batch with `FOR UPDATE
+//! SKIP LOCKED` on the partial index of queued jobs; every write a worker makes is fenced by
+//! (worker id, attempt), so a late completion from a worker whose lease expired changes
+//! nothing. A job that ends moves to `jobs_history` in the statement that ends it, so the
+//! claim index never carries the dead entries of finished jobs. The hot statements (claim,
+//! batched end, batched requeue) are fixed query types, so diesel keeps them prepared per
+//! connection.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Text, Uuid as SqlUuid};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{
+    Array, BigInt, Bool, Bytea, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz, Untyped,
+    Uuid as SqlUuid,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::schema::{jobs, workers};
+use super::schema::{job_counts_minute, job_queues, jobs, workers};
 
-/// NOTIFY channel for "new work is available"; the payload is the queue name.
+/// NOTIFY channel for "new work is available"; the payload is the queue name (or `*`).
 pub const JOBS_CHANNEL: &str = "itsur_jobs";
 /// NOTIFY channel for "cancel this running job"; the payload is the job id.
 pub const CANCEL_CHANNEL: &str = "itsur_job_cancel";
 
-/// A job without its (possibly large) result body.
+/// The columns of [`JobRow`], for hand-written statements over either table.
+const COLS: &str = "id, kind, queue, priority, state, payload, unique_key, run_at, attempt, \
+    max_attempts, timeout_secs, worker_id, lease_expires_at, progress, progress_message, \
+    cancel_requested, last_error, result, result_content_type, owner_id, campus_id, \
+    created_at, started_at, finished_at, updated_at, flow_step_id";
+
+/// Every column of both tables, in the order of `jobs_history`.
+const ALL_COLS: &str = "id, kind, queue, priority, state, payload, unique_key, run_at, \
+    attempt, max_attempts, timeout_secs, worker_id, lease_expires_at, progress, \
+    progress_message, cancel_requested, last_error, result, result_content_type, result_body, \
+    owner_id, campus_id, created_at, started_at, finished_at, updated_at, flow_step_id";
+
+/// A job without its (possibly large) result body, from either table.
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = jobs)]
 pub struct JobRow {
@@ -73,11 +99,12 @@ pub struct JobRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// The flow step this job runs (its end calls the flow hook), if any.
+    pub flow_step_id: Option<Uuid>,
 }
 
 /// A job to enqueue.
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = jobs)]
+#[derive(Debug, Clone)]
 pub struct NewJob {
     /// Id (UUIDv7).
     pub id: Uuid,
@@ -112,63 +139,264 @@ async fn notify(conn: &mut AsyncPgConnection, channel: &str, payload: &str) -> Q
         .map(drop)
 }
 
-/// Enqueues a job in the caller's transaction. With a `unique_key` already present, nothing
-/// is inserted and the existing job is returned (`false`).
-pub async fn enqueue(conn: &mut AsyncPgConnection, job: &NewJob) -> QueryResult<(JobRow, bool)> {
-    let inserted: Option<JobRow> = diesel::insert_into(jobs::table)
-        .values(job)
-        .on_conflict(jobs::unique_key)
-        .filter_target(jobs::unique_key.is_not_null())
-        .do_nothing()
-        .returning(JobRow::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-    if let Some(row) = inserted {
-        metrics::counter!("jobs_enqueued_total", "kind" => row.kind.clone()).increment(1);
-        if row.run_at <= Utc::now() {
-            notify(conn, JOBS_CHANNEL, &row.queue).await?;
+/// Wakes the workers (`NOTIFY itsur_jobs`). Call it after the transaction that enqueued has
+/// committed, outside any business transaction.
+pub async fn notify_workers(conn: &mut AsyncPgConnection, queue: &str) -> QueryResult<()> {
+    notify(conn, JOBS_CHANNEL, queue).await
+}
+
+/// Defines the `QueryId`/`Query`/`QueryFragment` of a hand-written statement with a static
+/// query id, so diesel keeps it prepared per connection (`sql_query` prepares anew each
+/// time: two round trips instead of one).
+macro_rules! prepared {
+    ($name:ident, $marker:ident, $sql_type:ty, |$this:ident, $out:ident| $body:block) => {
+        struct $marker;
+        impl QueryId for $name<'_> {
+            type QueryId = $marker;
+            const HAS_STATIC_QUERY_ID: bool = true;
         }
+        impl diesel::query_builder::Query for $name<'_> {
+            type SqlType = $sql_type;
+        }
+        impl QueryFragment<Pg> for $name<'_> {
+            fn walk_ast<'b>(&'b self, mut $out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+                let $this = self;
+                $body
+            }
+        }
+    };
+}
+
+/// Columns of a bulk insert, one array per column.
+#[derive(Default)]
+struct Columns<'a> {
+    id: Vec<Uuid>,
+    kind: Vec<&'a str>,
+    queue: Vec<&'a str>,
+    priority: Vec<i16>,
+    payload: Vec<&'a serde_json::Value>,
+    unique_key: Vec<Option<&'a str>>,
+    run_at: Vec<DateTime<Utc>>,
+    max_attempts: Vec<i32>,
+    timeout_secs: Vec<i32>,
+    owner_id: Vec<Option<Uuid>>,
+    campus_id: Vec<Option<Uuid>>,
+    flow_step_id: Vec<Option<Uuid>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(jobs: &'a [NewJob], flow_step_id: Option<Uuid>) -> Self {
+        Self::of_steps(jobs.iter().map(|j| (j, flow_step_id)))
+    }
+
+    fn of_steps(jobs: impl Iterator<Item = (&'a NewJob, Option<Uuid>)>) -> Self {
+        let mut c = Self::default();
+        for (j, flow_step_id) in jobs {
+            c.id.push(j.id);
+            c.kind.push(&j.kind);
+            c.queue.push(&j.queue);
+            c.priority.push(j.priority);
+            c.payload.push(&j.payload);
+            c.unique_key.push(j.unique_key.as_deref());
+            c.run_at.push(j.run_at);
+            c.max_attempts.push(j.max_attempts);
+            c.timeout_secs.push(j.timeout_secs);
+            c.owner_id.push(j.owner_id);
+            c.campus_id.push(j.campus_id);
+            c.flow_step_id.push(flow_step_id);
+        }
+        c
+    }
+}
+
+/// The bulk insert: one statement over arrays, whatever the batch size. A job whose unique
+/// key is taken (by a job in either table, or earlier in the batch) is skipped. Returns the
+/// inserted jobs' ids.
+struct Insert<'a>(&'a Columns<'a>);
+
+prepared!(Insert, InsertId, Untyped, |this, out| {
+    let c = this.0;
+    out.push_sql("WITH input AS (SELECT * FROM unnest(");
+    out.push_bind_param::<Array<SqlUuid>, _>(&c.id)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Text>, _>(&c.kind)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Text>, _>(&c.queue)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<SmallInt>, _>(&c.priority)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Jsonb>, _>(&c.payload)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Text>>, _>(&c.unique_key)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Timestamptz>, _>(&c.run_at)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Integer>, _>(&c.max_attempts)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Integer>, _>(&c.timeout_secs)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<SqlUuid>>, _>(&c.owner_id)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<SqlUuid>>, _>(&c.campus_id)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<SqlUuid>>, _>(&c.flow_step_id)?;
+    out.push_sql(
+        ") AS t(id, kind, queue, priority, payload, unique_key, run_at, max_attempts, \
+             timeout_secs, owner_id, campus_id, flow_step_id)), \
+         keys AS (INSERT INTO job_keys (unique_key, job_id) \
+             SELECT unique_key, id FROM input WHERE unique_key IS NOT NULL \
+             ON CONFLICT DO NOTHING RETURNING job_id) \
+         INSERT INTO jobs (id, kind, queue, priority, payload, unique_key, run_at, \
+             max_attempts, timeout_secs, owner_id, campus_id, flow_step_id) \
+         SELECT id, kind, queue, priority, payload, unique_key, run_at, max_attempts, \
+             timeout_secs, owner_id, campus_id, flow_step_id FROM input \
+         WHERE unique_key IS NULL OR id IN (SELECT job_id FROM keys) \
+         RETURNING id",
+    );
+    Ok(())
+});
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+async fn insert(
+    conn: &mut AsyncPgConnection,
+    batch: &[NewJob],
+    flow_step_id: Option<Uuid>,
+) -> QueryResult<Vec<Uuid>> {
+    let columns = Columns::of(batch, flow_step_id);
+    let rows: Vec<IdRow> = Insert(&columns).load(conn).await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Enqueues a job in the caller's transaction. With a `unique_key` already present, nothing
+/// is inserted and the existing job is returned (`false`). Fires no NOTIFY: wake the
+/// workers after commit.
+pub async fn enqueue(conn: &mut AsyncPgConnection, job: &NewJob) -> QueryResult<(JobRow, bool)> {
+    enqueue_with_step(conn, job, None).await
+}
+
+/// [`enqueue`] for a flow step: the job's end (completed, dead, cancelled) calls the flow
+/// hook in the transaction that ends it (`service::job_hooks`).
+pub async fn enqueue_with_step(
+    conn: &mut AsyncPgConnection,
+    job: &NewJob,
+    flow_step_id: Option<Uuid>,
+) -> QueryResult<(JobRow, bool)> {
+    let inserted = insert(conn, std::slice::from_ref(job), flow_step_id).await?;
+    if let [id, ..] = inserted.as_slice() {
+        metrics::counter!("jobs_enqueued_total", "kind" => job.kind.clone()).increment(1);
+        let row = find(conn, *id)
+            .await?
+            .ok_or(diesel::result::Error::NotFound)?;
         return Ok((row, true));
     }
-    let existing = jobs::table
-        .filter(jobs::unique_key.eq(&job.unique_key))
-        .select(JobRow::as_select())
-        .first(conn)
-        .await?;
+    let key = job
+        .unique_key
+        .as_deref()
+        .ok_or(diesel::result::Error::NotFound)?;
+    let existing = find_by_unique_key(conn, key)
+        .await?
+        .ok_or(diesel::result::Error::NotFound)?;
     Ok((existing, false))
 }
 
-/// Enqueues many jobs in one statement (duplicates of unique keys are skipped); returns how
-/// many were inserted.
+/// The job holding a unique key, in either table.
+pub async fn find_by_unique_key(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+) -> QueryResult<Option<JobRow>> {
+    let id: Option<Uuid> = super::schema::job_keys::table
+        .find(key)
+        .select(super::schema::job_keys::job_id)
+        .first(conn)
+        .await
+        .optional()?;
+    match id {
+        Some(id) => find(conn, id).await,
+        None => Ok(None),
+    }
+}
+
+/// Enqueues many jobs in one statement over arrays (duplicates of unique keys are
+/// skipped); returns how many were inserted. Fires no NOTIFY: wake the workers after commit.
 pub async fn enqueue_many(conn: &mut AsyncPgConnection, batch: &[NewJob]) -> QueryResult<usize> {
     let mut inserted = 0;
-    // Postgres caps bind parameters at 65535 per statement: 11 columns × 5000 rows fits.
-    for chunk in batch.chunks(5000) {
-        inserted += diesel::insert_into(jobs::table)
-            .values(chunk)
-            .on_conflict(jobs::unique_key)
-            .filter_target(jobs::unique_key.is_not_null())
-            .do_nothing()
-            .execute(conn)
-            .await?;
+    // Bounded statements: 50,000 rows of arrays is a few MB at most.
+    for chunk in batch.chunks(50_000) {
+        inserted += insert(conn, chunk, None).await?.len();
     }
     if let Some(first) = batch.first() {
         // Counted under the first job's kind: bulk batches are of one kind in practice.
         metrics::counter!("jobs_enqueued_total", "kind" => first.kind.clone())
             .increment(u64::try_from(inserted).unwrap_or(0));
     }
-    let mut queues: Vec<&str> = batch.iter().map(|j| j.queue.as_str()).collect();
-    queues.sort_unstable();
-    queues.dedup();
-    for q in queues {
-        notify(conn, JOBS_CHANNEL, q).await?;
+    Ok(inserted)
+}
+
+/// Enqueues flow-step jobs, each with its own `flow_step_id`, in one statement per 50,000
+/// (in the caller's transaction; duplicates of unique keys are skipped); returns how many
+/// were inserted. Fires no NOTIFY: wake the workers after commit.
+pub async fn enqueue_many_steps(
+    conn: &mut AsyncPgConnection,
+    batch: &[(NewJob, Uuid)],
+) -> QueryResult<usize> {
+    let mut inserted = 0;
+    for chunk in batch.chunks(50_000) {
+        let columns = Columns::of_steps(chunk.iter().map(|(j, s)| (j, Some(*s))));
+        let rows: Vec<IdRow> = Insert(&columns).load(conn).await?;
+        inserted += rows.len();
     }
     Ok(inserted)
 }
 
-/// Claims up to `limit` due jobs of `queues`, highest priority then oldest first, skipping
-/// rows other workers are claiming, and leases them to `worker_id` for `lease`.
+/// The claim: up to `limit` due jobs of the unpaused `queues`, highest priority then oldest
+/// first, skipping rows other workers are claiming, leased to `worker_id`.
+struct Claim<'a> {
+    queues: &'a [String],
+    limit: i64,
+    worker_id: Uuid,
+    lease_ms: i64,
+}
+
+prepared!(Claim, ClaimId, Untyped, |this, out| {
+    out.push_sql(
+        "WITH next AS (SELECT id FROM jobs \
+             WHERE state = 'queued' AND run_at <= now() \
+             AND queue = ANY(ARRAY(SELECT unnest(",
+    );
+    out.push_bind_param::<Array<Text>, _>(this.queues)?;
+    out.push_sql(
+        "::text[]) EXCEPT SELECT queue FROM job_queues WHERE paused)) \
+             ORDER BY priority, run_at, id LIMIT ",
+    );
+    out.push_bind_param::<BigInt, _>(&this.limit)?;
+    out.push_sql(
+        " FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = ",
+    );
+    out.push_bind_param::<SqlUuid, _>(&this.worker_id)?;
+    out.push_sql(", lease_expires_at = now() + ");
+    out.push_bind_param::<BigInt, _>(&this.lease_ms)?;
+    out.push_sql(
+        " * interval '1 millisecond', started_at = now(), \
+             progress = 0, progress_message = NULL, updated_at = now() \
+         FROM next WHERE j.id = next.id \
+         RETURNING j.id, j.kind, j.queue, j.priority, j.state, j.payload, j.unique_key, j.run_at, \
+             j.attempt, j.max_attempts, j.timeout_secs, j.worker_id, j.lease_expires_at, \
+             j.progress, j.progress_message, j.cancel_requested, j.last_error, j.result, \
+             j.result_content_type, j.owner_id, j.campus_id, j.created_at, j.started_at, \
+             j.finished_at, j.updated_at, j.flow_step_id",
+    );
+    Ok(())
+});
+
+/// Claims up to `limit` due jobs of `queues` (paused queues skipped), highest priority then
+/// oldest first, skipping rows other workers are claiming, and leases them to `worker_id`
+/// for `lease`. One prepared statement.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     queues: &[String],
@@ -177,27 +405,12 @@ pub async fn claim(
     lease: Duration,
 ) -> QueryResult<Vec<JobRow>> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    diesel::sql_query(
-        "WITH next AS ( \
-             SELECT id FROM jobs \
-             WHERE state = 'queued' AND run_at <= now() AND queue = ANY($1) \
-             ORDER BY priority, run_at, id \
-             LIMIT $2 \
-             FOR UPDATE SKIP LOCKED) \
-         UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = $3, \
-             lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now(), \
-             progress = 0, progress_message = NULL, updated_at = now() \
-         FROM next WHERE j.id = next.id \
-         RETURNING j.id, j.kind, j.queue, j.priority, j.state, j.payload, j.unique_key, j.run_at, \
-             j.attempt, j.max_attempts, j.timeout_secs, j.worker_id, j.lease_expires_at, \
-             j.progress, j.progress_message, j.cancel_requested, j.last_error, j.result, \
-             j.result_content_type, j.owner_id, j.campus_id, j.created_at, j.started_at, \
-             j.finished_at, j.updated_at",
-    )
-    .bind::<Array<Text>, _>(queues)
-    .bind::<BigInt, _>(limit)
-    .bind::<SqlUuid, _>(worker_id)
-    .bind::<BigInt, _>(lease_ms)
+    Claim {
+        queues,
+        limit,
+        worker_id,
+        lease_ms,
+    }
     .load(conn)
     .await
 }
@@ -210,8 +423,9 @@ struct CancelFlag {
     cancel_requested: bool,
 }
 
-/// Extends the lease of this worker's running jobs; returns the ids whose cancellation was
-/// requested, and (implicitly, by absence) the ones it no longer holds.
+/// Extends the lease of this worker's running (and claimed, not yet started) jobs; returns
+/// the ids whose cancellation was requested, and (implicitly, by absence) the ones it no
+/// longer holds.
 pub async fn heartbeat(
     conn: &mut AsyncPgConnection,
     worker_id: Uuid,
@@ -238,18 +452,7 @@ pub async fn heartbeat(
         .collect())
 }
 
-/// Fences a worker's write: the job is still running under this worker and attempt.
-macro_rules! held {
-    ($id:expr, $worker:expr, $attempt:expr) => {
-        jobs::table
-            .filter(jobs::id.eq($id))
-            .filter(jobs::worker_id.eq($worker))
-            .filter(jobs::attempt.eq($attempt))
-            .filter(jobs::state.eq("running"))
-    };
-}
-
-/// Records progress (persisted; the caller throttles).
+/// Records progress (persisted; the caller throttles). Fenced by worker and attempt.
 pub async fn set_progress(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -258,14 +461,20 @@ pub async fn set_progress(
     pct: i16,
     message: Option<&str>,
 ) -> QueryResult<bool> {
-    let n = diesel::update(held!(id, worker_id, attempt))
-        .set((
-            jobs::progress.eq(pct.clamp(0, 100)),
-            jobs::progress_message.eq(message),
-            jobs::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await?;
+    let n = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(id))
+            .filter(jobs::worker_id.eq(worker_id))
+            .filter(jobs::attempt.eq(attempt))
+            .filter(jobs::state.eq("running")),
+    )
+    .set((
+        jobs::progress.eq(pct.clamp(0, 100)),
+        jobs::progress_message.eq(message),
+        jobs::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
     Ok(n == 1)
 }
 
@@ -298,8 +507,301 @@ pub enum Finish<'a> {
     HandBack,
 }
 
-/// Applies a worker's outcome; false when the worker no longer held the job (its lease
-/// expired and the job was rescued): a late completion is ignored.
+/// How a job ended, for the batched end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndState {
+    /// Completed.
+    Completed,
+    /// Out of attempts or failed permanently.
+    Dead,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl EndState {
+    /// The stored state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status its owner's `job.status_changed` event carries.
+    fn public(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Dead => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One job's end in a batch.
+#[derive(Debug, Clone)]
+pub struct End<'a> {
+    /// Job.
+    pub id: Uuid,
+    /// The attempt the worker ran (fencing).
+    pub attempt: i32,
+    /// How it ended.
+    pub state: EndState,
+    /// Result summary (completed).
+    pub result: Option<&'a serde_json::Value>,
+    /// Downloadable body and its media type (completed).
+    pub body: Option<(&'a str, &'a [u8])>,
+    /// Why it failed (dead).
+    pub error: Option<&'a str>,
+    /// The message of its owner's event.
+    pub message: Option<&'a str>,
+}
+
+/// A job that reached a terminal state, as the flow hook needs it.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Terminal {
+    /// Job.
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    /// Kind.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    /// Queue.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// Flow step, if the job runs one.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub flow_step_id: Option<Uuid>,
+    /// `completed`, `dead` or `cancelled`.
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    /// Result summary.
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub result: Option<serde_json::Value>,
+    /// Last failure.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_error: Option<String>,
+    /// Attempt it ended in.
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+}
+
+/// The batched end: moves the held jobs to `jobs_history` with their end state, writes each
+/// owner's `job.status_changed` event and bumps the per-minute counters, in ONE statement.
+struct EndBatch<'a> {
+    worker_id: Uuid,
+    shard: i16,
+    id: Vec<Uuid>,
+    attempt: Vec<i32>,
+    state: Vec<&'static str>,
+    public: Vec<&'static str>,
+    result: Vec<Option<&'a serde_json::Value>>,
+    content_type: Vec<Option<&'a str>>,
+    body: Vec<Option<&'a [u8]>>,
+    error: Vec<Option<&'a str>>,
+    message: Vec<Option<&'a str>>,
+}
+
+prepared!(EndBatch, EndBatchId, Untyped, |this, out| {
+    out.push_sql("WITH d AS (SELECT * FROM unnest(");
+    out.push_bind_param::<Array<SqlUuid>, _>(&this.id)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Integer>, _>(&this.attempt)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Text>, _>(&this.state)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Text>, _>(&this.public)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&this.result)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Text>>, _>(&this.content_type)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Bytea>>, _>(&this.body)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Text>>, _>(&this.error)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Text>>, _>(&this.message)?;
+    out.push_sql(
+        ") AS d(id, attempt, state, public, result, content_type, body, error, message)), \
+         moved AS (DELETE FROM jobs j USING d \
+             WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running' AND j.worker_id = ",
+    );
+    out.push_bind_param::<SqlUuid, _>(&this.worker_id)?;
+    out.push_sql(
+        " RETURNING j.*, d.state AS end_state, d.public, d.result AS end_result, \
+             d.content_type, d.body, d.error, d.message), \
+         hist AS (INSERT INTO jobs_history (id, kind, queue, priority, state, payload, \
+             unique_key, run_at, attempt, max_attempts, timeout_secs, worker_id, \
+             lease_expires_at, progress, progress_message, cancel_requested, last_error, \
+             result, result_content_type, result_body, owner_id, campus_id, created_at, \
+             started_at, finished_at, updated_at, flow_step_id) \
+             SELECT id, kind, queue, priority, end_state, payload, unique_key, run_at, attempt, \
+             max_attempts, timeout_secs, worker_id, NULL, \
+             CASE WHEN end_state = 'completed' THEN 100 ELSE progress END, progress_message, \
+             cancel_requested, coalesce(error, last_error), end_result, content_type, body, \
+             owner_id, campus_id, created_at, started_at, now(), now(), flow_step_id \
+             FROM moved), \
+         ev AS (INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, \
+             event_type, payload, campus_id, vendor_id, user_id) \
+             SELECT 'job', id, attempt * 1000 + 999, 'job.status_changed', \
+             jsonb_build_object('jobId', id, 'type', kind, 'status', public, 'progress', 100, \
+                 'message', message, 'attempt', attempt), campus_id, NULL, owner_id \
+             FROM moved), \
+         counts AS (INSERT INTO job_counts_minute (minute, kind, queue, shard, completed, dead) \
+             SELECT date_trunc('minute', now()), kind, queue, ",
+    );
+    out.push_bind_param::<SmallInt, _>(&this.shard)?;
+    out.push_sql(
+        ", count(*) FILTER (WHERE end_state = 'completed'), \
+             count(*) FILTER (WHERE end_state = 'dead') FROM moved GROUP BY kind, queue \
+             ON CONFLICT (minute, kind, queue, shard) DO UPDATE SET \
+             completed = job_counts_minute.completed + excluded.completed, \
+             dead = job_counts_minute.dead + excluded.dead) \
+         SELECT id, kind, queue, flow_step_id, end_state AS state, end_result AS result, \
+             coalesce(error, last_error) AS last_error, attempt FROM moved",
+    );
+    Ok(())
+});
+
+/// Ends a batch of this worker's jobs in one statement: each held job (same worker, same
+/// attempt, still running) moves to `jobs_history` with its end state, its owner's
+/// `job.status_changed` event is written and the per-minute counters (`shard`: this
+/// worker's row) are bumped. Returns the jobs that were held; the others were rescued
+/// meanwhile and their late end is ignored.
+pub async fn end_batch(
+    conn: &mut AsyncPgConnection,
+    worker_id: Uuid,
+    shard: i16,
+    ends: &[End<'_>],
+) -> QueryResult<Vec<Terminal>> {
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = EndBatch {
+        worker_id,
+        shard,
+        id: Vec::with_capacity(ends.len()),
+        attempt: Vec::with_capacity(ends.len()),
+        state: Vec::with_capacity(ends.len()),
+        public: Vec::with_capacity(ends.len()),
+        result: Vec::with_capacity(ends.len()),
+        content_type: Vec::with_capacity(ends.len()),
+        body: Vec::with_capacity(ends.len()),
+        error: Vec::with_capacity(ends.len()),
+        message: Vec::with_capacity(ends.len()),
+    };
+    for e in ends {
+        q.id.push(e.id);
+        q.attempt.push(e.attempt);
+        q.state.push(e.state.as_str());
+        q.public.push(e.state.public());
+        q.result.push(e.result);
+        q.content_type.push(e.body.map(|b| b.0));
+        q.body.push(e.body.map(|b| b.1));
+        q.error.push(e.error);
+        q.message.push(e.message);
+    }
+    q.load(conn).await
+}
+
+/// One job going back to the queue in a batch.
+#[derive(Debug, Clone)]
+pub struct Requeue<'a> {
+    /// Job.
+    pub id: Uuid,
+    /// The attempt the worker ran (fencing).
+    pub attempt: i32,
+    /// A hand-back (shutdown, never started): the attempt is not counted, no event, no
+    /// counter. Otherwise a failed attempt waiting for its retry.
+    pub hand_back: bool,
+    /// When it may run again.
+    pub run_at: DateTime<Utc>,
+    /// Why it failed (retry).
+    pub error: Option<&'a str>,
+}
+
+/// The batched requeue (retries and hand-backs), with the retries' events and counters.
+struct RequeueBatch<'a> {
+    worker_id: Uuid,
+    shard: i16,
+    id: Vec<Uuid>,
+    attempt: Vec<i32>,
+    hand_back: Vec<bool>,
+    run_at: Vec<DateTime<Utc>>,
+    error: Vec<Option<&'a str>>,
+}
+
+prepared!(RequeueBatch, RequeueBatchId, Untyped, |this, out| {
+    out.push_sql("WITH d AS (SELECT * FROM unnest(");
+    out.push_bind_param::<Array<SqlUuid>, _>(&this.id)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Integer>, _>(&this.attempt)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Bool>, _>(&this.hand_back)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Timestamptz>, _>(&this.run_at)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Text>>, _>(&this.error)?;
+    out.push_sql(
+        ") AS d(id, attempt, hand_back, run_at, error)), \
+         upd AS (UPDATE jobs j SET state = 'queued', \
+             attempt = CASE WHEN d.hand_back THEN j.attempt - 1 ELSE j.attempt END, \
+             run_at = d.run_at, last_error = coalesce(d.error, j.last_error), worker_id = NULL, \
+             lease_expires_at = NULL, \
+             progress = CASE WHEN d.hand_back THEN 0 ELSE j.progress END, updated_at = now() \
+             FROM d WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running' \
+             AND j.worker_id = ",
+    );
+    out.push_bind_param::<SqlUuid, _>(&this.worker_id)?;
+    out.push_sql(
+        " RETURNING j.id, j.kind, j.queue, d.attempt, j.owner_id, j.campus_id, d.hand_back, \
+             d.error), \
+         ev AS (INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, \
+             event_type, payload, campus_id, vendor_id, user_id) \
+             SELECT 'job', id, attempt * 1000 + 999, 'job.status_changed', \
+             jsonb_build_object('jobId', id, 'type', kind, 'status', 'queued', 'progress', 100, \
+                 'message', error, 'attempt', attempt), campus_id, NULL, owner_id \
+             FROM upd WHERE NOT hand_back), \
+         counts AS (INSERT INTO job_counts_minute (minute, kind, queue, shard, failed) \
+             SELECT date_trunc('minute', now()), kind, queue, ",
+    );
+    out.push_bind_param::<SmallInt, _>(&this.shard)?;
+    out.push_sql(
+        ", count(*) FROM upd WHERE NOT hand_back GROUP BY kind, queue \
+             ON CONFLICT (minute, kind, queue, shard) DO UPDATE SET \
+             failed = job_counts_minute.failed + excluded.failed) \
+         SELECT id FROM upd",
+    );
+    Ok(())
+});
+
+/// Puts a batch of this worker's jobs back in the queue in one statement (fenced like
+/// [`end_batch`]); returns the ids it still held.
+pub async fn requeue_batch(
+    conn: &mut AsyncPgConnection,
+    worker_id: Uuid,
+    shard: i16,
+    requeues: &[Requeue<'_>],
+) -> QueryResult<Vec<Uuid>> {
+    if requeues.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = RequeueBatch {
+        worker_id,
+        shard,
+        id: requeues.iter().map(|r| r.id).collect(),
+        attempt: requeues.iter().map(|r| r.attempt).collect(),
+        hand_back: requeues.iter().map(|r| r.hand_back).collect(),
+        run_at: requeues.iter().map(|r| r.run_at).collect(),
+        error: requeues.iter().map(|r| r.error).collect(),
+    };
+    let rows: Vec<IdRow> = q.load(conn).await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Applies one worker's outcome (counters in shard 0); false when the worker no longer held
+/// the job (its lease expired and the job was rescued): a late completion is ignored. The
+/// runner batches these through [`end_batch`] and [`requeue_batch`].
 pub async fn finish(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -307,213 +809,144 @@ pub async fn finish(
     attempt: i32,
     outcome: Finish<'_>,
 ) -> QueryResult<bool> {
-    let target = held!(id, worker_id, attempt);
-    let now = diesel::dsl::now;
-    let n = match outcome {
-        Finish::Completed { result, body } => {
-            let (content_type, bytes) = body.map_or((None, None), |(ct, b)| (Some(ct), Some(b)));
-            diesel::update(target)
-                .set((
-                    jobs::state.eq("completed"),
-                    jobs::progress.eq(100),
-                    jobs::result.eq(result),
-                    jobs::result_content_type.eq(content_type),
-                    jobs::result_body.eq(bytes),
-                    jobs::finished_at.eq(now),
-                    jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-                    jobs::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
+    let end = |state, result, body, error| End {
+        id,
+        attempt,
+        state,
+        result,
+        body,
+        error,
+        message: error,
+    };
+    let n = match &outcome {
+        Finish::Completed { result, body } => end_batch(
+            conn,
+            worker_id,
+            0,
+            &[end(EndState::Completed, Some(result), *body, None)],
+        )
+        .await?
+        .len(),
+        Finish::Dead { error } => end_batch(
+            conn,
+            worker_id,
+            0,
+            &[end(EndState::Dead, None, None, Some(*error))],
+        )
+        .await?
+        .len(),
+        Finish::Cancelled => end_batch(
+            conn,
+            worker_id,
+            0,
+            &[end(EndState::Cancelled, None, None, None)],
+        )
+        .await?
+        .len(),
         Finish::Retry { error, run_at } => {
-            diesel::update(target)
-                .set((
-                    jobs::state.eq("queued"),
-                    jobs::last_error.eq(error),
-                    jobs::run_at.eq(run_at),
-                    jobs::worker_id.eq(None::<Uuid>),
-                    jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-                    jobs::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
-        Finish::Dead { error } => {
-            diesel::update(target)
-                .set((
-                    jobs::state.eq("dead"),
-                    jobs::last_error.eq(error),
-                    jobs::finished_at.eq(now),
-                    jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-                    jobs::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
-        Finish::Cancelled => {
-            diesel::update(target)
-                .set((
-                    jobs::state.eq("cancelled"),
-                    jobs::finished_at.eq(now),
-                    jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-                    jobs::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
+            let r = Requeue {
+                id,
+                attempt,
+                hand_back: false,
+                run_at: *run_at,
+                error: Some(*error),
+            };
+            requeue_batch(conn, worker_id, 0, &[r]).await?.len()
         }
         Finish::HandBack => {
-            diesel::update(target)
-                .set((
-                    jobs::state.eq("queued"),
-                    jobs::attempt.eq(jobs::attempt - 1),
-                    jobs::run_at.eq(now),
-                    jobs::worker_id.eq(None::<Uuid>),
-                    jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-                    jobs::progress.eq(0),
-                    jobs::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
+            let r = Requeue {
+                id,
+                attempt,
+                hand_back: true,
+                run_at: Utc::now(),
+                error: None,
+            };
+            requeue_batch(conn, worker_id, 0, &[r]).await?.len()
         }
     };
     Ok(n == 1)
 }
 
-/// The common end of a job — completed, with its owner's `job.status_changed` event — as ONE
-/// statement (a CTE writes the event only when the update matched), instead of a
-/// transaction of four round trips: at saturation the worker spends its time here. Same
-/// fencing as [`finish`]: false when the worker no longer held the job.
-pub async fn complete(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    worker_id: Uuid,
-    attempt: i32,
-    result: &serde_json::Value,
-    body: Option<(&str, &[u8])>,
-    event: &super::outbox::NewOutboxEventRow,
-) -> QueryResult<bool> {
-    let (content_type, bytes) = body.map_or((None, None), |(ct, b)| (Some(ct), Some(b)));
-    let n: i64 = Complete {
-        id,
-        worker_id,
-        attempt,
-        result,
-        content_type,
-        bytes,
-        event,
-    }
-    .get_result(conn)
-    .await?;
-    Ok(n == 1)
-}
-
-/// The statement of [`complete`]: a fixed query type, so diesel keeps it prepared per
-/// connection (`sql_query` would prepare it anew each time: two round trips instead of one).
-struct Complete<'a> {
-    id: Uuid,
-    worker_id: Uuid,
-    attempt: i32,
-    result: &'a serde_json::Value,
-    content_type: Option<&'a str>,
-    bytes: Option<&'a [u8]>,
-    event: &'a super::outbox::NewOutboxEventRow,
-}
-
-/// The cache key of [`Complete`] (a `QueryId` must be `'static`; `Complete` borrows).
-struct CompleteId;
-
-impl diesel::query_builder::QueryId for Complete<'_> {
-    type QueryId = CompleteId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl diesel::query_builder::Query for Complete<'_> {
-    type SqlType = BigInt;
-}
-
-impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for Complete<'_> {
-    fn walk_ast<'b>(
-        &'b self,
-        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
-    ) -> QueryResult<()> {
-        use diesel::sql_types::{Bytea, Integer, Jsonb, Nullable};
-        let e = self.event;
-        out.push_sql(
-            "WITH done AS (UPDATE jobs SET state = 'completed', progress = 100, result = ",
-        );
-        out.push_bind_param::<Jsonb, _>(self.result)?;
-        out.push_sql(", result_content_type = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.content_type)?;
-        out.push_sql(", result_body = ");
-        out.push_bind_param::<Nullable<Bytea>, _>(&self.bytes)?;
-        out.push_sql(
-            ", finished_at = now(), lease_expires_at = NULL, updated_at = now() WHERE id = ",
-        );
-        out.push_bind_param::<SqlUuid, _>(&self.id)?;
-        out.push_sql(" AND worker_id = ");
-        out.push_bind_param::<SqlUuid, _>(&self.worker_id)?;
-        out.push_sql(" AND attempt = ");
-        out.push_bind_param::<Integer, _>(&self.attempt)?;
-        out.push_sql(
-            " AND state = 'running' RETURNING id), \
-             event AS (INSERT INTO outbox_events (aggregate_type, aggregate_id, \
-             aggregate_version, event_type, payload, campus_id, vendor_id, user_id) SELECT ",
-        );
-        out.push_bind_param::<Text, _>(&e.aggregate_type)?;
-        out.push_sql(", ");
-        out.push_bind_param::<SqlUuid, _>(&e.aggregate_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Integer, _>(&e.aggregate_version)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&e.event_type)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Jsonb, _>(&e.payload)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlUuid>, _>(&e.campus_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlUuid>, _>(&e.vendor_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlUuid>, _>(&e.user_id)?;
-        out.push_sql(" FROM done) SELECT count(*) FROM done");
-        Ok(())
-    }
-}
-
-#[derive(QueryableByName)]
-struct Rescued {
+/// What a rescue did to one job.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Rescued {
+    /// Job.
     #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
+    pub id: Uuid,
+    /// `queued` (another attempt) or `dead` (that was its last).
     #[diesel(sql_type = Text)]
-    state: String,
+    pub state: String,
+    /// Kind.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    /// Queue.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// Flow step, if any.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub flow_step_id: Option<Uuid>,
+    /// Its attempt.
+    #[diesel(sql_type = Integer)]
+    pub attempt: i32,
+    /// Why.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_error: Option<String>,
 }
 
-/// Returns running jobs whose lease expired (their worker died or hung) to the queue, or
-/// marks them dead when that was their last attempt. Safe to run from every worker at once.
-pub async fn rescue_expired(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(Uuid, String)>> {
-    let rows: Vec<Rescued> = diesel::sql_query(
-        "UPDATE jobs SET \
-             state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END, \
-             finished_at = CASE WHEN attempt >= max_attempts THEN now() ELSE NULL END, \
+impl Rescued {
+    /// The terminal view of a job the rescue declared dead.
+    pub fn terminal(&self) -> Option<Terminal> {
+        (self.state == "dead").then(|| Terminal {
+            id: self.id,
+            kind: self.kind.clone(),
+            queue: self.queue.clone(),
+            flow_step_id: self.flow_step_id,
+            state: self.state.clone(),
+            result: None,
+            last_error: self.last_error.clone(),
+            attempt: self.attempt,
+        })
+    }
+}
+
+/// Returns running jobs whose lease expired (their worker died or hung — including jobs it
+/// had claimed into its buffer and not started) to the queue, or moves them to history as
+/// dead when that was their last attempt. Safe to run from every worker at once. Fires no
+/// NOTIFY; the caller wakes the workers after commit.
+pub async fn rescue_expired(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Rescued>> {
+    diesel::sql_query(format!(
+        "WITH expired AS (SELECT id, attempt >= max_attempts AS last FROM jobs \
+             WHERE state = 'running' AND lease_expires_at < now() \
+             ORDER BY lease_expires_at LIMIT 10000 FOR UPDATE SKIP LOCKED), \
+         requeued AS (UPDATE jobs SET state = 'queued', \
              last_error = 'lease expired: the worker stopped heartbeating', \
              worker_id = NULL, lease_expires_at = NULL, run_at = now(), updated_at = now() \
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now() \
-                      FOR UPDATE SKIP LOCKED) \
-         RETURNING id, state",
-    )
+             WHERE id IN (SELECT id FROM expired WHERE NOT last) \
+             RETURNING id, state, kind, queue, flow_step_id, attempt, last_error), \
+         dead AS (DELETE FROM jobs WHERE id IN (SELECT id FROM expired WHERE last) RETURNING *), \
+         hist AS (INSERT INTO jobs_history ({ALL_COLS}) \
+             SELECT id, kind, queue, priority, 'dead', payload, unique_key, run_at, attempt, \
+             max_attempts, timeout_secs, worker_id, NULL, progress, progress_message, \
+             cancel_requested, 'lease expired: the worker stopped heartbeating', result, \
+             result_content_type, result_body, owner_id, campus_id, created_at, started_at, \
+             now(), now(), flow_step_id FROM dead), \
+         counts AS (INSERT INTO job_counts_minute (minute, kind, queue, shard, dead) \
+             SELECT date_trunc('minute', now()), kind, queue, 0, count(*) FROM dead \
+             GROUP BY kind, queue ON CONFLICT (minute, kind, queue, shard) DO UPDATE SET \
+             dead = job_counts_minute.dead + excluded.dead) \
+         SELECT * FROM requeued UNION ALL \
+         SELECT id, 'dead', kind, queue, flow_step_id, attempt, \
+             'lease expired: the worker stopped heartbeating' FROM dead"
+    ))
     .load(conn)
-    .await?;
-    if rows.iter().any(|r| r.state == "queued") {
-        notify(conn, JOBS_CHANNEL, "*").await?;
-    }
-    Ok(rows.into_iter().map(|r| (r.id, r.state)).collect())
+    .await
 }
 
 /// What a cancel request did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
-    /// It was queued: cancelled at once.
-    Cancelled,
+    /// It was queued: cancelled at once (moved to history).
+    Cancelled(Terminal),
     /// It is running: its worker was told to stop.
     Requested,
     /// It had already finished.
@@ -522,7 +955,15 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Cancels a job: queued → cancelled now; running → flagged and its worker notified.
+impl PartialEq for Terminal {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.state == other.state && self.attempt == other.attempt
+    }
+}
+impl Eq for Terminal {}
+
+/// Cancels a job: queued → cancelled now (moved to history); running → flagged and its
+/// worker notified (`NOTIFY itsur_job_cancel`, delivered at commit).
 pub async fn cancel(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<CancelOutcome> {
     let state: Option<String> = jobs::table
         .find(id)
@@ -532,19 +973,40 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Cance
         .await
         .optional()?;
     Ok(match state.as_deref() {
-        None => CancelOutcome::NotFound,
-        Some("queued") => {
-            diesel::update(jobs::table.find(id))
-                .set((
-                    jobs::state.eq("cancelled"),
-                    jobs::finished_at.eq(diesel::dsl::now),
-                    jobs::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(conn)
-                .await?;
-            CancelOutcome::Cancelled
+        None => {
+            let finished: Option<Uuid> = super::schema::jobs_history::table
+                .find(id)
+                .select(super::schema::jobs_history::id)
+                .first(conn)
+                .await
+                .optional()?;
+            if finished.is_some() {
+                CancelOutcome::AlreadyFinished
+            } else {
+                CancelOutcome::NotFound
+            }
         }
-        Some("running") => {
+        Some("queued") => {
+            let mut rows: Vec<Terminal> = diesel::sql_query(format!(
+                "WITH moved AS (DELETE FROM jobs WHERE id = $1 AND state = 'queued' RETURNING *), \
+                 hist AS (INSERT INTO jobs_history ({ALL_COLS}) \
+                     SELECT id, kind, queue, priority, 'cancelled', payload, unique_key, run_at, \
+                     attempt, max_attempts, timeout_secs, worker_id, NULL, progress, \
+                     progress_message, cancel_requested, last_error, result, \
+                     result_content_type, result_body, owner_id, campus_id, created_at, \
+                     started_at, now(), now(), flow_step_id FROM moved) \
+                 SELECT id, kind, queue, flow_step_id, 'cancelled' AS state, result, \
+                     last_error, attempt FROM moved"
+            ))
+            .bind::<SqlUuid, _>(id)
+            .load(conn)
+            .await?;
+            match rows.pop() {
+                Some(t) => CancelOutcome::Cancelled(t),
+                None => CancelOutcome::NotFound,
+            }
+        }
+        Some(_) => {
             diesel::update(jobs::table.find(id))
                 .set((
                     jobs::cancel_requested.eq(true),
@@ -555,52 +1017,64 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Cance
             notify(conn, CANCEL_CHANNEL, &id.to_string()).await?;
             CancelOutcome::Requested
         }
-        Some(_) => CancelOutcome::AlreadyFinished,
     })
 }
 
+const RETRY_DEAD: &str = "WITH back AS (DELETE FROM jobs_history WHERE state = 'dead' AND ";
+const RETRY_DEAD_TAIL: &str = " RETURNING *) \
+    INSERT INTO jobs (id, kind, queue, priority, state, payload, unique_key, run_at, attempt, \
+        max_attempts, timeout_secs, progress, progress_message, cancel_requested, last_error, \
+        owner_id, campus_id, created_at, updated_at, flow_step_id) \
+    SELECT id, kind, queue, priority, 'queued', payload, unique_key, now(), 0, max_attempts, \
+        timeout_secs, 0, NULL, false, last_error, owner_id, campus_id, created_at, now(), \
+        flow_step_id FROM back RETURNING id";
+
 /// Puts a dead job back in the queue with a fresh set of attempts; false unless it was dead.
+/// Fires no NOTIFY: wake the workers after commit.
 pub async fn retry_dead(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
-    let row: Option<String> = diesel::update(jobs::table.find(id).filter(jobs::state.eq("dead")))
-        .set((
-            jobs::state.eq("queued"),
-            jobs::attempt.eq(0),
-            jobs::run_at.eq(diesel::dsl::now),
-            jobs::finished_at.eq(None::<DateTime<Utc>>),
-            jobs::cancel_requested.eq(false),
-            jobs::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(jobs::queue)
-        .get_result(conn)
-        .await
-        .optional()?;
-    match row {
-        Some(queue) => {
-            notify(conn, JOBS_CHANNEL, &queue).await?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    let rows: Vec<IdRow> = diesel::sql_query(format!("{RETRY_DEAD}id = $1{RETRY_DEAD_TAIL}"))
+        .bind::<SqlUuid, _>(id)
+        .load(conn)
+        .await?;
+    Ok(!rows.is_empty())
 }
 
-/// A job by id.
+/// Puts every dead job (of `kind`, if given) back in the queue; returns how many.
+pub async fn retry_dead_all(
+    conn: &mut AsyncPgConnection,
+    kind: Option<&str>,
+) -> QueryResult<usize> {
+    let rows: Vec<IdRow> = diesel::sql_query(format!(
+        "{RETRY_DEAD}($1::text IS NULL OR kind = $1){RETRY_DEAD_TAIL}"
+    ))
+    .bind::<Nullable<Text>, _>(kind)
+    .load(conn)
+    .await?;
+    Ok(rows.len())
+}
+
+/// A job by id, wherever it lives (hot table or history).
 pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<JobRow>> {
-    jobs::table
-        .find(id)
-        .select(JobRow::as_select())
-        .first(conn)
-        .await
-        .optional()
+    // One statement: both scans see the same snapshot, so a job moving meanwhile is found once.
+    let mut rows: Vec<JobRow> = diesel::sql_query(format!(
+        "SELECT {COLS} FROM jobs WHERE id = $1 UNION ALL \
+         SELECT {COLS} FROM jobs_history WHERE id = $1 LIMIT 1"
+    ))
+    .bind::<SqlUuid, _>(id)
+    .load(conn)
+    .await?;
+    Ok(rows.pop())
 }
 
-/// A job's downloadable result: (media type, body).
+/// A job's downloadable result: (media type, body). Only finished jobs have one.
 pub async fn find_result_body(
     conn: &mut AsyncPgConnection,
     id: Uuid,
 ) -> QueryResult<Option<(Option<String>, Option<Vec<u8>>)>> {
-    jobs::table
+    use super::schema::jobs_history as h;
+    h::table
         .find(id)
-        .select((jobs::result_content_type, jobs::result_body))
+        .select((h::result_content_type, h::result_body))
         .first(conn)
         .await
         .optional()
@@ -617,27 +1091,56 @@ pub enum Scope {
     All,
 }
 
-fn scoped<'a>(
+/// The WHERE clause of a list over one table, binds numbered from 1 in the order scope,
+/// states, kind (the same in both halves of the UNION, so they share the binds).
+fn list_filter(scope: Scope, states: Option<&[String]>, kind: Option<&str>) -> String {
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    let mut clauses = vec!["true".to_owned()];
+    match scope {
+        Scope::Owner(_) => clauses.push(format!("owner_id = ${}", next())),
+        Scope::Campus(_) => clauses.push(format!("campus_id = ${}", next())),
+        Scope::All => {}
+    }
+    if states.is_some() {
+        clauses.push(format!("state = ANY(${})", next()));
+    }
+    if kind.is_some() {
+        clauses.push(format!("kind = ${}", next()));
+    }
+    clauses.join(" AND ")
+}
+
+fn bind_list<'a>(
+    sql: String,
     scope: Scope,
     states: Option<&'a [String]>,
     kind: Option<&'a str>,
-) -> jobs::BoxedQuery<'a, diesel::pg::Pg> {
-    let mut q = jobs::table.into_boxed();
-    q = match scope {
-        Scope::Owner(id) => q.filter(jobs::owner_id.eq(id)),
-        Scope::Campus(id) => q.filter(jobs::campus_id.eq(id)),
-        Scope::All => q,
-    };
+) -> diesel::query_builder::BoxedSqlQuery<'a, Pg, diesel::query_builder::SqlQuery> {
+    let mut q = diesel::sql_query(sql).into_boxed();
+    match scope {
+        Scope::Owner(id) | Scope::Campus(id) => q = q.bind::<SqlUuid, _>(id),
+        Scope::All => {}
+    }
     if let Some(states) = states {
-        q = q.filter(jobs::state.eq_any(states));
+        q = q.bind::<Array<Text>, _>(states);
     }
     if let Some(kind) = kind {
-        q = q.filter(jobs::kind.eq(kind));
+        q = q.bind::<Text, _>(kind);
     }
     q
 }
 
-/// A page of jobs in scope, newest first, with the total count.
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+/// A page of jobs in scope, from both tables, newest first, with the total count.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     scope: Scope,
@@ -646,15 +1149,37 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> QueryResult<(Vec<JobRow>, i64)> {
-    let rows = scoped(scope, states, kind)
-        .order((jobs::created_at.desc(), jobs::id.desc()))
-        .limit(limit)
-        .offset(offset)
-        .select(JobRow::as_select())
-        .load(conn)
-        .await?;
-    let total = scoped(scope, states, kind).count().get_result(conn).await?;
-    Ok((rows, total))
+    let filter = list_filter(scope, states, kind);
+    // Each half is limited first, so the history's index on created_at serves the page.
+    let window = limit.saturating_add(offset).max(0);
+    let rows: Vec<JobRow> = bind_list(
+        format!(
+            "SELECT * FROM ( \
+             (SELECT {COLS} FROM jobs WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT {window}) \
+             UNION ALL \
+             (SELECT {COLS} FROM jobs_history WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT {window}) \
+             ) AS j ORDER BY created_at DESC, id DESC LIMIT {} OFFSET {}",
+            limit.max(0),
+            offset.max(0)
+        ),
+        scope,
+        states,
+        kind,
+    )
+    .load(conn)
+    .await?;
+    let total: Count = bind_list(
+        format!(
+            "SELECT (SELECT count(*) FROM jobs WHERE {filter}) + \
+             (SELECT count(*) FROM jobs_history WHERE {filter}) AS count"
+        ),
+        scope,
+        states,
+        kind,
+    )
+    .get_result(conn)
+    .await?;
+    Ok((rows, total.count))
 }
 
 #[derive(QueryableByName)]
@@ -665,15 +1190,27 @@ struct StateCount {
     count: i64,
 }
 
-/// Jobs per unfinished state (queued, running) plus dead — the states the partial indexes
-/// cover, so this stays cheap on a table with millions of finished jobs.
+/// Jobs per unfinished state (queued, running) plus dead: the hot table is small by design
+/// and dead jobs have their own partial index.
 pub async fn count_active_by_state(
     conn: &mut AsyncPgConnection,
 ) -> QueryResult<Vec<(String, i64)>> {
     let rows: Vec<StateCount> = diesel::sql_query(
         "SELECT 'queued' AS state, count(*) AS count FROM jobs WHERE state = 'queued' \
          UNION ALL SELECT 'running', count(*) FROM jobs WHERE state = 'running' \
-         UNION ALL SELECT 'dead', count(*) FROM jobs WHERE state = 'dead'",
+         UNION ALL SELECT 'dead', count(*) FROM jobs_history WHERE state = 'dead'",
+    )
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
+}
+
+/// Jobs per state across both tables (`itsur jobs stats`): exact counts, so it reads the
+/// whole history once.
+pub async fn count_by_state(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, i64)>> {
+    let rows: Vec<StateCount> = diesel::sql_query(
+        "SELECT state, count(*) AS count FROM jobs GROUP BY state \
+         UNION ALL SELECT state, count(*) FROM jobs_history GROUP BY state",
     )
     .load(conn)
     .await?;
@@ -681,20 +1218,143 @@ pub async fn count_active_by_state(
 }
 
 /// Deletes up to `batch` finished jobs that finished before `before` (dead ones are kept:
-/// an admin may still want them); returns how many.
+/// an admin may still want them), with their unique keys; returns how many.
 pub async fn delete_finished_before(
     conn: &mut AsyncPgConnection,
     before: DateTime<Utc>,
     batch: i64,
 ) -> QueryResult<usize> {
-    diesel::sql_query(
-        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at < $1 \
-         AND state IN ('completed', 'cancelled') LIMIT $2)",
+    let n: Count = diesel::sql_query(
+        "WITH del AS (DELETE FROM jobs_history WHERE id IN (SELECT id FROM jobs_history \
+             WHERE finished_at < $1 AND state IN ('completed', 'cancelled') LIMIT $2) \
+             RETURNING unique_key), \
+         keys AS (DELETE FROM job_keys WHERE unique_key IN \
+             (SELECT unique_key FROM del WHERE unique_key IS NOT NULL)) \
+         SELECT count(*) AS count FROM del",
     )
-    .bind::<diesel::sql_types::Timestamptz, _>(before)
+    .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(batch)
-    .execute(conn)
+    .get_result(conn)
+    .await?;
+    Ok(usize::try_from(n.count).unwrap_or(0))
+}
+
+/// A queue as operators see it.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct QueueRow {
+    /// Name.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// Claims skip it.
+    #[diesel(sql_type = Bool)]
+    pub paused: bool,
+    /// Queued jobs (due or not).
+    #[diesel(sql_type = BigInt)]
+    pub queued: i64,
+    /// Running (or claimed) jobs.
+    #[diesel(sql_type = BigInt)]
+    pub running: i64,
+    /// When the oldest due queued job became due.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub oldest_due_at: Option<DateTime<Utc>>,
+}
+
+/// Every queue with jobs or a pause flag: depth, running count, paused, oldest due job.
+/// Reads the hot table only (small by design).
+pub async fn list_queues(conn: &mut AsyncPgConnection) -> QueryResult<Vec<QueueRow>> {
+    diesel::sql_query(
+        "SELECT queue, coalesce(p.paused, false) AS paused, coalesce(c.queued, 0) AS queued, \
+             coalesce(c.running, 0) AS running, c.oldest_due_at \
+         FROM (SELECT queue, count(*) FILTER (WHERE state = 'queued') AS queued, \
+                 count(*) FILTER (WHERE state = 'running') AS running, \
+                 min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_due_at \
+               FROM jobs GROUP BY queue) c \
+         FULL JOIN job_queues p USING (queue) ORDER BY queue",
+    )
+    .load(conn)
     .await
+}
+
+/// Pauses (claims skip it) or resumes a queue; true when the flag changed.
+pub async fn set_queue_paused(
+    conn: &mut AsyncPgConnection,
+    queue: &str,
+    paused: bool,
+) -> QueryResult<bool> {
+    let n = if paused {
+        diesel::sql_query(
+            "INSERT INTO job_queues (queue, paused, paused_at) VALUES ($1, true, now()) \
+             ON CONFLICT (queue) DO UPDATE SET paused = true, paused_at = now(), \
+                 updated_at = now() \
+             WHERE NOT job_queues.paused",
+        )
+        .bind::<Text, _>(queue)
+        .execute(conn)
+        .await?
+    } else {
+        diesel::update(
+            job_queues::table
+                .filter(job_queues::queue.eq(queue))
+                .filter(job_queues::paused.eq(true)),
+        )
+        .set((
+            job_queues::paused.eq(false),
+            job_queues::paused_at.eq(None::<DateTime<Utc>>),
+            job_queues::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?
+    };
+    Ok(n == 1)
+}
+
+/// Jobs ended in one minute, kind and queue.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct MinuteCount {
+    /// Start of the minute.
+    #[diesel(sql_type = Timestamptz)]
+    pub minute: DateTime<Utc>,
+    /// Kind.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    /// Queue.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// Completed.
+    #[diesel(sql_type = BigInt)]
+    pub completed: i64,
+    /// Attempts failed that will be retried.
+    #[diesel(sql_type = BigInt)]
+    pub failed: i64,
+    /// Dead.
+    #[diesel(sql_type = BigInt)]
+    pub dead: i64,
+}
+
+/// Per-minute counters since `since`, oldest first (the shards summed).
+pub async fn list_minute_counts(
+    conn: &mut AsyncPgConnection,
+    since: DateTime<Utc>,
+) -> QueryResult<Vec<MinuteCount>> {
+    diesel::sql_query(
+        "SELECT minute, kind, queue, sum(completed)::int8 AS completed, \
+             sum(failed)::int8 AS failed, sum(dead)::int8 AS dead \
+         FROM job_counts_minute WHERE minute >= date_trunc('minute', $1::timestamptz) \
+         GROUP BY minute, kind, queue ORDER BY minute, kind, queue",
+    )
+    .bind::<Timestamptz, _>(since)
+    .load(conn)
+    .await
+}
+
+/// Deletes per-minute counters older than `before`; returns how many rows.
+pub async fn delete_minute_counts_before(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::delete(job_counts_minute::table.filter(job_counts_minute::minute.lt(before)))
+        .execute(conn)
+        .await
 }
 
 /// A registered worker.

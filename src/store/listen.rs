@@ -20,6 +20,20 @@ use crate::shutdown::Shutdown;
 pub const HEALTH_EVERY: Duration = Duration::from_secs(30);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a listener reports.
+#[derive(Debug, Clone, Copy)]
+pub enum Notification<'a> {
+    /// (Re)connected and listening: notifications sent meanwhile were lost.
+    Connected,
+    /// A notification.
+    Message {
+        /// Its channel.
+        channel: &'a str,
+        /// Its payload.
+        payload: &'a str,
+    },
+}
+
 /// Listens on `channel` until shutdown, calling `wake.notify_one()` for every notification
 /// (and once per connect). `channel` must be a plain lowercase identifier.
 pub async fn wake_on_notify(
@@ -28,20 +42,31 @@ pub async fn wake_on_notify(
     wake: Arc<Notify>,
     shutdown: Shutdown,
 ) {
+    on_notify(url, &[channel], move |_| wake.notify_one(), shutdown).await;
+}
+
+/// Listens on `channels` until shutdown, handing every notification (and every connect) to
+/// `on`, which must not block. Channel names must be plain lowercase identifiers.
+pub async fn on_notify<F>(url: Secret<String>, channels: &[&'static str], on: F, shutdown: Shutdown)
+where
+    F: Fn(Notification<'_>) + Send + Sync,
+{
     debug_assert!(
-        channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+        channels
+            .iter()
+            .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')),
         "channel names are interpolated into LISTEN"
     );
     let mut delay = Duration::from_millis(250);
     while !shutdown.is_triggered() {
         let outcome = tokio::select! {
-            o = listen_once(&url, channel, &wake) => o,
+            o = listen_once(&url, channels, &on) => o,
             () = shutdown.cancelled() => return,
         };
         match outcome {
             Ok(()) => delay = Duration::from_millis(250),
             Err(e) => {
-                tracing::warn!(channel, error = %e, retry_in_ms = delay.as_millis(), "LISTEN connection lost")
+                tracing::warn!(channels = ?channels, error = %e, retry_in_ms = delay.as_millis(), "LISTEN connection lost")
             }
         }
         if !shutdown.sleep(delay).await {
@@ -52,16 +77,24 @@ pub async fn wake_on_notify(
 }
 
 /// One connection's life: connect, LISTEN, forward notifications until it fails.
-async fn listen_once(url: &Secret<String>, channel: &str, wake: &Notify) -> Result<(), String> {
+async fn listen_once<F>(
+    url: &Secret<String>,
+    channels: &[&'static str],
+    on: &F,
+) -> Result<(), String>
+where
+    F: Fn(Notification<'_>) + Send + Sync,
+{
     let mut conn = tokio::time::timeout(CHECK_TIMEOUT, super::connect::establish(url.expose()))
         .await
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    conn.batch_execute(&format!("LISTEN {channel}"))
+    let listen: Vec<String> = channels.iter().map(|c| format!("LISTEN {c}")).collect();
+    conn.batch_execute(&listen.join("; "))
         .await
         .map_err(|e| e.to_string())?;
-    tracing::debug!(channel, "listening");
-    wake.notify_one();
+    tracing::debug!(channels = ?channels, "listening");
+    on(Notification::Connected);
     loop {
         {
             let mut stream = std::pin::pin!(conn.notifications_stream());
@@ -70,7 +103,7 @@ async fn listen_once(url: &Secret<String>, channel: &str, wake: &Notify) -> Resu
             loop {
                 tokio::select! {
                     n = stream.next() => match n {
-                        Some(Ok(_)) => wake.notify_one(),
+                        Some(Ok(n)) => on(Notification::Message { channel: &n.channel, payload: &n.payload }),
                         Some(Err(e)) => return Err(e.to_string()),
                         None => return Err("notification stream ended".to_owned()),
                     },

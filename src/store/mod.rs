@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod campuses;
 pub mod connect;
+pub mod console;
 pub mod devices;
 pub mod flows;
 pub mod idempotency;

@@ -159,6 +159,67 @@ diesel::table! {
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
         updated_at -> Timestamptz,
+        flow_step_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    jobs_history (id) {
+        id -> Uuid,
+        kind -> Text,
+        queue -> Text,
+        priority -> Int2,
+        state -> Text,
+        payload -> Jsonb,
+        unique_key -> Nullable<Text>,
+        run_at -> Timestamptz,
+        attempt -> Int4,
+        max_attempts -> Int4,
+        timeout_secs -> Int4,
+        worker_id -> Nullable<Uuid>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        progress -> Int2,
+        progress_message -> Nullable<Text>,
+        cancel_requested -> Bool,
+        last_error -> Nullable<Text>,
+        result -> Nullable<Jsonb>,
+        result_content_type -> Nullable<Text>,
+        result_body -> Nullable<Bytea>,
+        owner_id -> Nullable<Uuid>,
+        campus_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        flow_step_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    job_counts_minute (minute, kind, queue, shard) {
+        minute -> Timestamptz,
+        kind -> Text,
+        queue -> Text,
+        shard -> Int2,
+        completed -> Int8,
+        failed -> Int8,
+        dead -> Int8,
+    }
+}
+
+diesel::table! {
+    job_keys (unique_key) {
+        unique_key -> Text,
+        job_id -> Uuid,
+    }
+}
+
+diesel::table! {
+    job_queues (queue) {
+        queue -> Text,
+        paused -> Bool,
+        paused_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -300,7 +361,11 @@ diesel::allow_tables_to_appear_in_same_query!(
     flow_versions,
     flows,
     idempotency_keys,
+    job_counts_minute,
+    job_keys,
+    job_queues,
     jobs,
+    jobs_history,
     menu_items,
     order_items,
     orders,

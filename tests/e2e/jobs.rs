@@ -150,7 +150,7 @@ struct RunBy {
 
 /// Jobs whose side effect did not happen exactly once (hash join: `audit_log` has no index
 /// on `target_id`).
-const ONE_RUN_EACH: &str = "SELECT count(*) AS n FROM jobs j LEFT JOIN \
+const ONE_RUN_EACH: &str = "SELECT count(*) AS n FROM (SELECT * FROM jobs UNION ALL SELECT * FROM jobs_history) j LEFT JOIN \
      (SELECT target_id, count(*) AS runs FROM audit_log WHERE action = 'job.noop' \
       GROUP BY target_id) a ON a.target_id = j.id::text \
      WHERE coalesce(a.runs, 0) <> 1";
@@ -232,7 +232,7 @@ async fn job_states(ctx: &Ctx) -> String {
     }
     let mut conn = ctx.db.conn().await.unwrap();
     let groups: Vec<Group> = diesel::sql_query(
-        "SELECT state, attempt, last_error, count(*) AS n FROM jobs \
+        "SELECT state, attempt, last_error, count(*) AS n FROM (SELECT * FROM jobs UNION ALL SELECT * FROM jobs_history) j \
          GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 20",
     )
     .load(&mut conn)
@@ -289,7 +289,7 @@ async fn ten_thousand_jobs_on_three_workers_each_run_exactly_once() {
     assert_eq!(
         count(
             &ctx,
-            "SELECT count(*) AS n FROM jobs WHERE state = 'completed'"
+            "SELECT count(*) AS n FROM jobs_history WHERE state = 'completed'"
         )
         .await,
         JOBS,
@@ -311,7 +311,7 @@ async fn ten_thousand_jobs_on_three_workers_each_run_exactly_once() {
         "one side effect per job, no more"
     );
     assert_eq!(
-        count(&ctx, "SELECT count(*) AS n FROM jobs WHERE attempt <> 1").await,
+        count(&ctx, "SELECT count(*) AS n FROM (SELECT * FROM jobs UNION ALL SELECT * FROM jobs_history) j WHERE attempt <> 1").await,
         0,
         "every job ran in its first attempt: {}",
         job_states(&ctx).await
@@ -476,4 +476,61 @@ async fn sigterm_lets_short_jobs_finish_and_hands_long_ones_back() {
         0,
         "the stopped worker unregistered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_a_full_local_buffer_loses_nothing_and_runs_nothing_twice() {
+    let db = TestDb::new().await;
+    let ctx = ctx_for(&db.url, None);
+    // Two slots and a buffer of ten: twelve jobs are claimed, two start, ten wait locally.
+    let mut a = WorkerProc::spawn(&db, &[("WORKER_CONCURRENCY", "2"), ("JOB_PREFETCH", "10")]);
+    a.ready().await;
+    let a_id = a.worker_id(&ctx).await;
+    let batch: Vec<NewJob> = (0..12)
+        .map(|_| noop(json!({ "sleepMs": 4_000, "audit": true })))
+        .collect();
+    {
+        let mut conn = ctx.db.conn().await.unwrap();
+        store::enqueue_many(&mut conn, &batch).await.unwrap();
+        store::notify_workers(&mut conn, "default").await.unwrap();
+    }
+    wait_until(
+        &ctx,
+        "A claimed all twelve (two running, ten buffered)",
+        Duration::from_secs(30),
+        &format!("SELECT count(*) AS n FROM jobs WHERE state = 'running' AND worker_id = '{a_id}'"),
+        12,
+    )
+    .await;
+    a.kill_9().await;
+    assert_eq!(
+        count(
+            &ctx,
+            "SELECT count(*) AS n FROM audit_log WHERE action = 'job.noop'"
+        )
+        .await,
+        0,
+        "nothing finished before the kill"
+    );
+
+    let mut b = WorkerProc::spawn(&db, &[("WORKER_CONCURRENCY", "12")]);
+    b.ready().await;
+    wait_until(
+        &ctx,
+        "every job rescued and completed",
+        Duration::from_secs(90),
+        "SELECT count(*) AS n FROM jobs_history WHERE state = 'completed'",
+        12,
+    )
+    .await;
+    assert_eq!(count(&ctx, "SELECT count(*) AS n FROM jobs").await, 0);
+    for job in &batch {
+        assert_eq!(
+            runs_of(&ctx, job.id).await,
+            1,
+            "{} ran exactly once",
+            job.id
+        );
+    }
+    assert_eq!(b.terminate().await, 0, "{}", b.logs());
 }

@@ -85,6 +85,7 @@ fn options() -> WorkerOptions {
         poll_only: false,
         drain_timeout: Duration::from_secs(20),
         cron: false,
+        prefetch: 8,
     }
 }
 
@@ -107,6 +108,7 @@ fn new_job(kind: &str, payload: Value) -> NewJob {
 async fn enqueue(ctx: &Ctx, job: &NewJob) -> JobRow {
     let mut conn = ctx.db.conn().await.unwrap();
     let (row, inserted) = store::enqueue(&mut conn, job).await.unwrap();
+    store::notify_workers(&mut conn, &row.queue).await.unwrap();
     assert!(inserted);
     row
 }
@@ -458,8 +460,7 @@ async fn a_duplicate_unique_key_returns_the_existing_job() {
     batch.push(second.clone());
     assert_eq!(store::enqueue_many(&mut conn, &batch).await.unwrap(), 3);
     assert_eq!(store::enqueue_many(&mut conn, &batch).await.unwrap(), 0);
-    let keyed: i64 = jobs::table
-        .filter(jobs::unique_key.is_not_null())
+    let keyed: i64 = itsur::store::schema::job_keys::table
         .count()
         .get_result(&mut conn)
         .await
@@ -1428,4 +1429,100 @@ async fn progress_and_the_end_of_a_job_are_events_for_its_owner() {
     let last = events.last().unwrap();
     assert_eq!(last.0, "job.status_changed");
     assert_eq!(last.3["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_batch_completion_racing_a_rescue_never_resurrects_or_double_completes() {
+    let t = TestApp::new().await;
+    let ghost = Uuid::now_v7();
+    let batch: Vec<NewJob> = (0..200).map(|i| noop(json!({ "i": i }))).collect();
+    let ids: Vec<Uuid> = batch.iter().map(|j| j.id).collect();
+    {
+        let mut conn = t.ctx.db.conn().await.unwrap();
+        assert_eq!(store::enqueue_many(&mut conn, &batch).await.unwrap(), 200);
+        let claimed = store::claim(
+            &mut conn,
+            &["default".to_owned()],
+            200,
+            ghost,
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(claimed.len(), 200);
+    }
+    // The leases are over at once; the ghost's batch end and a rescue now race.
+    let expired = eventually(DEADLINE, || async {
+        let mut conn = t.ctx.db.conn().await.unwrap();
+        jobs::table
+            .filter(jobs::lease_expires_at.ge(diesel::dsl::now))
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    assert!(expired);
+    let result = json!({ "from": "ghost" });
+    let ends: Vec<store::End<'_>> = ids
+        .iter()
+        .map(|id| store::End {
+            id: *id,
+            attempt: 1,
+            state: store::EndState::Completed,
+            result: Some(&result),
+            body: None,
+            error: None,
+            message: None,
+        })
+        .collect();
+    let (mut c1, mut c2) = (
+        t.ctx.db.conn().await.unwrap(),
+        t.ctx.db.conn().await.unwrap(),
+    );
+    let (ended, rescued) = tokio::join!(
+        store::end_batch(&mut c1, ghost, 7, &ends),
+        store::rescue_expired(&mut c2)
+    );
+    let (ended, rescued) = (ended.unwrap(), rescued.unwrap());
+    let ended: std::collections::HashSet<Uuid> = ended.iter().map(|e| e.id).collect();
+    let rescued: std::collections::HashSet<Uuid> = rescued.iter().map(|r| r.id).collect();
+    assert!(ended.is_disjoint(&rescued), "no job both ended and rescued");
+    assert_eq!(ended.len() + rescued.len(), 200, "each job went one way");
+    // A second late batch from the ghost changes nothing.
+    assert!(
+        store::end_batch(&mut c1, ghost, 7, &ends)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    drop((c1, c2));
+
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    for id in &ids {
+        let r = wait_job(&t.ctx, *id, "completed", in_state("completed")).await;
+        if ended.contains(id) {
+            assert_eq!(
+                (r.attempt, r.result.clone()),
+                (1, Some(result.clone())),
+                "{r:#?}"
+            );
+        } else {
+            assert_eq!(r.attempt, 2, "rescued, then run once more: {r:#?}");
+        }
+    }
+    worker.stop().await;
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    let hot: i64 = jobs::table.count().get_result(&mut conn).await.unwrap();
+    let history: i64 = itsur::store::schema::jobs_history::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (hot, history),
+        (0, 200),
+        "every job completed once, in history only"
+    );
 }

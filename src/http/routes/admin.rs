@@ -71,8 +71,12 @@ pub async fn list_audit(
         to: p.to,
     };
     let out = audit::list_audit(&ctx, &actor, filter, page).await?;
-    Ok(
-        HttpResponse::Ok().json(List::from_page(out, |r| AuditEntry {
+    Ok(HttpResponse::Ok().json(List::from_page(out, AuditEntry::from)))
+}
+
+impl From<audit::AuditRow> for AuditEntry {
+    fn from(r: audit::AuditRow) -> Self {
+        Self {
             id: r.id,
             campus_id: r.campus_id,
             actor_id: r.actor_id,
@@ -82,8 +86,8 @@ pub async fn list_audit(
             detail: r.detail,
             request_id: r.request_id,
             created_at: r.created_at,
-        })),
-    )
+        }
+    }
 }
 
 /// Filter of the outbox list.
