@@ -65,9 +65,9 @@ impl Ctx {
         let relay_waker = RelayWaker::default();
         // Flows advance in the transaction that ends their steps' jobs (issue 13).
         let job_hooks = JobHooks::default();
-        job_hooks.set(Arc::new(
-            crate::service::flow_engine::FlowHook::new(relay_waker.clone()),
-        ));
+        job_hooks.set(Arc::new(crate::service::flow_engine::FlowHook::new(
+            relay_waker.clone(),
+        )));
         Ok(Self {
             db,
             limiter: RateLimiter::new(kv.clone()),

@@ -1284,7 +1284,10 @@ impl SmtpArgs {
         if let Some(u) = url
             && !(u.starts_with("smtp://") || u.starts_with("smtps://"))
         {
-            return Err(ConfigError::new("SMTP_URL", "must be an smtp:// or smtps:// URL"));
+            return Err(ConfigError::new(
+                "SMTP_URL",
+                "must be an smtp:// or smtps:// URL",
+            ));
         }
         if self.smtp_from.parse::<lettre::message::Mailbox>().is_err() {
             return Err(ConfigError::new(

@@ -293,7 +293,10 @@ impl Definition {
         let mut errors = FieldErrors::new();
         let at = |i: usize, field: &str| format!("{base}.steps[{i}].{field}");
         if self.steps.is_empty() {
-            errors.push((format!("{base}.steps"), "a flow needs at least one step".into()));
+            errors.push((
+                format!("{base}.steps"),
+                "a flow needs at least one step".into(),
+            ));
         }
         if self.steps.len() > MAX_STEPS {
             errors.push((
@@ -346,10 +349,7 @@ impl Definition {
                 .iter()
                 .position(|s| Some(&s.id) == cycle.first())
                 .unwrap_or(0);
-            errors.push((
-                at(i, "dependsOn"),
-                format!("cycle: {}", cycle.join(" → ")),
-            ));
+            errors.push((at(i, "dependsOn"), format!("cycle: {}", cycle.join(" → "))));
             return Err(errors);
         }
         for (i, s) in self.steps.iter().enumerate() {
@@ -370,7 +370,9 @@ impl Definition {
                             && !ancestors.contains(step)
                         {
                             let why = if ids.contains(step) {
-                                format!("step `{step}` is not among this step's dependencies (dependsOn, transitively)")
+                                format!(
+                                    "step `{step}` is not among this step's dependencies (dependsOn, transitively)"
+                                )
                             } else {
                                 format!("no step `{step}` in this flow")
                             };
@@ -430,7 +432,10 @@ impl Definition {
             let mut stack: Vec<(&str, usize)> = vec![(start.id.as_str(), 0)];
             colour.insert(start.id.as_str(), 1);
             while let Some((node, next)) = stack.last_mut() {
-                let deps = self.step(node).map(|s| s.depends_on.as_slice()).unwrap_or(&[]);
+                let deps = self
+                    .step(node)
+                    .map(|s| s.depends_on.as_slice())
+                    .unwrap_or(&[]);
                 if let Some(d) = deps.get(*next) {
                     *next += 1;
                     match colour.get(d.as_str()).copied().unwrap_or(0) {
@@ -522,11 +527,9 @@ pub fn resolve(template: &Value, cx: &RefContext<'_>) -> Value {
             .map_or(Value::Null, |p| lookup(&p, cx));
     }
     match template {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| (k.clone(), resolve(v, cx)))
-                .collect(),
-        ),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), resolve(v, cx))).collect())
+        }
         Value::Array(a) => Value::Array(a.iter().map(|v| resolve(v, cx)).collect()),
         Value::Null => empty_object(),
         other => other.clone(),
@@ -542,7 +545,10 @@ pub fn referenced_steps(step: &StepDef) -> BTreeSet<String> {
         .filter_map(|(_, r)| r.as_str().and_then(|s| RefPath::parse(s).ok()))
         .filter_map(|p| p.step().map(str::to_owned))
         .collect();
-    if let Some(p) = step.for_each.as_deref().and_then(|s| RefPath::parse(s).ok())
+    if let Some(p) = step
+        .for_each
+        .as_deref()
+        .and_then(|s| RefPath::parse(s).ok())
         && let Some(s) = p.step()
     {
         out.insert(s.to_owned());
@@ -576,9 +582,14 @@ impl RunStatus {
     }
     /// From the stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 }
 
@@ -669,15 +680,18 @@ pub mod schema {
             Value::Object(m) => m,
             _ => return,
         };
-        if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-            if let Some(target) = resolve_ref(root, r) {
-                check(root, target, value, path, errors, depth + 1);
-            }
+        if let Some(r) = s.get("$ref").and_then(Value::as_str)
+            && let Some(target) = resolve_ref(root, r)
+        {
+            check(root, target, value, path, errors, depth + 1);
         }
         if let Some(t) = s.get("type") {
             let ok = match t {
                 Value::String(t) => type_ok(t, value),
-                Value::Array(ts) => ts.iter().filter_map(Value::as_str).any(|t| type_ok(t, value)),
+                Value::Array(ts) => ts
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|t| type_ok(t, value)),
                 _ => true,
             };
             if !ok {
@@ -696,7 +710,10 @@ pub mod schema {
             && !allowed.contains(value)
         {
             let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-            errors.push((path.to_owned(), format!("must be one of {}", list.join(", "))));
+            errors.push((
+                path.to_owned(),
+                format!("must be one of {}", list.join(", ")),
+            ));
         }
         if let Some(c) = s.get("const")
             && c != value
@@ -741,24 +758,43 @@ pub mod schema {
         }
         if let Value::String(text) = value {
             let n = text.chars().count();
-            if s.get("minLength").and_then(Value::as_u64).is_some_and(|m| (n as u64) < m) {
+            if s.get("minLength")
+                .and_then(Value::as_u64)
+                .is_some_and(|m| u64::try_from(n).unwrap_or(u64::MAX) < m)
+            {
                 errors.push((path.to_owned(), "too short".into()));
             }
-            if s.get("maxLength").and_then(Value::as_u64).is_some_and(|m| (n as u64) > m) {
+            if s.get("maxLength")
+                .and_then(Value::as_u64)
+                .is_some_and(|m| u64::try_from(n).unwrap_or(u64::MAX) > m)
+            {
                 errors.push((path.to_owned(), "too long".into()));
             }
         }
         if let Value::Array(items) = value {
             if let Some(item_schema) = s.get("items") {
                 for (i, v) in items.iter().enumerate() {
-                    check(root, item_schema, v, &format!("{path}[{i}]"), errors, depth + 1);
+                    check(
+                        root,
+                        item_schema,
+                        v,
+                        &format!("{path}[{i}]"),
+                        errors,
+                        depth + 1,
+                    );
                 }
             }
-            let n = items.len() as u64;
-            if s.get("minItems").and_then(Value::as_u64).is_some_and(|m| n < m) {
+            let n = u64::try_from(items.len()).unwrap_or(u64::MAX);
+            if s.get("minItems")
+                .and_then(Value::as_u64)
+                .is_some_and(|m| n < m)
+            {
                 errors.push((path.to_owned(), "too few items".into()));
             }
-            if s.get("maxItems").and_then(Value::as_u64).is_some_and(|m| n > m) {
+            if s.get("maxItems")
+                .and_then(Value::as_u64)
+                .is_some_and(|m| n > m)
+            {
                 errors.push((path.to_owned(), "too many items".into()));
             }
         }
@@ -833,9 +869,14 @@ mod tests {
             d.descendants("a").into_iter().collect::<Vec<_>>(),
             ["b", "c", "d"]
         );
-        assert_eq!(d.ancestors("d").into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(
-            referenced_steps(d.step("d").unwrap()).into_iter().collect::<Vec<_>>(),
+            d.ancestors("d").into_iter().collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            referenced_steps(d.step("d").unwrap())
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["a"]
         );
     }
@@ -855,9 +896,18 @@ mod tests {
             {"id": "A", "node": "noop"},
             {"id": "a", "node": "noop"}
         ]}));
-        assert!(e.contains(&"definition.steps[1].dependsOn[0]: no step `zz` in this flow".to_owned()), "{e:?}");
-        assert!(e.contains(&"definition.steps[2].id: 1 to 64 characters of a-z, 0-9 and _".to_owned()), "{e:?}");
-        assert!(e.contains(&"definition.steps[3].id: duplicate step id `a`".to_owned()), "{e:?}");
+        assert!(
+            e.contains(&"definition.steps[1].dependsOn[0]: no step `zz` in this flow".to_owned()),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"definition.steps[2].id: 1 to 64 characters of a-z, 0-9 and _".to_owned()),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"definition.steps[3].id: duplicate step id `a`".to_owned()),
+            "{e:?}"
+        );
 
         let e = errors(json!({"steps": [
             {"id": "a", "node": "nope"},

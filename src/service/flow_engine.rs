@@ -50,10 +50,12 @@ pub struct StepJobEnd {
 
 /// Definitions by (flow, version). Versions are immutable, so a cache entry never goes
 /// stale; it is bounded by clearing it when it grows past `CACHE_MAX` entries.
-fn cache() -> &'static Mutex<HashMap<(Uuid, i32), Arc<Definition>>> {
+type DefinitionCache = Mutex<HashMap<(Uuid, i32), Arc<Definition>>>;
+
+fn cache() -> &'static DefinitionCache {
     // A process-wide cache of immutable data (not configuration, not a pool): every
     // process computes the same entries from the database, so sharing it is only a memo.
-    static CACHE: OnceLock<Mutex<HashMap<(Uuid, i32), Arc<Definition>>>> = OnceLock::new();
+    static CACHE: OnceLock<DefinitionCache> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
 }
 
@@ -67,7 +69,9 @@ pub async fn definitions(
     let mut out = HashMap::new();
     let mut missing = Vec::new();
     {
-        let cache = cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = cache()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for k in keys {
             match cache.get(k) {
                 Some(d) => {
@@ -81,14 +85,15 @@ pub async fn definitions(
     missing.dedup();
     if !missing.is_empty() {
         let rows = store::definitions(conn, &missing).await?;
-        let mut cache = cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = cache()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() > CACHE_MAX {
             cache.clear();
         }
         for row in rows {
-            let def: Definition = serde_json::from_value(row.definition).map_err(|e| {
-                diesel::result::Error::DeserializationError(Box::new(e))
-            })?;
+            let def: Definition = serde_json::from_value(row.definition)
+                .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
             let def = Arc::new(def);
             cache.insert((row.flow_id, row.version), def.clone());
             out.insert((row.flow_id, row.version), def);
@@ -255,7 +260,10 @@ struct Writes {
 /// Advances runs after a batch of their steps' jobs ended. Runs in the caller's transaction
 /// (the job engine's terminal hook). Returns how many outbox events it wrote (the caller
 /// wakes the relay after commit when > 0).
-pub async fn on_jobs_ended(conn: &mut AsyncPgConnection, ends: &[StepJobEnd]) -> QueryResult<usize> {
+pub async fn on_jobs_ended(
+    conn: &mut AsyncPgConnection,
+    ends: &[StepJobEnd],
+) -> QueryResult<usize> {
     if ends.is_empty() {
         return Ok(0);
     }
@@ -360,7 +368,10 @@ pub(crate) async fn load_work(
 
 /// Applies completions, starts what became ready (repeating while starts complete at once:
 /// an empty fan-out, a `forEach` that is not a list), ends finished runs, and writes it all.
-pub(crate) async fn settle(conn: &mut AsyncPgConnection, work: &mut [RunWork]) -> QueryResult<usize> {
+pub(crate) async fn settle(
+    conn: &mut AsyncPgConnection,
+    work: &mut [RunWork],
+) -> QueryResult<usize> {
     let mut writes = Writes::default();
     loop {
         for w in work.iter_mut() {
@@ -398,7 +409,12 @@ pub(crate) async fn settle(conn: &mut AsyncPgConnection, work: &mut [RunWork]) -
             let Some(step) = w.def.step(&row.step_key) else {
                 continue;
             };
-            let job = step_job(&w.run, step, row.id, row.input.clone().unwrap_or(Value::Null));
+            let job = step_job(
+                &w.run,
+                step,
+                row.id,
+                row.input.clone().unwrap_or(Value::Null),
+            );
             writes.step_updates.push(StepUpdate {
                 id: row.id,
                 state: st::QUEUED.to_owned(),
@@ -432,7 +448,12 @@ pub(crate) async fn settle(conn: &mut AsyncPgConnection, work: &mut [RunWork]) -
     Ok(events)
 }
 
-fn step_job(run: &RunRow, step: &crate::domain::flow::StepDef, step_id: Uuid, payload: Value) -> StepJob {
+fn step_job(
+    run: &RunRow,
+    step: &crate::domain::flow::StepDef,
+    step_id: Uuid,
+    payload: Value,
+) -> StepJob {
     StepJob {
         id: Uuid::now_v7(),
         step_id,
@@ -500,7 +521,11 @@ fn start_step(
             let items = match list {
                 Ok(Value::Array(items)) if items.len() <= MAX_FAN_OUT => items,
                 Ok(Value::Array(items)) => {
-                    fail_now(w, key, format!("forEach: {} elements, at most {MAX_FAN_OUT}", items.len()));
+                    fail_now(
+                        w,
+                        key,
+                        format!("forEach: {} elements, at most {MAX_FAN_OUT}", items.len()),
+                    );
                     return;
                 }
                 Ok(other) => {
@@ -670,7 +695,9 @@ async fn enqueue_jobs(conn: &mut AsyncPgConnection, jobs: &[StepJob]) -> QueryRe
             )
         })
         .collect();
-    crate::store::jobs::enqueue_many_steps(conn, &rows).await.map(drop)
+    crate::store::jobs::enqueue_many_steps(conn, &rows)
+        .await
+        .map(drop)
 }
 
 /// The flow engine as the job engine's terminal hook (`service::job_hooks`), registered on

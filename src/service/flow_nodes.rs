@@ -32,7 +32,10 @@ pub async fn close_vendors(ctx: &Ctx, input: &CloseVendorsInput) -> Result<Close
     let start = zone
         .from_local_datetime(&day.and_time(NaiveTime::MIN))
         .earliest()
-        .map_or_else(|| Utc::now() - Duration::hours(24), |t| t.with_timezone(&Utc));
+        .map_or_else(
+            || Utc::now() - Duration::hours(24),
+            |t| t.with_timezone(&Utc),
+        );
     let end = start + Duration::hours(24);
     let campus_id = input.campus_id;
     let (closed, all): (Vec<Uuid>, Vec<Uuid>) = conn

@@ -19,7 +19,9 @@ use super::{Page, PageRequest, Result};
 use crate::app::Ctx;
 use crate::domain::flow::{Definition, FieldErrors, RunStatus, step_state as st};
 use crate::domain::{Actor, DomainError, Role, access};
-use crate::store::flows::{self as store, FlowRow, RunRow, RunScope, ScheduleRow, StepRow, VersionRow};
+use crate::store::flows::{
+    self as store, FlowRow, RunRow, RunScope, ScheduleRow, StepRow, VersionRow,
+};
 
 /// A flow definition as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -236,15 +238,25 @@ pub fn validate_definition(v: &Value) -> std::result::Result<Definition, FieldEr
             ));
         }
         if !s.input.is_object() {
-            errors.push((format!("definition.schedules[{i}].input"), "must be an object".into()));
+            errors.push((
+                format!("definition.schedules[{i}].input"),
+                "must be an object".into(),
+            ));
         }
     }
-    if errors.is_empty() { Ok(def) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(def)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The next tick of a cron expression in a zone strictly after `after`.
 pub fn next_tick(cron: &str, zone: chrono_tz::Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let cron = croner::Cron::new(cron).with_seconds_optional().parse().ok()?;
+    let cron = croner::Cron::new(cron)
+        .with_seconds_optional()
+        .parse()
+        .ok()?;
     cron.find_next_occurrence(&after.with_timezone(&zone), false)
         .ok()
         .map(|t| t.with_timezone(&Utc))
@@ -345,9 +357,10 @@ pub async fn save_new_flow(
     )
     .await
     .map_err(|e| match e {
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
-            DomainError::conflict(format!("a flow named `{name}` exists in this campus")).into()
-        }
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => DomainError::conflict(format!("a flow named `{name}` exists in this campus")).into(),
         e => super::Error::from(e),
     })?;
     let schedules = schedules_for(conn, &flow, def).await?;
@@ -384,13 +397,19 @@ pub async fn create_flow(ctx: &Ctx, actor: &Actor, input: FlowInput) -> Result<F
     let user = actor.user_id.into_inner();
     let flow = conn
         .transaction(async |conn| -> Result<FlowRow> {
-            if crate::store::campuses::find(conn, campus_id).await?.is_none() {
+            if crate::store::campuses::find(conn, campus_id)
+                .await?
+                .is_none()
+            {
                 return Err(DomainError::NotFound { what: "campus" }.into());
             }
             save_new_flow(conn, campus_id, &name, &description, &def, Some(user)).await
         })
         .await?;
-    Ok(flow_view(&flow, serde_json::to_value(&def).map_err(anyhow::Error::from)?))
+    Ok(flow_view(
+        &flow,
+        serde_json::to_value(&def).map_err(anyhow::Error::from)?,
+    ))
 }
 
 async fn visible_flow(conn: &mut AsyncPgConnection, actor: &Actor, id: Uuid) -> Result<FlowRow> {
@@ -413,12 +432,7 @@ pub async fn get_flow(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<FlowView> {
 pub async fn list_flows(ctx: &Ctx, actor: &Actor, page: PageRequest) -> Result<Page<FlowView>> {
     let campus = match actor.role {
         Role::PlatformAdmin => None,
-        Role::CampusAdmin => Some(
-            actor
-                .campus_id
-                .ok_or_else(not_found)?
-                .into_inner(),
-        ),
+        Role::CampusAdmin => Some(actor.campus_id.ok_or_else(not_found)?.into_inner()),
         _ => {
             return Err(DomainError::forbidden("only campus admins list flows").into());
         }
@@ -433,7 +447,12 @@ pub async fn list_flows(ctx: &Ctx, actor: &Actor, page: PageRequest) -> Result<P
         .collect();
     let data = rows
         .iter()
-        .map(|f| flow_view(f, defs.get(&(f.id, f.version)).cloned().unwrap_or(Value::Null)))
+        .map(|f| {
+            flow_view(
+                f,
+                defs.get(&(f.id, f.version)).cloned().unwrap_or(Value::Null),
+            )
+        })
         .collect();
     Ok(Page::new(data, total, page))
 }
@@ -482,7 +501,10 @@ pub async fn update_flow(ctx: &Ctx, actor: &Actor, id: Uuid, input: FlowInput) -
             Ok(flow)
         })
         .await?;
-    let def = def.map(|d| serde_json::to_value(d)).transpose().map_err(anyhow::Error::from)?;
+    let def = def
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(anyhow::Error::from)?;
     Ok(flow_view(&flow, def.unwrap_or(Value::Null)))
 }
 
@@ -648,7 +670,12 @@ pub async fn get_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
     let status_of = |r: &StepRow| -> (String, i32) {
         match r.job_id.and_then(|j| live.get(&j)) {
             Some((state, attempt)) if r.state == st::QUEUED => (
-                if state == "running" { "running" } else { "queued" }.to_owned(),
+                if state == "running" {
+                    "running"
+                } else {
+                    "queued"
+                }
+                .to_owned(),
                 *attempt,
             ),
             _ => (r.state.clone(), r.attempt),
@@ -657,23 +684,37 @@ pub async fn get_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
     let mut instances: HashMap<&str, Vec<InstanceView>> = HashMap::new();
     for r in rows.iter().filter(|r| r.item_index.is_some()) {
         let (status, attempts) = status_of(r);
-        instances.entry(&r.step_key).or_default().push(InstanceView {
-            index: r.item_index.unwrap_or(0),
-            status,
-            attempts,
-            output: r.output.clone(),
-            error: r.error.clone(),
-            job_id: r.job_id,
-            started_at: r.started_at,
-            finished_at: r.finished_at,
-        });
+        instances
+            .entry(&r.step_key)
+            .or_default()
+            .push(InstanceView {
+                index: r.item_index.unwrap_or(0),
+                status,
+                attempts,
+                output: r.output.clone(),
+                error: r.error.clone(),
+                job_id: r.job_id,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+            });
     }
     let order: HashMap<&str, usize> = def
         .as_ref()
-        .map(|d| d.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect())
+        .map(|d| {
+            d.steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.id.as_str(), i))
+                .collect()
+        })
         .unwrap_or_default();
     let mut logical: Vec<&StepRow> = rows.iter().filter(|r| r.item_index.is_none()).collect();
-    logical.sort_by_key(|r| order.get(r.step_key.as_str()).copied().unwrap_or(usize::MAX));
+    logical.sort_by_key(|r| {
+        order
+            .get(r.step_key.as_str())
+            .copied()
+            .unwrap_or(usize::MAX)
+    });
     let steps = logical
         .into_iter()
         .map(|r| {
@@ -687,9 +728,11 @@ pub async fn get_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
                 status = "running".to_owned();
             }
             let output = match &fan {
-                Some(list) if st::is_terminal(&r.state) => {
-                    Some(Value::Array(list.iter().map(|i| i.output.clone().unwrap_or(Value::Null)).collect()))
-                }
+                Some(list) if st::is_terminal(&r.state) => Some(Value::Array(
+                    list.iter()
+                        .map(|i| i.output.clone().unwrap_or(Value::Null))
+                        .collect(),
+                )),
                 _ => r.output.clone(),
             };
             StepView {
@@ -753,7 +796,11 @@ pub async fn list_runs(
         page.offset,
     )
     .await?;
-    Ok(Page::new(rows.iter().map(|r| run_view(r, None)).collect(), total, page))
+    Ok(Page::new(
+        rows.iter().map(|r| run_view(r, None)).collect(),
+        total,
+        page,
+    ))
 }
 
 async fn managed_run(conn: &mut AsyncPgConnection, actor: &Actor, id: Uuid) -> Result<RunRow> {
@@ -775,7 +822,11 @@ pub async fn cancel_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
         .transaction(async |conn| -> Result<RunRow> {
             let mut run = managed_run(conn, actor, id).await?;
             if run.status != RunStatus::Running.as_str() {
-                return Err(DomainError::conflict(format!("the run already ended ({})", run.status)).into());
+                return Err(DomainError::conflict(format!(
+                    "the run already ended ({})",
+                    run.status
+                ))
+                .into());
             }
             let jobs = store::cancel_open_steps(conn, id).await?;
             for job in jobs {
@@ -858,7 +909,8 @@ pub async fn retry_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
                 .is_some_and(|s| s.state == st::FAILED && s.items_total.is_some());
             if deps == 0 && was_failed_group {
                 // Only the instances that did not succeed run again.
-                let again = store::instances_in(conn, id, key, &[st::FAILED, st::CANCELLED]).await?;
+                let again =
+                    store::instances_in(conn, id, key, &[st::FAILED, st::CANCELLED]).await?;
                 if let Some(row) = w.steps.get_mut(key) {
                     row.state = st::WAITING.to_owned();
                     row.items_remaining = Some(i32::try_from(again.len()).unwrap_or(i32::MAX));
@@ -909,8 +961,18 @@ pub async fn refresh_gauges(ctx: &Ctx) {
         return;
     };
     if let Ok(counts) = store::count_open_steps(&mut conn).await {
-        for state in [st::WAITING, st::QUEUED, st::SUCCEEDED, st::FAILED, st::SKIPPED, st::CANCELLED] {
-            let n = counts.iter().find(|c| c.state == state).map_or(0, |c| c.count);
+        for state in [
+            st::WAITING,
+            st::QUEUED,
+            st::SUCCEEDED,
+            st::FAILED,
+            st::SKIPPED,
+            st::CANCELLED,
+        ] {
+            let n = counts
+                .iter()
+                .find(|c| c.state == state)
+                .map_or(0, |c| c.count);
             #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
             metrics::gauge!("flow_steps", "state" => state).set(n as f64);
         }

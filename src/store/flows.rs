@@ -5,9 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{
-    Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-};
+use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -616,10 +614,17 @@ pub async fn load_steps(
 }
 
 /// Every row of a run, instances included, in step order then item order.
-pub async fn load_all_steps(conn: &mut AsyncPgConnection, run_id: Uuid) -> QueryResult<Vec<StepRow>> {
+pub async fn load_all_steps(
+    conn: &mut AsyncPgConnection,
+    run_id: Uuid,
+) -> QueryResult<Vec<StepRow>> {
     flow_steps::table
         .filter(flow_steps::run_id.eq(run_id))
-        .order((flow_steps::created_at.asc(), flow_steps::step_key.asc(), flow_steps::item_index.asc()))
+        .order((
+            flow_steps::created_at.asc(),
+            flow_steps::step_key.asc(),
+            flow_steps::item_index.asc(),
+        ))
         .select(StepRow::as_select())
         .load(conn)
         .await

@@ -27,7 +27,8 @@ struct Worker {
 impl Worker {
     async fn spawn(db: &TestDb) -> Self {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("itsur-e2e-flows-{}-{port}.log", std::process::id()));
+        let log =
+            std::env::temp_dir().join(format!("itsur-e2e-flows-{}-{port}.log", std::process::id()));
         let mut cmd: Command = itsur(&["worker"]);
         cmd.env("DATABASE_URL", &db.url)
             .env("METRICS_BIND", format!("127.0.0.1:{port}"))
@@ -37,7 +38,11 @@ impl Worker {
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         let child = cmd.spawn().unwrap();
-        wait_ready(&format!("http://127.0.0.1:{port}/health/ready"), Duration::from_secs(60)).await;
+        wait_ready(
+            &format!("http://127.0.0.1:{port}/health/ready"),
+            Duration::from_secs(60),
+        )
+        .await;
         Self { child, log }
     }
 
@@ -47,7 +52,14 @@ impl Worker {
 
     async fn kill_9(&mut self) {
         let pid = self.child.id().unwrap().to_string();
-        assert!(Command::new("kill").args(["-KILL", &pid]).status().await.unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()
+                .await
+                .unwrap()
+                .success()
+        );
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 }
@@ -94,8 +106,11 @@ async fn a_worker_killed_mid_step_loses_nothing_and_starts_nothing_twice() {
     let run = {
         let mut conn = ctx.db.conn().await.unwrap();
         conn.transaction(async |conn| -> itsur::service::Result<Uuid> {
-            let flow = itsur::service::flows::save_new_flow(conn, campus.id, "k9", "", &def, None).await?;
-            let run = itsur::service::flows::start_run_in(conn, &flow, json!({}), None, "api", None).await?;
+            let flow =
+                itsur::service::flows::save_new_flow(conn, campus.id, "k9", "", &def, None).await?;
+            let run =
+                itsur::service::flows::start_run_in(conn, &flow, json!({}), None, "api", None)
+                    .await?;
             Ok(run.unwrap().id)
         })
         .await
@@ -103,17 +118,27 @@ async fn a_worker_killed_mid_step_loses_nothing_and_starts_nothing_twice() {
     };
     let mut a = Worker::spawn(&db).await;
     let step_running = eventually(Duration::from_secs(30), || async {
-        count(&ctx, &format!(
-            "SELECT count(*) AS n FROM jobs j JOIN flow_steps s ON s.job_id = j.id \
+        count(
+            &ctx,
+            &format!(
+                "SELECT count(*) AS n FROM jobs j JOIN flow_steps s ON s.job_id = j.id \
              WHERE s.run_id = '{run}' AND s.step_key = 'slow' AND j.state = 'running'"
-        ))
+            ),
+        )
         .await
             == 1
     })
     .await;
     assert!(step_running, "worker A runs step slow: {}", a.logs());
     a.kill_9().await;
-    assert_eq!(count(&ctx, "SELECT count(*) AS n FROM audit_log WHERE action = 'job.noop'").await, 0);
+    assert_eq!(
+        count(
+            &ctx,
+            "SELECT count(*) AS n FROM audit_log WHERE action = 'job.noop'"
+        )
+        .await,
+        0
+    );
     assert_eq!(
         count(&ctx, &format!("SELECT count(*) AS n FROM flow_steps WHERE run_id = '{run}' AND step_key = 'next' AND job_id IS NOT NULL")).await,
         0,
@@ -122,13 +147,32 @@ async fn a_worker_killed_mid_step_loses_nothing_and_starts_nothing_twice() {
 
     let b = Worker::spawn(&db).await;
     let done = eventually(Duration::from_secs(90), || async {
-        text(&ctx, &format!("SELECT status AS s FROM flow_runs WHERE id = '{run}'")).await != "running"
+        text(
+            &ctx,
+            &format!("SELECT status AS s FROM flow_runs WHERE id = '{run}'"),
+        )
+        .await
+            != "running"
     })
     .await;
     assert!(done, "the run ended: {}", b.logs());
-    assert_eq!(text(&ctx, &format!("SELECT status AS s FROM flow_runs WHERE id = '{run}'")).await, "succeeded");
+    assert_eq!(
+        text(
+            &ctx,
+            &format!("SELECT status AS s FROM flow_runs WHERE id = '{run}'")
+        )
+        .await,
+        "succeeded"
+    );
     // Each step's side effect happened once; `slow` took two attempts (A's lost one, B's).
-    assert_eq!(count(&ctx, "SELECT count(*) AS n FROM audit_log WHERE action = 'job.noop'").await, 3);
+    assert_eq!(
+        count(
+            &ctx,
+            "SELECT count(*) AS n FROM audit_log WHERE action = 'job.noop'"
+        )
+        .await,
+        3
+    );
     assert_eq!(
         count(&ctx, &format!("SELECT attempt::int8 AS n FROM flow_steps WHERE run_id = '{run}' AND step_key = 'slow'")).await,
         2

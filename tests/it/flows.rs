@@ -38,6 +38,7 @@ impl Worker {
             poll_only: false,
             drain_timeout: Duration::from_secs(5),
             cron: false,
+            prefetch: 8,
         };
         let task = tokio::spawn(runner::run(
             ctx.clone(),
@@ -72,7 +73,11 @@ async fn put(api: &Api, path: &str, token: &str, body: &Value) -> Resp {
 
 async fn create(api: &Api, token: &str, name: &str, definition: Value) -> Uuid {
     let res = api
-        .post("/flows", Some(token), &json!({"name": name, "definition": definition}))
+        .post(
+            "/flows",
+            Some(token),
+            &json!({"name": name, "definition": definition}),
+        )
         .await;
     assert_eq!(res.status, 201, "{}", res.text());
     res.id()
@@ -80,7 +85,11 @@ async fn create(api: &Api, token: &str, name: &str, definition: Value) -> Uuid {
 
 async fn start(api: &Api, token: &str, flow: Uuid, input: Value) -> Uuid {
     let res = api
-        .post(&format!("/flows/{flow}/runs"), Some(token), &json!({"input": input}))
+        .post(
+            &format!("/flows/{flow}/runs"),
+            Some(token),
+            &json!({"input": input}),
+        )
         .await;
     assert_eq!(res.status, 202, "{}", res.text());
     res.id()
@@ -93,14 +102,23 @@ async fn run(api: &Api, token: &str, id: Uuid) -> Value {
 }
 
 /// Polls the run until `done` holds; returns it.
-async fn wait_run(api: &Api, token: &str, id: Uuid, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_run(
+    api: &Api,
+    token: &str,
+    id: Uuid,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let start = std::time::Instant::now();
     loop {
         let last = run(api, token, id).await;
         if done(&last) {
             return last;
         }
-        assert!(start.elapsed() < DEADLINE, "run {id} never got {what}: {last:#}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "run {id} never got {what}: {last:#}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -129,9 +147,16 @@ async fn bad_definitions_answer_400_with_json_paths() {
     let tok = Some(admin.access.as_str());
 
     let cycle = json!({"steps": [noop("a", &["b"], json!({})), noop("b", &["a"], json!({}))]});
-    let res = api.post("/flows", tok, &json!({"name": "c", "definition": cycle})).await;
+    let res = api
+        .post("/flows", tok, &json!({"name": "c", "definition": cycle}))
+        .await;
     res.assert_problem(400);
-    assert_eq!(res.field_errors(), ["definition.steps[0].dependsOn"], "{}", res.text());
+    assert_eq!(
+        res.field_errors(),
+        ["definition.steps[0].dependsOn"],
+        "{}",
+        res.text()
+    );
     assert!(res.text().contains("cycle: a → b → a"), "{}", res.text());
 
     let bad = json!({"steps": [
@@ -141,13 +166,16 @@ async fn bad_definitions_answer_400_with_json_paths() {
          "input": {"vendorId": {"$ref": "steps.a.output.id"}, "format": "pdf"}},
         {"id": "d", "node": "noop", "dependsOn": ["ghost"]}
     ], "schedules": [{"cron": "61 * * * *", "timeZone": "Mars/Olympus"}]});
-    let res = api.post("/flows", tok, &json!({"name": "Bad Name", "definition": bad})).await;
+    let res = api
+        .post(
+            "/flows",
+            tok,
+            &json!({"name": "Bad Name", "definition": bad}),
+        )
+        .await;
     res.assert_problem(400);
     let fields = res.field_errors();
-    for path in [
-        "name",
-        "definition.steps[3].dependsOn[0]",
-    ] {
+    for path in ["name", "definition.steps[3].dependsOn[0]"] {
         assert!(fields.contains(&path.to_owned()), "{path} in {fields:?}");
     }
     // Graph errors are reported first; once the graph is sound the inputs are checked.
@@ -158,7 +186,9 @@ async fn bad_definitions_answer_400_with_json_paths() {
          "input": {"vendorId": {"$ref": "steps.a.output.id"}, "format": "pdf"}},
         {"id": "e", "node": "send_email", "input": {"to": {}, "subject": "s", "text": "t", "cc": "x"}}
     ], "schedules": [{"cron": "61 * * * *", "timeZone": "Mars/Olympus"}]});
-    let res = api.post("/flows", tok, &json!({"name": "bad", "definition": bad})).await;
+    let res = api
+        .post("/flows", tok, &json!({"name": "bad", "definition": bad}))
+        .await;
     res.assert_problem(400);
     let fields = res.field_errors();
     for path in [
@@ -175,10 +205,19 @@ async fn bad_definitions_answer_400_with_json_paths() {
     }
     // A malformed shape names its path too.
     let res = api
-        .post("/flows", tok, &json!({"name": "x", "definition": {"steps": [{"id": "a", "node": 7}]}}))
+        .post(
+            "/flows",
+            tok,
+            &json!({"name": "x", "definition": {"steps": [{"id": "a", "node": 7}]}}),
+        )
         .await;
     res.assert_problem(400);
-    assert_eq!(res.field_errors(), ["definition.steps[0].node"], "{}", res.text());
+    assert_eq!(
+        res.field_errors(),
+        ["definition.steps[0].node"],
+        "{}",
+        res.text()
+    );
 }
 
 #[actix_web::test]
@@ -214,29 +253,66 @@ async fn flows_and_runs_of_another_campus_answer_404() {
     let a = api.login(&w.a.admin.email).await;
     let b = api.login(&w.b.admin.email).await;
     let student = api.login(&w.a.student.email).await;
-    let flow = create(&api, &a.access, "one", json!({"steps": [noop("a", &[], json!({}))]})).await;
+    let flow = create(
+        &api,
+        &a.access,
+        "one",
+        json!({"steps": [noop("a", &[], json!({}))]}),
+    )
+    .await;
     let run = start(&api, &a.access, flow, json!({})).await;
 
-    for path in [format!("/flows/{flow}"), format!("/flows/{flow}/versions"), format!("/flow-runs/{run}")] {
+    for path in [
+        format!("/flows/{flow}"),
+        format!("/flows/{flow}/versions"),
+        format!("/flow-runs/{run}"),
+    ] {
         api.get(&path, Some(&b.access)).await.assert_problem(404);
     }
-    api.post(&format!("/flows/{flow}/runs"), Some(&b.access), &json!({})).await.assert_problem(404);
-    put(&api, &format!("/flows/{flow}"), &b.access, &json!({"definition": {"steps": [noop("a", &[], json!({}))]}}))
+    api.post(&format!("/flows/{flow}/runs"), Some(&b.access), &json!({}))
         .await
         .assert_problem(404);
-    api.delete(&format!("/flows/{flow}"), Some(&b.access)).await.assert_problem(404);
-    api.delete(&format!("/flow-runs/{run}"), Some(&b.access)).await.assert_problem(404);
+    put(
+        &api,
+        &format!("/flows/{flow}"),
+        &b.access,
+        &json!({"definition": {"steps": [noop("a", &[], json!({}))]}}),
+    )
+    .await
+    .assert_problem(404);
+    api.delete(&format!("/flows/{flow}"), Some(&b.access))
+        .await
+        .assert_problem(404);
+    api.delete(&format!("/flow-runs/{run}"), Some(&b.access))
+        .await
+        .assert_problem(404);
     // Campus B's list does not show A's run; a student of A sees neither the flow nor the
     // run they did not start.
     let list = api.get("/flow-runs", Some(&b.access)).await;
     assert_eq!(list.data().as_array().unwrap().len(), 0);
-    api.get(&format!("/flows/{flow}"), Some(&student.access)).await.assert_problem(403);
-    api.get(&format!("/flow-runs/{run}"), Some(&student.access)).await.assert_problem(404);
-    assert_eq!(api.get("/flow-runs", Some(&student.access)).await.data().as_array().unwrap().len(), 0);
+    api.get(&format!("/flows/{flow}"), Some(&student.access))
+        .await
+        .assert_problem(403);
+    api.get(&format!("/flow-runs/{run}"), Some(&student.access))
+        .await
+        .assert_problem(404);
+    assert_eq!(
+        api.get("/flow-runs", Some(&student.access))
+            .await
+            .data()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     // A's admin sees both.
-    let list = api.get(&format!("/flow-runs?flow={flow}"), Some(&a.access)).await;
+    let list = api
+        .get(&format!("/flow-runs?flow={flow}"), Some(&a.access))
+        .await;
     assert_eq!(list.data().as_array().unwrap().len(), 1);
-    api.get("/flow-runs?status=bogus", Some(&a.access)).await.assert_problem(400);
+    api.get("/flow-runs?status=bogus", Some(&a.access))
+        .await
+        .assert_problem(400);
 }
 
 #[actix_web::test]
@@ -279,8 +355,18 @@ async fn a_diamond_completes_with_outputs_passed_down() {
     let mut sorted = versions.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(versions.len(), sorted.len(), "versions are unique: {versions:?}");
-    assert!(events.iter().filter(|e| e.0 == "flow_step.status_changed" && e.1["status"] == "succeeded").count() == 4);
+    assert_eq!(
+        versions.len(),
+        sorted.len(),
+        "versions are unique: {versions:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.0 == "flow_step.status_changed" && e.1["status"] == "succeeded")
+            .count()
+            == 4
+    );
 }
 
 async fn run_events(ctx: &Ctx, run: Uuid) -> Vec<(String, Value, i32)> {
@@ -319,7 +405,10 @@ async fn a_fan_out_of_100_fans_in_to_one_step() {
     let each = step(&r, "each");
     assert_eq!(each["itemsTotal"], 100);
     assert_eq!(each["instances"].as_array().unwrap().len(), 100);
-    let fan_in = step(&r, "sum")["output"]["echo"].as_array().unwrap().clone();
+    let fan_in = step(&r, "sum")["output"]["echo"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(fan_in.len(), 100);
     for (i, out) in fan_in.iter().enumerate() {
         assert_eq!(out["echo"]["i"], i, "outputs in item order");
@@ -346,10 +435,16 @@ async fn every_failure_policy_reaches_a_terminal_state() {
         outcomes.push((policy, wait_run(&api, tok, id, "an end", ended).await));
     }
     // A bad forEach (not a list) fails its step at once, and the run still ends.
-    let flow = create(&api, tok, "not-a-list", json!({"steps": [
-        noop("a", &[], json!({"echo": "text"})),
-        {"id": "each", "node": "noop", "dependsOn": ["a"], "forEach": "steps.a.output.echo"}
-    ]})).await;
+    let flow = create(
+        &api,
+        tok,
+        "not-a-list",
+        json!({"steps": [
+            noop("a", &[], json!({"echo": "text"})),
+            {"id": "each", "node": "noop", "dependsOn": ["a"], "forEach": "steps.a.output.echo"}
+        ]}),
+    )
+    .await;
     let id = start(&api, tok, flow, json!({})).await;
     let bad_list = wait_run(&api, tok, id, "an end", ended).await;
     worker.stop().await;
@@ -357,8 +452,17 @@ async fn every_failure_policy_reaches_a_terminal_state() {
     let (_, fail) = &outcomes[0];
     assert_eq!(fail["status"], "failed", "{fail:#}");
     assert_eq!(step(fail, "bad")["status"], "failed");
-    assert!(step(fail, "bad")["error"].as_str().unwrap().contains("asked to fail"));
-    assert_eq!(step(fail, "side")["status"], "succeeded", "independent branches finish");
+    assert!(
+        step(fail, "bad")["error"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail")
+    );
+    assert_eq!(
+        step(fail, "side")["status"],
+        "succeeded",
+        "independent branches finish"
+    );
     assert_eq!(step(fail, "after")["status"], "skipped");
     assert_eq!(step(fail, "last")["status"], "skipped");
 
@@ -366,7 +470,12 @@ async fn every_failure_policy_reaches_a_terminal_state() {
     assert_eq!(cont["status"], "failed", "{cont:#}");
     assert_eq!(step(cont, "after")["status"], "succeeded");
     assert_eq!(step(cont, "after")["output"]["echo"]["saw"], "failed");
-    assert!(step(cont, "after")["output"]["echo"]["error"].as_str().unwrap().contains("asked to fail"));
+    assert!(
+        step(cont, "after")["output"]["echo"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail")
+    );
     assert_eq!(step(cont, "last")["status"], "succeeded");
 
     let (_, ignore) = &outcomes[2];
@@ -375,7 +484,13 @@ async fn every_failure_policy_reaches_a_terminal_state() {
     assert_eq!(step(ignore, "last")["status"], "succeeded");
 
     assert_eq!(bad_list["status"], "failed");
-    assert!(step(&bad_list, "each")["error"].as_str().unwrap().contains("not a list"), "{bad_list:#}");
+    assert!(
+        step(&bad_list, "each")["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a list"),
+        "{bad_list:#}"
+    );
 }
 
 #[actix_web::test]
@@ -396,18 +511,34 @@ async fn retry_runs_only_the_failed_steps_and_their_dependents() {
     ]})).await;
     let worker = Worker::start(&t.ctx, 4);
     let items = json!([{"fail": false}, {"fail": true}, {"fail": false}]);
-    let id = start(&api, tok, flow, json!({"fail": true, "items": items.clone()})).await;
+    let id = start(
+        &api,
+        tok,
+        flow,
+        json!({"fail": true, "items": items.clone()}),
+    )
+    .await;
     let r = wait_run(&api, tok, id, "an end", ended).await;
     assert_eq!(r["status"], "failed", "{r:#}");
     assert_eq!(step(&r, "after")["status"], "skipped");
     assert_eq!(step(&r, "each")["status"], "failed");
     let ok_job = step(&r, "ok")["jobId"].clone();
-    let ok_instances: Vec<Value> = step(&r, "each")["instances"].as_array().unwrap()
-        .iter().filter(|i| i["status"] == "succeeded").map(|i| i["jobId"].clone()).collect();
+    let ok_instances: Vec<Value> = step(&r, "each")["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == "succeeded")
+        .map(|i| i["jobId"].clone())
+        .collect();
     assert_eq!(ok_instances.len(), 2);
 
-    let failed_instance = step(&r, "each")["instances"].as_array().unwrap()
-        .iter().find(|i| i["status"] == "failed").unwrap()["jobId"].clone();
+    let failed_instance = step(&r, "each")["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["status"] == "failed")
+        .unwrap()["jobId"]
+        .clone();
 
     // An operator fixes the data `flaky` reads (the run's input), then retries. Failed steps
     // resolve their input again; a fan-out instance keeps the input it was given.
@@ -422,28 +553,55 @@ async fn retry_runs_only_the_failed_steps_and_their_dependents() {
             .await
             .unwrap();
     }
-    let res = api.post(&format!("/flow-runs/{id}/retry"), Some(tok), &json!({})).await;
+    let res = api
+        .post(&format!("/flow-runs/{id}/retry"), Some(tok), &json!({}))
+        .await;
     assert_eq!(res.status, 200, "{}", res.text());
     let r2 = wait_run(&api, tok, id, "an end", ended).await;
     worker.stop().await;
-    assert_eq!(step(&r2, "ok")["jobId"], ok_job, "a succeeded step does not run again");
+    assert_eq!(
+        step(&r2, "ok")["jobId"],
+        ok_job,
+        "a succeeded step does not run again"
+    );
     assert_eq!(noop_audits(&t.ctx).await, 1, "`ok` ran once");
     assert_eq!(step(&r2, "flaky")["status"], "succeeded", "{r2:#}");
     assert_eq!(step(&r2, "after")["status"], "succeeded");
     let instances = step(&r2, "each")["instances"].as_array().unwrap().clone();
-    let kept: Vec<&Value> = instances.iter().filter(|i| ok_instances.contains(&i["jobId"])).collect();
-    assert_eq!(kept.len(), 2, "the succeeded instances kept their jobs: {instances:#?}");
+    let kept: Vec<&Value> = instances
+        .iter()
+        .filter(|i| ok_instances.contains(&i["jobId"]))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        2,
+        "the succeeded instances kept their jobs: {instances:#?}"
+    );
     let rerun = instances.iter().find(|i| i["index"] == 1).unwrap();
-    assert_ne!(rerun["jobId"], failed_instance, "the failed instance ran again");
+    assert_ne!(
+        rerun["jobId"], failed_instance,
+        "the failed instance ran again"
+    );
     assert_eq!(rerun["status"], "failed", "with the input it was given");
-    assert_eq!(r2["status"], "failed", "`each` failed again (policy continue)");
+    assert_eq!(
+        r2["status"], "failed",
+        "`each` failed again (policy continue)"
+    );
     // Only a failed run can be retried.
-    let ok_flow = create(&api, tok, "fine", json!({"steps": [noop("a", &[], json!({}))]})).await;
+    let ok_flow = create(
+        &api,
+        tok,
+        "fine",
+        json!({"steps": [noop("a", &[], json!({}))]}),
+    )
+    .await;
     let worker = Worker::start(&t.ctx, 2);
     let fine = start(&api, tok, ok_flow, json!({})).await;
     wait_run(&api, tok, fine, "an end", ended).await;
     worker.stop().await;
-    api.post(&format!("/flow-runs/{fine}/retry"), Some(tok), &json!({})).await.assert_problem(409);
+    api.post(&format!("/flow-runs/{fine}/retry"), Some(tok), &json!({}))
+        .await
+        .assert_problem(409);
 }
 
 async fn noop_audits(ctx: &Ctx) -> i64 {
@@ -471,7 +629,13 @@ async fn an_edit_does_not_change_a_running_run() {
     // No worker yet: the run is waiting on step a when the flow changes.
     let id = start(&api, tok, flow, json!({})).await;
     let v2 = json!({"steps": [noop("x", &[], json!({"echo": "v2"}))]});
-    let res = put(&api, &format!("/flows/{flow}"), tok, &json!({"definition": v2})).await;
+    let res = put(
+        &api,
+        &format!("/flows/{flow}"),
+        tok,
+        &json!({"definition": v2}),
+    )
+    .await;
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(res.data()["version"], 2);
     let versions = api.get(&format!("/flows/{flow}/versions"), Some(tok)).await;
@@ -494,15 +658,24 @@ async fn cancelling_during_a_fan_out_ends_the_run_and_its_steps() {
     let api = Api::new(t.ctx.clone()).await;
     let admin = api.login(&w.a.admin.email).await;
     let tok = admin.access.as_str();
-    let flow = create(&api, tok, "slow-fan", json!({"steps": [
-        {"id": "each", "node": "noop", "forEach": "input.items", "input": {"sleepMs": 600000}},
-        noop("after", &["each"], json!({}))
-    ]})).await;
+    let flow = create(
+        &api,
+        tok,
+        "slow-fan",
+        json!({"steps": [
+            {"id": "each", "node": "noop", "forEach": "input.items", "input": {"sleepMs": 600000}},
+            noop("after", &["each"], json!({}))
+        ]}),
+    )
+    .await;
     let items: Vec<Value> = (0..20).map(|i| json!(i)).collect();
     let worker = Worker::start(&t.ctx, 4);
     let id = start(&api, tok, flow, json!({"items": items})).await;
-    wait_run(&api, tok, id, "4 running instances", |r| {
-        step(r, "each")["instances"].as_array().is_some_and(|i| i.iter().filter(|i| i["status"] == "running").count() == 4)
+    // Some instances run (how many depends on the worker's concurrency and prefetch).
+    wait_run(&api, tok, id, "running instances", |r| {
+        step(r, "each")["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["status"] == "running"))
     })
     .await;
     let res = api.delete(&format!("/flow-runs/{id}"), Some(tok)).await;
@@ -510,7 +683,9 @@ async fn cancelling_during_a_fan_out_ends_the_run_and_its_steps() {
     assert_eq!(res.data()["status"], "cancelled");
     // The running jobs stop and nothing stays running; the run stays cancelled.
     let r = wait_run(&api, tok, id, "no running instance", |r| {
-        step(r, "each")["instances"].as_array().is_some_and(|i| i.iter().all(|i| i["status"] == "cancelled"))
+        step(r, "each")["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|i| i["status"] == "cancelled"))
     })
     .await;
     assert_eq!(r["status"], "cancelled");
@@ -531,7 +706,9 @@ async fn cancelling_during_a_fan_out_ends_the_run_and_its_steps() {
     .await;
     assert!(jobs_open, "every job of the run ended");
     worker.stop().await;
-    api.delete(&format!("/flow-runs/{id}"), Some(tok)).await.assert_problem(409);
+    api.delete(&format!("/flow-runs/{id}"), Some(tok))
+        .await
+        .assert_problem(409);
 }
 
 #[test]
@@ -562,7 +739,11 @@ fn cron_fires_at_local_time_across_a_dst_change() {
         fall.push(t.to_rfc3339());
     }
     assert_eq!(fall[0], "2026-11-01T05:30:00+00:00");
-    assert_eq!(fall.iter().filter(|x| x.starts_with("2026-11-01")).count(), 1, "{fall:?}");
+    assert_eq!(
+        fall.iter().filter(|x| x.starts_with("2026-11-01")).count(),
+        1,
+        "{fall:?}"
+    );
 }
 
 #[actix_web::test]
@@ -600,7 +781,11 @@ async fn schedules_start_one_run_per_tick_however_many_workers_fire() {
     };
     let fired = futures_util::future::join_all((0..4).map(|_| {
         let ctx = t.ctx.clone();
-        async move { itsur::service::flow_schedules::fire_due(&ctx, chrono::Utc::now()).await.unwrap() }
+        async move {
+            itsur::service::flow_schedules::fire_due(&ctx, chrono::Utc::now())
+                .await
+                .unwrap()
+        }
     }))
     .await;
     assert_eq!(fired.iter().sum::<usize>(), 1, "{fired:?}");
@@ -610,7 +795,9 @@ async fn schedules_start_one_run_per_tick_however_many_workers_fire() {
     assert_eq!(list[0]["trigger"], "schedule");
     assert_eq!(list[0]["input"]["who"], "cron");
     // The schedule moved to the next local 21:00, after the tick it fired.
-    let again = itsur::service::flow_schedules::fire_due(&t.ctx, chrono::Utc::now()).await.unwrap();
+    let again = itsur::service::flow_schedules::fire_due(&t.ctx, chrono::Utc::now())
+        .await
+        .unwrap();
     assert_eq!(again, 0);
     let _ = due;
     let worker = Worker::start(&t.ctx, 2);
@@ -621,7 +808,9 @@ async fn schedules_start_one_run_per_tick_however_many_workers_fire() {
 }
 
 /// A context whose `send_email` node talks to `smtp`.
-async fn app_with_smtp(smtp: &crate::support::smtp::SmtpServer) -> (Ctx, crate::support::TestDb, crate::support::TestRedis) {
+async fn app_with_smtp(
+    smtp: &crate::support::smtp::SmtpServer,
+) -> (Ctx, crate::support::TestDb, crate::support::TestRedis) {
     let db = crate::support::TestDb::new().await;
     let redis = crate::support::TestRedis::new();
     let mut config = crate::support::config_for(&db.url, Some(&redis));
@@ -633,7 +822,13 @@ async fn app_with_smtp(smtp: &crate::support::smtp::SmtpServer) -> (Ctx, crate::
 
 async fn flow_named(api: &Api, token: &str, name: &str) -> Uuid {
     let list = api.get("/flows?limit=100", Some(token)).await;
-    let f = list.data().as_array().unwrap().iter().find(|f| f["name"] == name).cloned();
+    let f = list
+        .data()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .cloned();
     f.unwrap_or_else(|| panic!("flow {name} seeded: {}", list.text()))["id"]
         .as_str()
         .unwrap()
@@ -649,24 +844,41 @@ async fn end_of_day_closes_vendors_reports_each_and_emails_the_admins() {
     let api = Api::new(ctx.clone()).await;
     let admin = api.login(&w.a.admin.email).await;
     let tok = admin.access.as_str();
-    let seeded = itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id).await.unwrap();
+    let seeded = itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id)
+        .await
+        .unwrap();
     assert_eq!(seeded, 2);
-    assert_eq!(itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id).await.unwrap(), 0);
+    assert_eq!(
+        itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id)
+            .await
+            .unwrap(),
+        0
+    );
     let flow = flow_named(&api, tok, "campus.end_of_day").await;
     let worker = Worker::start(&ctx, 4);
     let id = start(&api, tok, flow, json!({})).await;
     let r = wait_run(&api, tok, id, "an end", ended).await;
     worker.stop().await;
     assert_eq!(r["status"], "succeeded", "{r:#}");
-    assert_eq!(step(&r, "close")["output"]["closed"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        step(&r, "close")["output"]["closed"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(step(&r, "report")["itemsTotal"], 2, "one report per vendor");
     assert_eq!(step(&r, "summary")["output"]["vendors"], 2);
     assert_eq!(step(&r, "email")["output"]["sent"], 1);
     let mails = smtp.mails();
     assert_eq!(mails.len(), 1, "{mails:?}");
-    assert_eq!(mails[0].to, [w.a.admin.email.clone()]);
+    assert_eq!(mails[0].to, std::slice::from_ref(&w.a.admin.email));
     assert_eq!(mails[0].from, "no-reply@itsur.invalid");
-    assert!(mails[0].data.contains("Subject: ITSUR Eats: end of day"), "{}", mails[0].data);
+    assert!(
+        mails[0].data.contains("Subject: ITSUR Eats: end of day"),
+        "{}",
+        mails[0].data
+    );
     // Every vendor of campus A is closed; campus B's are not.
     let open = |campus: Uuid| {
         let ctx = ctx.clone();
@@ -698,12 +910,20 @@ async fn an_order_left_placed_is_cancelled_and_its_student_emailed() {
     let item = &w.a.items[0];
     let before = crate::support::fixtures::stock_of(&ctx, item.id).await;
     let res = api
-        .post("/orders", Some(&student.access), &crate::support::fixtures::order_body(w.a.vendor.id, item.id, 2))
+        .post(
+            "/orders",
+            Some(&student.access),
+            &crate::support::fixtures::order_body(w.a.vendor.id, item.id, 2),
+        )
         .await;
     assert_eq!(res.status, 201, "{}", res.text());
     let order = res.id();
     let fresh = api
-        .post("/orders", Some(&student.access), &crate::support::fixtures::order_body(w.a.vendor.id, item.id, 1))
+        .post(
+            "/orders",
+            Some(&student.access),
+            &crate::support::fixtures::order_body(w.a.vendor.id, item.id, 1),
+        )
         .await
         .id();
     {
@@ -717,24 +937,37 @@ async fn an_order_left_placed_is_cancelled_and_its_student_emailed() {
             .await
             .unwrap();
     }
-    itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id).await.unwrap();
+    itsur::service::flow_schedules::seed_campus_flows(&ctx, w.a.campus.id)
+        .await
+        .unwrap();
     let flow = flow_named(&api, &admin.access, "order.unaccepted").await;
     let worker = Worker::start(&ctx, 4);
     let id = start(&api, &admin.access, flow, json!({})).await;
     let r = wait_run(&api, &admin.access, id, "an end", ended).await;
     worker.stop().await;
     assert_eq!(r["status"], "succeeded", "{r:#}");
-    let cancelled = step(&r, "cancel")["output"]["orders"].as_array().unwrap().clone();
+    let cancelled = step(&r, "cancel")["output"]["orders"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(cancelled.len(), 1);
     assert_eq!(cancelled[0]["orderId"], order.to_string());
-    let o = api.get(&format!("/orders/{order}"), Some(&student.access)).await;
+    let o = api
+        .get(&format!("/orders/{order}"), Some(&student.access))
+        .await;
     assert_eq!(o.data()["status"], "cancelled");
-    let o = api.get(&format!("/orders/{fresh}"), Some(&student.access)).await;
+    let o = api
+        .get(&format!("/orders/{fresh}"), Some(&student.access))
+        .await;
     assert_eq!(o.data()["status"], "placed", "a young order is left alone");
-    assert_eq!(crate::support::fixtures::stock_of(&ctx, item.id).await, before - 1, "stock of the cancelled order restored");
+    assert_eq!(
+        crate::support::fixtures::stock_of(&ctx, item.id).await,
+        before - 1,
+        "stock of the cancelled order restored"
+    );
     let mails = smtp.mails();
     assert_eq!(mails.len(), 1, "{mails:?}");
-    assert_eq!(mails[0].to, [w.a.student.email.clone()]);
+    assert_eq!(mails[0].to, std::slice::from_ref(&w.a.student.email));
 }
 
 #[actix_web::test]
@@ -746,10 +979,16 @@ async fn a_refused_email_fails_its_step_without_leaking_the_address() {
     let api = Api::new(ctx.clone()).await;
     let admin = api.login(&w.a.admin.email).await;
     let tok = admin.access.as_str();
-    let flow = create(&api, tok, "mail", json!({"steps": [
-        {"id": "mail", "node": "send_email", "maxAttempts": 3,
-         "input": {"to": {"userIds": [w.a.student.id]}, "subject": "hi", "text": "there"}}
-    ]})).await;
+    let flow = create(
+        &api,
+        tok,
+        "mail",
+        json!({"steps": [
+            {"id": "mail", "node": "send_email", "maxAttempts": 3,
+             "input": {"to": {"userIds": [w.a.student.id]}, "subject": "hi", "text": "there"}}
+        ]}),
+    )
+    .await;
     let worker = Worker::start(&ctx, 2);
     let id = start(&api, tok, flow, json!({})).await;
     let r = wait_run(&api, tok, id, "an end", ended).await;
@@ -758,7 +997,11 @@ async fn a_refused_email_fails_its_step_without_leaking_the_address() {
     let err = step(&r, "mail")["error"].as_str().unwrap().to_owned();
     assert!(err.contains("550"), "{err}");
     assert!(!err.contains('@'), "{err}");
-    assert_eq!(step(&r, "mail")["attempts"], 1, "a 5xx is permanent: no retry");
+    assert_eq!(
+        step(&r, "mail")["attempts"],
+        1,
+        "a 5xx is permanent: no retry"
+    );
 }
 
 #[actix_web::test]
@@ -770,9 +1013,15 @@ async fn ws_clients_follow_a_run_through_its_topic_under_tenancy() {
     let admin = api.login(&w.a.admin.email).await;
     let other = api.login(&w.b.admin.email).await;
     let tok = admin.access.as_str();
-    let flow = create(&api, tok, "watched", json!({"steps": [
-        noop("a", &[], json!({})), noop("b", &["a"], json!({}))
-    ]})).await;
+    let flow = create(
+        &api,
+        tok,
+        "watched",
+        json!({"steps": [
+            noop("a", &[], json!({})), noop("b", &["a"], json!({}))
+        ]}),
+    )
+    .await;
     let worker = Worker::start(&t.ctx, 2);
     let id = start(&api, tok, flow, json!({})).await;
     let noise = start(&api, tok, flow, json!({})).await;
@@ -781,17 +1030,30 @@ async fn ws_clients_follow_a_run_through_its_topic_under_tenancy() {
     worker.stop().await;
     let server = crate::support::TestServer::start(t.ctx.clone());
     // Resume from 0 with the topic: exactly this run's events, in order, ending with its end.
-    let mut ws = WsClient::connect_request(request(server.addr, &format!("?topics=flow-run:{id}&after=0"), Some(tok))).await;
+    let mut ws = WsClient::connect_request(request(
+        server.addr,
+        &format!("?topics=flow-run:{id}&after=0"),
+        Some(tok),
+    ))
+    .await;
     let (events, resumed) = ws.events_until("resumed").await;
     assert_eq!(resumed["complete"], true, "{resumed}");
     assert!(events.iter().all(|e| e["aggregate"]["type"] == "flow_run" && e["aggregate"]["id"] == id.to_string()), "{events:#?}");
     let last = events.last().unwrap();
     assert_eq!(last["event"], "flow_run.status_changed");
     assert_eq!(last["data"]["status"], "succeeded");
-    let steps: Vec<&Value> = events.iter().filter(|e| e["event"] == "flow_step.status_changed").collect();
+    let steps: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "flow_step.status_changed")
+        .collect();
     assert_eq!(steps.len(), 4, "a and b queued then succeeded: {steps:#?}");
     // Another campus's admin cannot subscribe to it; a malformed topic is a 400.
-    let refused = try_connect(request(server.addr, &format!("?topics=flow-run:{id}"), Some(&other.access))).await;
+    let refused = try_connect(request(
+        server.addr,
+        &format!("?topics=flow-run:{id}"),
+        Some(&other.access),
+    ))
+    .await;
     assert_eq!(refused.err(), Some(404));
     let refused = try_connect(request(server.addr, "?topics=order:1", Some(tok))).await;
     assert_eq!(refused.err(), Some(400));

@@ -226,7 +226,9 @@ pub async fn cancel_run(
     Authed(actor): Authed,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(data(flows::cancel_run(&ctx, &actor, id.into_inner()).await?)))
+    Ok(HttpResponse::Ok().json(data(
+        flows::cancel_run(&ctx, &actor, id.into_inner()).await?,
+    )))
 }
 
 /// Retry a failed run: failed steps and the unsucceeded steps depending on them run again.

@@ -122,6 +122,10 @@ fn subscription_name(s: Subscription) -> &'static str {
 
 /// Runs a connection until it ends. `resume_after` (the `?after=` query parameter) replays
 /// before any live event is sent.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a connection's parts, handed over once by the upgrade"
+)]
 pub async fn run(
     ctx: Ctx,
     actor: Actor,

@@ -45,7 +45,12 @@ async fn topics_of(
     raw: Option<&str>,
 ) -> Result<Vec<conn::Topic>, ApiError> {
     let mut out = Vec::new();
-    for t in raw.unwrap_or_default().split(',').map(str::trim).filter(|t| !t.is_empty()) {
+    for t in raw
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         let id = t
             .strip_prefix("flow-run:")
             .and_then(|id| id.parse::<uuid::Uuid>().ok())

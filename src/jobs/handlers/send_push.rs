@@ -6,7 +6,6 @@
 //! later device's provider failed may get it twice: push is at-least-once, like every event
 //! here.
 
-
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 

@@ -43,7 +43,12 @@ impl SmtpServer {
                 });
             }
         });
-        Self { url, mails, refuse, task }
+        Self {
+            url,
+            mails,
+            refuse,
+            task,
+        }
     }
 
     /// Messages accepted so far.
@@ -107,9 +112,17 @@ async fn session(
                 if line == ".\r\n" || line == ".\n" {
                     break;
                 }
-                data.push_str(line.strip_prefix('.').filter(|_| line.starts_with("..")).unwrap_or(&line));
+                data.push_str(
+                    line.strip_prefix('.')
+                        .filter(|_| line.starts_with(".."))
+                        .unwrap_or(&line),
+                );
             }
-            mails.lock().unwrap().push(Mail { from: from.clone(), to: to.clone(), data });
+            mails.lock().unwrap().push(Mail {
+                from: from.clone(),
+                to: to.clone(),
+                data,
+            });
             wr.write_all(b"250 OK queued\r\n").await?;
         } else if upper.starts_with("RSET") {
             to.clear();
