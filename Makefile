@@ -4,7 +4,7 @@
 #
 #   make run                  build, start services, seed demo data once, run `itsur all`
 #                             on BIND_ADDR (default 127.0.0.1:8080)
-#   make test [TEST_ARGS=..]  cargo test against the dev services
+#   make test [TEST_ARGS=..]  cargo test against the dev services, then the browser suite
 #   make lint                 fmt check, clippy -D warnings, layer rules, no libpq/OpenSSL/aws-lc
 #   make static               statically linked, stripped release binary
 #   make deb                  Debian package (cargo-deb) around the static binary
@@ -18,6 +18,8 @@ MAKEFLAGS += --no-builtin-rules
 CARGO ?= cargo
 # Extra arguments for `cargo test`, e.g. TEST_ARGS='--test it -- --nocapture'.
 TEST_ARGS ?=
+# 0: `make test` skips the browser suite (tests/browser/run.sh).
+BROWSER_TESTS ?= 1
 STATIC_TARGET := x86_64-unknown-linux-gnu
 # Where cargo writes its output: CARGO_TARGET_DIR or build.target-dir when set, else
 # target/ (asked from cargo once, when a recipe needs it).
@@ -33,7 +35,7 @@ DEV_BIN = $(TARGET_DIR)/debug/itsur
 # or BIND_ADDR in the environment.
 BIND_ADDR ?= 127.0.0.1:8080
 
-.PHONY: help build run test test-packaging bench lint check-layers check-no-c-deps fmt static deb \
+.PHONY: help build run test test-browser test-packaging bench lint check-layers check-no-c-deps fmt static deb \
         services services-stop clean-local
 
 help: ## list the targets
@@ -65,12 +67,20 @@ run: build ## start services, seed demo data if empty, run `itsur all` on BIND_A
 	echo "run: itsur all on http://$$BIND_ADDR (DATABASE_URL=$$(redact "$$DATABASE_URL") REDIS_URL=$$(redact "$${REDIS_URL:-}"))" >&2
 	exec $(DEV_BIN) all
 
-test: ## cargo test --all-targets against the dev services; extra args in TEST_ARGS
+test: ## cargo test --all-targets, then the browser suite (BROWSER_TESTS=0 skips it); extra cargo args in TEST_ARGS
 	@env_lines="$$(scripts/services.sh env)"
 	eval "$$env_lines"
 	export TEST_DATABASE_URL TEST_REDIS_URL
 	set -x
 	$(CARGO) test --locked --all-targets $(TEST_ARGS)
+	if [[ "$(BROWSER_TESTS)" != 0 ]]; then ITSUR_BIN="$(DEV_BIN)" tests/browser/run.sh; fi
+
+test-browser: ## only the browser suite (Chromium + playwright-core): tests/browser/run.sh [FILES=...]
+	@env_lines="$$(scripts/services.sh env)"
+	eval "$$env_lines"
+	export TEST_DATABASE_URL TEST_REDIS_URL
+	$(CARGO) build --locked --bin itsur
+	ITSUR_BIN="$(DEV_BIN)" tests/browser/run.sh $(FILES)
 
 test-packaging: build ## systemd/nginx/TLS/client-ip/Makefile/compose/prometheus/debian/k8s checks and the rolling restart
 	ITSUR_BIN='$(DEV_BIN)' packaging/tests/run-all.sh

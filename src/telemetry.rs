@@ -31,6 +31,11 @@ pub const HTTP_REQUESTS_SHED_TOTAL: &str = "http_requests_shed_total";
 pub const PUSH_SEND_TOTAL: &str = "push_send_total";
 /// Gauge: build information (`version` label), always 1.
 pub const BUILD_INFO: &str = "itsur_build_info";
+/// Gauge: 1 while the read replica (`DATABASE_READ_URL`) answers, 0 while reads fall back to
+/// the primary; absent without a replica.
+pub const DB_REPLICA_UP: &str = "db_replica_up";
+/// Counter: reads served by the primary because the read replica was down.
+pub const DB_READ_FALLBACK_TOTAL: &str = "db_read_fallback_total";
 
 /// Latency buckets (seconds) for every `_seconds` histogram: 1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -92,6 +92,7 @@ pub async fn security_headers(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let private = req.headers().contains_key(header::AUTHORIZATION)
+        || req.cookie(super::cookie::ACCESS_COOKIE).is_some()
         || req.path().starts_with("/auth/")
         || req.path() == "/me"
         || req.path().starts_with("/me/");
@@ -208,7 +209,10 @@ pub async fn cors(
 /// `JSON_BODY_LIMIT_BYTES`, enforced when its handler reads the body, so routes that ignore
 /// their body (logout) never answer 413.
 fn auth_body_limit(ctx: &Ctx, method: &Method, path: &str) -> Option<usize> {
-    let credentials = matches!(path, "/auth/login" | "/auth/register" | "/auth/refresh");
+    let credentials = matches!(
+        path,
+        "/auth/login" | "/auth/register" | "/auth/refresh" | "/auth/web/login"
+    );
     (method == Method::POST && credentials).then_some(ctx.config.edge.auth_body_limit)
 }
 
@@ -415,7 +419,8 @@ pub async fn rate_limit(
     // spend someone else's quota); whether its session is still live is the handler's job.
     let user = match (
         &ctx.config.jwt_secret,
-        super::extract::bearer_token(req.request()),
+        super::extract::bearer_token(req.request())
+            .or_else(|| super::cookie::access_cookie(req.request())),
     ) {
         (Some(secret), Some(token)) => {
             credentials::verify_access_token(secret, &token).map(|c| c.sub.to_string())
@@ -432,7 +437,10 @@ pub async fn rate_limit(
         checks.push(("user", u.clone(), q));
     }
     if post
-        && (path == "/auth/login" || path == "/auth/register")
+        && matches!(
+            path.as_str(),
+            "/auth/login" | "/auth/web/login" | "/auth/register"
+        )
         && let Some(q) = limits.auth
     {
         checks.push(("auth", ip.clone(), q));
@@ -445,7 +453,7 @@ pub async fn rate_limit(
     }
     let mut req = req;
     if post
-        && path == "/auth/login"
+        && (path == "/auth/login" || path == "/auth/web/login")
         && let Some(q) = limits.login
     {
         let limit = ctx.config.edge.auth_body_limit;

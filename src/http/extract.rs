@@ -9,6 +9,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 
+use super::cookie;
 use super::error::{ApiError, FieldError};
 use super::middleware::RequestId;
 use crate::app::Ctx;
@@ -61,7 +62,9 @@ impl<T> std::ops::Deref for JsonBody<T> {
     }
 }
 
-/// The authenticated actor: a valid access token whose session is still live.
+/// The authenticated actor: a valid access token whose session is still live, from
+/// `Authorization: Bearer` or, without that header, the browser's session cookie (whose
+/// writes must pass the CSRF and Origin checks of [`cookie::check_write`]).
 #[derive(Debug, Clone)]
 pub struct Authed(pub Actor);
 
@@ -81,13 +84,22 @@ impl FromRequest for Authed {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let ctx = req.app_data::<web::Data<Ctx>>().cloned();
-        let token = bearer_token(req);
+        // The bearer header wins; the browser cookie is read only without one (and its
+        // writes are CSRF-checked below), so cookies never change a bearer request.
+        let (token, from_cookie) = match bearer_token(req) {
+            Some(t) => (Some(t), false),
+            None => (cookie::access_cookie(req), true),
+        };
+        let req = req.clone();
         Box::pin(async move {
             let ctx = ctx.ok_or_else(|| ApiError::internal(&anyhow::anyhow!("no Ctx in app")))?;
             let token = token.ok_or_else(|| {
                 ApiError::from(service::Error::Unauthenticated("missing bearer token"))
             })?;
             let actor = service::auth::authenticate(&ctx, &token).await?;
+            if from_cookie {
+                cookie::check_write(&ctx, &req, &actor)?;
+            }
             Ok(Self(actor))
         })
     }

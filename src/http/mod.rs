@@ -8,6 +8,8 @@
 //! protection (limits, shedding, deadline, CORS, security headers) lives in [`edge`]; `ws` is
 //! the realtime gateway (`GET /ws`).
 
+pub mod assets;
+pub mod cookie;
 pub mod dto;
 pub mod edge;
 pub mod error;
@@ -45,6 +47,7 @@ pub fn app(
         .configure(health::routes)
         .configure(openapi::routes)
         .configure(routes::auth::routes)
+        .configure(routes::web_auth::routes)
         .configure(routes::catalog::routes)
         .configure(routes::orders::routes)
         .configure(routes::admin::routes)
@@ -52,6 +55,7 @@ pub fn app(
         .configure(routes::jobs::routes)
         .configure(routes::flows::routes)
         .configure(ws::routes)
+        .configure(assets::routes)
         .default_service(web::to(error::not_found))
         // Innermost first: limits, then admission (shedding, body size, deadline), CORS,
         // security headers; the request context (id, span, metrics) stays outermost.

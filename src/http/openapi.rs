@@ -2,10 +2,10 @@
 //! annotations and the DTOs' `ToSchema` derives, so it cannot drift from the code.
 
 use actix_web::{HttpResponse, web};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{admin, auth, catalog, console, flows, jobs, orders};
+use super::routes::{admin, auth, catalog, console, flows, jobs, orders, web_auth};
 
 struct BearerAuth;
 
@@ -21,6 +21,15 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        // The browser apps' session (`/auth/web/login`): HttpOnly, so only the browser
+        // sends it; writes with it also need `X-CSRF-Token` and a same-origin `Origin`.
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "itsur_access",
+                "Browser session cookie; writes also need X-CSRF-Token (from /auth/web/session) and a same-origin Origin",
+            ))),
+        );
     }
 }
 
@@ -32,7 +41,8 @@ impl Modify for BearerAuth {
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
         auth::list_sessions, auth::revoke_session, auth::register_device, auth::delete_device,
         catalog::list_campuses, catalog::list_vendors, catalog::get_menu,
-        catalog::create_menu_item, catalog::update_menu_item,
+        catalog::create_menu_item, catalog::update_menu_item, catalog::set_vendor_open,
+        web_auth::login, web_auth::refresh, web_auth::session, web_auth::logout,
         orders::place_order, orders::list_orders, orders::get_order, orders::transition_order,
         admin::list_audit, admin::list_outbox, admin::retry_dead_event,
         jobs::request_sales_report, jobs::import_users, jobs::list_jobs, jobs::get_job,
@@ -41,7 +51,7 @@ impl Modify for BearerAuth {
         flows::delete_flow, flows::list_versions, flows::list_nodes, flows::start_run,
         flows::list_runs, flows::get_run, flows::cancel_run, flows::retry_run,
         console::overview, console::list_jobs, console::count_jobs, console::get_job,
-        console::bulk_jobs, console::list_queues, console::list_cron, console::list_audit,
+        console::bulk_jobs, console::list_queues, console::pause_queue, console::resume_queue, console::list_cron, console::list_audit,
         console::list_outbox,
     ),
     modifiers(&BearerAuth),

@@ -3,7 +3,10 @@
 //! resume elsewhere), in-flight requests finish within the drain budget, and only then does
 //! the server stop. Also starts the instance's Redis events subscription and relay waker.
 
+use std::any::Any;
 use std::net::TcpListener;
+
+use actix_web::dev::Extensions;
 
 use crate::app::Ctx;
 use crate::service::events::RelayWaker;
@@ -50,6 +53,7 @@ fn build(
 ) -> std::io::Result<actix_web::dev::Server> {
     let drain = ctx.config.shutdown_timeout;
     let mut server = actix_web::HttpServer::new(move || super::app(ctx.clone()))
+        .on_connect(bound_unsent_bytes)
         .disable_signals()
         .shutdown_timeout(drain.as_secs())
         .listen(listener)?;
@@ -57,4 +61,27 @@ fn build(
         server = server.workers(workers);
     }
     Ok(server.run())
+}
+
+/// Bytes the kernel may hold unsent for one connection (`TCP_NOTSENT_LOWAT`), whatever its
+/// send buffer grew to.
+///
+/// Linux autotunes a socket's send buffer up to `net.ipv4.tcp_wmem` (4 MiB by default). For
+/// a WebSocket whose client reads slowly, megabytes of events would sit in the kernel: the
+/// application's own per-connection queue (`WS_SEND_QUEUE`), which decides when a client is
+/// too slow (close 4008), would only fill after them, and the close frame would queue
+/// behind them too and not reach the client before the close deadline. With this option a
+/// write waits once this much is unsent: what is ahead of a close frame is this, the
+/// actix-ws channel (32 frames) and what the client's own receive window holds. Unlike a
+/// fixed `SO_SNDBUF` it leaves the in-flight window autotuned, so large HTTP responses
+/// keep their throughput.
+pub const UNSENT_BYTES_LIMIT: u32 = 16 * 1024;
+
+/// `on_connect` hook: sets [`UNSENT_BYTES_LIMIT`] on every accepted TCP connection.
+fn bound_unsent_bytes(conn: &dyn Any, _: &mut Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+        && let Err(e) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(UNSENT_BYTES_LIMIT)
+    {
+        tracing::debug!(error = %e, "cannot bound the connection's unsent bytes");
+    }
 }

@@ -1,4 +1,4 @@
-//! Redis (bb8 over `redis::Client`): caches, rate-limit counters, pub/sub and breaker state — all of it
+//! Redis (bb8 with bb8-redis's manager): caches, rate-limit counters, pub/sub and breaker state — all of it
 //! rebuildable from Postgres or harmless to lose. Every use has a fallback or reports
 //! unavailability; nothing here is the source of truth.
 //!
@@ -8,7 +8,10 @@
 //!
 //! TLS: a `rediss://` URL connects with rustls (ring), verifying the certificate and host
 //! name against `REDIS_CA_FILE` (PEM) or, when unset, the system trust store. Pool and
-//! SUBSCRIBE connections share one [`redis::Client`] built by [`open_client`].
+//! SUBSCRIBE connections share the connection settings of one [`redis::Client`] built by
+//! [`open_client`]: the pool's `bb8_redis::RedisConnectionManager` is made from that
+//! client's `ConnectionInfo`, which carries the TLS roots, so `rediss://` with a private CA
+//! works for pooled connections too.
 //!
 //! Fail fast: when Redis stops answering, [`Kv::conn`] refuses at once for [`DOWN_SKIP`]
 //! instead of letting every request wait out the pool's connection timeout (500 ms); then
@@ -26,9 +29,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 
-/// A Redis connection pool (redis's own `bb8::ManageConnection` for `Client`: multiplexed
-/// connections, checked with PING).
-pub type RedisPool = bb8::Pool<redis::Client>;
+/// A Redis connection pool (bb8-redis: multiplexed connections, checked with PING).
+pub type RedisPool = bb8::Pool<bb8_redis::RedisConnectionManager>;
+/// A connection checked out of a [`RedisPool`] (derefs to a multiplexed connection).
+pub type RedisConn<'a> = bb8::PooledConnection<'a, bb8_redis::RedisConnectionManager>;
 
 /// Redis is not answering (down, unreachable or too slow).
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +101,15 @@ impl Kv {
         pool_size: u32,
     ) -> Result<Self, redis::RedisError> {
         let client = open_client(url, ca_file)?;
+        // The manager opens its own client from this ConnectionInfo: the same address,
+        // credentials and TLS parameters (REDIS_CA_FILE's roots included) as `client`.
+        let manager = bb8_redis::RedisConnectionManager::new(client.get_connection_info().clone())?;
         let pool = bb8::Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(0))
             .connection_timeout(Duration::from_millis(500))
             .error_sink(Box::new(LogSink))
-            .build_unchecked(client.clone());
+            .build_unchecked(manager);
         Ok(Self {
             pool,
             client,
@@ -152,7 +159,7 @@ impl Kv {
     }
 
     /// A pooled connection; refuses at once while Redis is marked down (see [`DOWN_SKIP`]).
-    pub async fn conn(&self) -> Result<bb8::PooledConnection<'_, redis::Client>, KvUnavailable> {
+    pub async fn conn(&self) -> Result<RedisConn<'_>, KvUnavailable> {
         if self.is_marked_down() {
             return Err(KvUnavailable("recently unreachable; skipping".to_owned()));
         }

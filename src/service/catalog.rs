@@ -53,6 +53,44 @@ pub async fn get_menu(
     Ok((vendor, items))
 }
 
+/// Opens or closes a vendor for orders (its staff, its campus admin, a platform admin);
+/// audited. Setting the state it already has is a no-op that still answers the vendor.
+pub async fn set_vendor_open(
+    ctx: &Ctx,
+    actor: &Actor,
+    vendor_id: Uuid,
+    is_open: bool,
+) -> Result<VendorRow> {
+    let mut conn = ctx.db.conn().await?;
+    let vendor = visible_vendor(&mut conn, actor, vendor_id).await?;
+    access::can_manage_menu(actor, vendor.id.into(), vendor.campus_id.into())?;
+    if vendor.is_open == is_open {
+        return Ok(vendor);
+    }
+    let row = vendors::set_open(&mut conn, vendor_id, is_open)
+        .await?
+        .ok_or(DomainError::NotFound { what: "vendor" })?;
+    audit::insert(
+        &mut conn,
+        &audit::NewAuditRow {
+            campus_id: Some(vendor.campus_id),
+            actor_id: Some(actor.user_id.into_inner()),
+            action: if is_open {
+                "vendor.opened"
+            } else {
+                "vendor.closed"
+            }
+            .to_owned(),
+            target_type: "vendor".to_owned(),
+            target_id: vendor_id.to_string(),
+            detail: serde_json::json!({ "isOpen": is_open }),
+            request_id: None,
+        },
+    )
+    .await?;
+    Ok(row)
+}
+
 /// Fields of a new menu item.
 #[derive(Debug, Clone)]
 pub struct NewMenuItem {

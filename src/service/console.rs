@@ -319,7 +319,7 @@ pub enum BulkAction {
     Retry,
     /// Queued jobs are cancelled; running ones are told to stop.
     Cancel,
-    /// Jobs that are not running are deleted.
+    /// Finished jobs (completed, cancelled, dead) are deleted.
     Delete,
 }
 
@@ -364,8 +364,10 @@ pub struct BulkOutcome {
     pub done: bool,
 }
 
-/// Applies a bulk action to selected jobs or to one batch of the jobs matching a filter, in
-/// one transaction with its audit row.
+/// Applies a bulk action to selected jobs or to one batch of the jobs matching a filter, and
+/// writes one audit row for it. Retries run in one transaction (then the workers are woken);
+/// cancels go through the engine one job at a time (a queued flow step tells its flow);
+/// deletes are one statement.
 pub async fn bulk_jobs(
     ctx: &Ctx,
     actor: &Actor,
@@ -402,39 +404,60 @@ pub async fn bulk_jobs(
         }
     };
     let examined = i64::try_from(ids.len()).unwrap_or(i64::MAX);
-    let actor_id = actor.user_id.into_inner();
-    let affected = conn
-        .transaction(async |conn| -> Result<i64> {
-            let changed = match action {
-                BulkAction::Retry => store::retry_dead_many(conn, &ids).await?,
-                BulkAction::Cancel => store::cancel_many(conn, &ids).await?,
-                BulkAction::Delete => store::delete_many(conn, &ids).await?,
-            };
-            let affected = i64::try_from(changed.len()).unwrap_or(i64::MAX);
-            if affected > 0 {
-                let mut detail = detail.clone();
-                detail["affected"] = affected.into();
-                audit::insert(
-                    conn,
-                    &audit::NewAuditRow {
-                        campus_id: campus,
-                        actor_id: Some(actor_id),
-                        action: format!("jobs.bulk_{}", action.as_str()),
-                        target_type: "job".to_owned(),
-                        target_id: if changed.len() == 1 {
-                            changed[0].to_string()
-                        } else {
-                            format!("{affected} jobs")
-                        },
-                        detail,
-                        request_id: request_id.clone(),
-                    },
+    let changed = match action {
+        // Each cancel is its own transaction in the engine (a queued flow step tells its flow).
+        BulkAction::Cancel => super::jobs::cancel_jobs(ctx, &ids)
+            .await?
+            .into_iter()
+            .filter(|(_, r)| {
+                matches!(
+                    r,
+                    super::jobs::CancelResult::Cancelled | super::jobs::CancelResult::Requested
                 )
-                .await?;
-            }
-            Ok(affected)
-        })
+            })
+            .map(|(id, _)| id)
+            .collect(),
+        BulkAction::Retry => {
+            conn.transaction(async |conn| -> Result<Vec<Uuid>> {
+                let mut back = Vec::new();
+                for id in &ids {
+                    if jobs::retry_dead(conn, *id).await? {
+                        back.push(*id);
+                    }
+                }
+                Ok(back)
+            })
+            .await?
+        }
+        BulkAction::Delete => store::delete_finished_many(&mut conn, &ids).await?,
+    };
+    let affected = i64::try_from(changed.len()).unwrap_or(i64::MAX);
+    if action == BulkAction::Retry {
+        for queue in store::queues_of(&mut conn, &changed).await? {
+            super::jobs::wake_workers(&mut conn, &queue).await;
+        }
+    }
+    if affected > 0 {
+        let mut detail = detail;
+        detail["affected"] = affected.into();
+        audit::insert(
+            &mut conn,
+            &audit::NewAuditRow {
+                campus_id: campus,
+                actor_id: Some(actor.user_id.into_inner()),
+                action: format!("jobs.bulk_{}", action.as_str()),
+                target_type: "job".to_owned(),
+                target_id: if changed.len() == 1 {
+                    changed[0].to_string()
+                } else {
+                    format!("{affected} jobs")
+                },
+                detail,
+                request_id,
+            },
+        )
         .await?;
+    }
     Ok(BulkOutcome {
         action,
         examined,
@@ -457,6 +480,8 @@ fn ids_len(t: &BulkTarget) -> usize {
 pub struct QueueView {
     /// Name.
     pub name: String,
+    /// Claims skip it (platform admins pause and resume queues).
+    pub paused: bool,
     /// Queued and due now (the depth).
     pub ready: i64,
     /// Queued for later (delayed, or retries backing off).
@@ -485,6 +510,7 @@ pub async fn list_queues(ctx: &Ctx, actor: &Actor) -> Result<Vec<QueueView>> {
     let mut out: Vec<QueueView> = stats
         .into_iter()
         .map(|s| QueueView {
+            paused: s.paused,
             worker_slots: slots.remove(&s.queue).unwrap_or(0),
             oldest_ready_secs: s.oldest_ready.map_or(0.0, |t| secs_between(t, now)),
             name: s.queue,
@@ -496,6 +522,7 @@ pub async fn list_queues(ctx: &Ctx, actor: &Actor) -> Result<Vec<QueueView>> {
     // Queues with workers but no jobs right now.
     out.extend(slots.into_iter().map(|(name, worker_slots)| QueueView {
         name,
+        paused: false,
         ready: 0,
         scheduled: 0,
         running: 0,
@@ -504,6 +531,47 @@ pub async fn list_queues(ctx: &Ctx, actor: &Actor) -> Result<Vec<QueueView>> {
     }));
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Pauses (claims skip it; running jobs go on) or resumes a queue: platform admins only,
+/// audited. False when it already was in that state.
+pub async fn set_queue_paused(
+    ctx: &Ctx,
+    actor: &Actor,
+    queue: &str,
+    paused: bool,
+    request_id: Option<String>,
+) -> Result<bool> {
+    if admin_scope(actor)?.is_some() {
+        return Err(DomainError::forbidden("queues are shared by every campus").into());
+    }
+    let changed = if paused {
+        super::jobs::pause_queue(ctx, queue).await?
+    } else {
+        super::jobs::resume_queue(ctx, queue).await?
+    };
+    if changed {
+        let mut conn = ctx.db.conn().await?;
+        audit::insert(
+            &mut conn,
+            &audit::NewAuditRow {
+                campus_id: None,
+                actor_id: Some(actor.user_id.into_inner()),
+                action: if paused {
+                    "queue.paused"
+                } else {
+                    "queue.resumed"
+                }
+                .to_owned(),
+                target_type: "queue".to_owned(),
+                target_id: queue.to_owned(),
+                detail: serde_json::json!({}),
+                request_id,
+            },
+        )
+        .await?;
+    }
+    Ok(changed)
 }
 
 fn secs_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
@@ -526,8 +594,11 @@ pub struct MinutePoint {
     pub queue: String,
     /// Jobs completed in that minute.
     pub completed: i64,
-    /// Jobs that failed for good in that minute.
-    pub failed: i64,
+    /// Attempts that failed and will be retried (null for a campus admin: counted per kind
+    /// and queue only).
+    pub failed: Option<i64>,
+    /// Jobs that died (out of attempts, or failed permanently) in that minute.
+    pub dead: i64,
 }
 
 /// Outbox figures.
@@ -576,7 +647,7 @@ pub struct Overview {
     pub throughput: Vec<MinutePoint>,
     /// Completed per second over the window.
     pub completed_per_sec: f64,
-    /// Failed per second over the window.
+    /// Failed attempts (retried or dead) per second over the window.
     pub failed_per_sec: f64,
     /// Queue depth and age.
     pub queues: Vec<QueueView>,
@@ -599,9 +670,36 @@ pub async fn overview(ctx: &Ctx, actor: &Actor) -> Result<Overview> {
         .map_err(anyhow::Error::from)?;
     let (throughput, outbox) = {
         let mut conn = ctx.db.read_conn().await?;
-        let rows = store::minute_counts_from_jobs(&mut conn, since, campus).await?;
+        let points: Vec<MinutePoint> = match campus {
+            None => jobs::list_minute_counts(&mut conn, since)
+                .await?
+                .into_iter()
+                .map(|r| MinutePoint {
+                    minute: r.minute,
+                    kind: r.kind,
+                    queue: r.queue,
+                    completed: r.completed,
+                    failed: Some(r.failed),
+                    dead: r.dead,
+                })
+                .collect(),
+            // Jobs finishing now were created at most a job timeout or two ago: look at the
+            // campus's jobs created since an hour before the window.
+            Some(c) => store::campus_minute_counts(&mut conn, c, since, since - Duration::hours(1))
+                .await?
+                .into_iter()
+                .map(|r| MinutePoint {
+                    minute: r.minute,
+                    kind: r.kind,
+                    queue: r.queue,
+                    completed: r.completed,
+                    failed: None,
+                    dead: r.dead,
+                })
+                .collect(),
+        };
         let outbox = store::outbox_stats(&mut conn, campus).await?;
-        (rows, outbox)
+        (points, outbox)
     };
     let queues = list_queues(ctx, actor).await?;
     let workers = {
@@ -627,9 +725,9 @@ pub async fn overview(ctx: &Ctx, actor: &Actor) -> Result<Overview> {
         })
         .collect();
     let window = secs_between(since, at).max(1.0);
-    let (done, failed) = throughput
-        .iter()
-        .fold((0i64, 0i64), |(c, f), r| (c + r.completed, f + r.failed));
+    let (done, failed) = throughput.iter().fold((0i64, 0i64), |(c, f), r| {
+        (c + r.completed, f + r.failed.unwrap_or(0) + r.dead)
+    });
     #[expect(
         clippy::as_conversions,
         reason = "job counts of an hour are far below 2^53"
@@ -638,16 +736,7 @@ pub async fn overview(ctx: &Ctx, actor: &Actor) -> Result<Overview> {
     Ok(Overview {
         at,
         since,
-        throughput: throughput
-            .into_iter()
-            .map(|r| MinutePoint {
-                minute: r.minute,
-                kind: r.kind,
-                queue: r.queue,
-                completed: r.completed,
-                failed: r.failed,
-            })
-            .collect(),
+        throughput,
         completed_per_sec,
         failed_per_sec,
         queues,
@@ -699,7 +788,7 @@ pub async fn list_cron(ctx: &Ctx, actor: &Actor) -> Result<Vec<CronView>> {
     for s in super::cron::schedules() {
         let last = super::cron::previous_tick(&s, now);
         let job = match last {
-            Some(t) => store::find_by_unique_key(&mut conn, &super::cron::tick_key(&s, t)).await?,
+            Some(t) => jobs::find_by_unique_key(&mut conn, &super::cron::tick_key(&s, t)).await?,
             None => None,
         };
         out.push(CronView {
@@ -709,8 +798,8 @@ pub async fn list_cron(ctx: &Ctx, actor: &Actor) -> Result<Vec<CronView>> {
             kind: s.kind.to_owned(),
             next_run_at: super::cron::next_tick(&s, now),
             last_tick_at: last,
-            last_job_id: job.as_ref().map(|j| j.0),
-            last_job_state: job.map(|j| j.1),
+            last_job_id: job.as_ref().map(|j| j.id),
+            last_job_state: job.map(|j| j.state),
         });
     }
     Ok(out)

@@ -3,6 +3,9 @@
 //! a dependency hangs: a caller waits at most [`ANSWER_BUDGET`] for a fresh result and
 //! otherwise gets the last one (or "not ready" when that is too old).
 //!
+//! The read replica is reported (degraded when it fails) but does not make the process
+//! unready either: reads fall back to the primary (`store::Db::read_conn`).
+//!
 //! Redis is reported but does not make the process unready: every Redis use has a fallback
 //! (DESIGN.md: losing Redis loses no data), and failing readiness on a shared Redis would pull
 //! every instance out of the load balancer at once.
@@ -238,17 +241,21 @@ async fn run_checks(ctx: &Ctx) -> Vec<Component> {
             .await
             .map_err(|e| format!("query failed: {e}"))
     });
+    // The replica is degraded, never down: reads fall back to the primary (store::Db), so a
+    // replica outage must not pull every instance out of the load balancer.
     let replica = async {
-        let conn = ctx.db.replica_conn().await?;
-        let (c, _) = timed("postgres_replica", Status::Down, async {
-            use diesel_async::RunQueryDsl;
-            let mut conn = conn.map_err(|e| e.to_string())?;
-            diesel::sql_query("SELECT 1")
-                .execute(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
+        if !ctx.db.has_replica() {
+            return None;
+        }
+        let (mut c, _) = timed("postgres_replica", Status::Degraded, async {
+            ctx.db.check_replica().await.unwrap_or(Ok(()))
         })
         .await;
+        if c.status == Status::Degraded {
+            let why = c.detail.take().unwrap_or_default();
+            ctx.db.replica_failed(&why); // also when the check ran out of time
+            c.detail = Some(format!("{why}; reads go to the primary"));
+        }
         Some(c)
     };
     let redis = async {

@@ -1,29 +1,33 @@
 //! Read models and bulk changes behind the operator console (`/admin/console/*`): keyset
 //! pages of jobs, audit entries and outbox events, bounded counts, queue figures and the
-//! per-minute throughput of the last hour.
+//! per-minute throughput of one campus.
 //!
-//! Every query here must stay fast on a table of millions of finished jobs: pages are keyset
-//! (`id < cursor ORDER BY id DESC`, UUIDv7 ids sort by time), counts stop at a cap
-//! (`SELECT count(*) FROM (… LIMIT cap+1)`), and a filter no index answers (kind, queue, text
-//! in the payload) only ever looks at a bounded window of rows per request: the page then says
-//! where it stopped, and the next request continues from there.
+//! Jobs live in two tables (issue 12): `jobs` holds the hot set (queued, running) and
+//! `jobs_history` the finished ones; the same filter runs on each (skipping a table the
+//! state filter excludes) and the pages are merged by id.
 //!
-//! L1: depends on `schema` only. Never opens a transaction.
+//! Every query here must stay fast on millions of finished jobs: pages are keyset
+//! (`id < cursor ORDER BY id DESC`, UUIDv7 ids sort by creation time; `jobs_history` has
+//! `(state, id)` and `(campus_id, id)` indexes for them), counts stop at a cap
+//! (`SELECT … LIMIT cap+1`), and a filter no index answers (kind, queue, text in the payload)
+//! only ever looks at a bounded window of rows per request: the page then says where it
+//! stopped, and the next request continues from there.
+//!
+//! L1: depends on `schema` and `store::jobs` only. Never opens a transaction.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Bool, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::schema::{audit_log, jobs, outbox_events};
+use super::schema::{audit_log, jobs, jobs_history, outbox_events};
 
-/// How many rows a windowed (unindexed) filter may look at per request.
+/// How many rows a windowed (unindexed) filter may look at per table and request.
 pub const SCAN_WINDOW: i64 = 10_000;
 
 /// A job as a console list shows it: no payload body, no result body.
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = jobs)]
+#[derive(Debug, Clone, Queryable)]
 pub struct JobSummaryRow {
     /// Id.
     pub id: Uuid,
@@ -73,6 +77,20 @@ impl JobFilter {
     fn windowed(&self) -> bool {
         self.kind.is_some() || self.queue.is_some() || self.search.is_some()
     }
+
+    /// True when the state filter admits a state of the hot table.
+    fn wants_hot(&self) -> bool {
+        self.states
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|s| s == "queued" || s == "running"))
+    }
+
+    /// True when the state filter admits a finished state.
+    fn wants_history(&self) -> bool {
+        self.states
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|s| s != "queued" && s != "running"))
+    }
 }
 
 /// `%text%` for ILIKE, with the pattern characters escaped.
@@ -89,39 +107,91 @@ fn like_pattern(text: &str) -> String {
     p
 }
 
-/// The jobs matching the indexed part of `f` (campus, states) below `before`.
-fn indexed<'a>(f: &'a JobFilter, before: Option<Uuid>) -> jobs::BoxedQuery<'a, diesel::pg::Pg> {
-    let mut q = jobs::table.into_boxed();
-    if let Some(c) = f.campus_id {
-        q = q.filter(jobs::campus_id.eq(c));
-    }
-    if let Some(states) = &f.states {
-        q = q.filter(jobs::state.eq_any(states));
-    }
-    if let Some(b) = before {
-        q = q.filter(jobs::id.lt(b));
-    }
-    q
+/// The same queries on `jobs` and `jobs_history` (identical column names).
+macro_rules! job_queries {
+    ($table:ident, $indexed:ident, $filtered:ident, $summary:ident) => {
+        /// The rows matching the indexed part of `f` (campus, states) below `before`.
+        fn $indexed<'a>(
+            f: &'a JobFilter,
+            before: Option<Uuid>,
+        ) -> $table::BoxedQuery<'a, diesel::pg::Pg> {
+            let mut q = $table::table.into_boxed();
+            if let Some(c) = f.campus_id {
+                q = q.filter($table::campus_id.eq(c));
+            }
+            if let Some(states) = &f.states {
+                q = q.filter($table::state.eq_any(states));
+            }
+            if let Some(b) = before {
+                q = q.filter($table::id.lt(b));
+            }
+            q
+        }
+
+        /// Everything in `f`, below `before`.
+        fn $filtered<'a>(
+            f: &'a JobFilter,
+            before: Option<Uuid>,
+        ) -> $table::BoxedQuery<'a, diesel::pg::Pg> {
+            let mut q = $indexed(f, before);
+            if let Some(k) = &f.kind {
+                q = q.filter($table::kind.eq(k));
+            }
+            if let Some(queue) = &f.queue {
+                q = q.filter($table::queue.eq(queue));
+            }
+            if let Some(s) = &f.search {
+                q = q.filter(
+                    diesel::dsl::sql::<Bool>("payload::text ILIKE ")
+                        .bind::<Text, _>(like_pattern(s))
+                        .sql(" ESCAPE '\\'"),
+                );
+            }
+            q
+        }
+
+        /// The list columns.
+        async fn $summary(
+            conn: &mut AsyncPgConnection,
+            f: &JobFilter,
+            before: Option<Uuid>,
+            floor: Option<Uuid>,
+            limit: i64,
+        ) -> QueryResult<Vec<JobSummaryRow>> {
+            let mut q = $filtered(f, before);
+            if let Some(floor) = floor {
+                q = q.filter($table::id.ge(floor));
+            }
+            q.order($table::id.desc())
+                .limit(limit)
+                .select((
+                    $table::id,
+                    $table::kind,
+                    $table::queue,
+                    $table::priority,
+                    $table::state,
+                    $table::attempt,
+                    $table::max_attempts,
+                    $table::progress,
+                    $table::last_error,
+                    $table::campus_id,
+                    $table::created_at,
+                    $table::run_at,
+                    $table::finished_at.nullable(),
+                ))
+                .load(conn)
+                .await
+        }
+    };
 }
 
-/// Everything in `f`, below `before`.
-fn filtered<'a>(f: &'a JobFilter, before: Option<Uuid>) -> jobs::BoxedQuery<'a, diesel::pg::Pg> {
-    let mut q = indexed(f, before);
-    if let Some(k) = &f.kind {
-        q = q.filter(jobs::kind.eq(k));
-    }
-    if let Some(queue) = &f.queue {
-        q = q.filter(jobs::queue.eq(queue));
-    }
-    if let Some(s) = &f.search {
-        q = q.filter(
-            diesel::dsl::sql::<Bool>("payload::text ILIKE ")
-                .bind::<Text, _>(like_pattern(s))
-                .sql(" ESCAPE '\\'"),
-        );
-    }
-    q
-}
+job_queries!(jobs, hot_indexed, hot_filtered, hot_summaries);
+job_queries!(
+    jobs_history,
+    history_indexed,
+    history_filtered,
+    history_summaries
+);
 
 /// One keyset page.
 #[derive(Debug, Clone)]
@@ -136,21 +206,60 @@ pub struct KeysetPage<T> {
 }
 
 /// The lowest id of the `window` newest jobs matching the indexed part of `f` below
-/// `before`, or None when fewer exist (the window reaches the end).
+/// `before`, in the table with the tighter bound; None when both have fewer (the window
+/// reaches the end). Rows at or above it are at most `window` per table.
 async fn window_floor(
     conn: &mut AsyncPgConnection,
     f: &JobFilter,
     before: Option<Uuid>,
     window: i64,
 ) -> QueryResult<Option<Uuid>> {
-    indexed(f, before)
-        .order(jobs::id.desc())
-        .offset(window - 1)
-        .limit(1)
-        .select(jobs::id)
-        .first(conn)
-        .await
-        .optional()
+    let hot = if f.wants_hot() {
+        hot_indexed(f, before)
+            .order(jobs::id.desc())
+            .offset(window - 1)
+            .limit(1)
+            .select(jobs::id)
+            .first(conn)
+            .await
+            .optional()?
+    } else {
+        None
+    };
+    let history = if f.wants_history() {
+        history_indexed(f, before)
+            .order(jobs_history::id.desc())
+            .offset(window - 1)
+            .limit(1)
+            .select(jobs_history::id)
+            .first(conn)
+            .await
+            .optional()?
+    } else {
+        None
+    };
+    Ok(hot.max(history))
+}
+
+/// The newest `limit` rows of both tables below `before` (and at or above `floor`).
+async fn merged(
+    conn: &mut AsyncPgConnection,
+    f: &JobFilter,
+    before: Option<Uuid>,
+    floor: Option<Uuid>,
+    limit: i64,
+) -> QueryResult<Vec<JobSummaryRow>> {
+    let mut rows = if f.wants_hot() {
+        hot_summaries(conn, f, before, floor, limit).await?
+    } else {
+        Vec::new()
+    };
+    if f.wants_history() {
+        rows.extend(history_summaries(conn, f, before, floor, limit).await?);
+    }
+    rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(rows)
 }
 
 /// A page of jobs matching `f`, newest first, strictly below `before`.
@@ -165,18 +274,8 @@ pub async fn list_jobs(
     } else {
         None
     };
-    let mut q = filtered(f, before);
-    if let Some(floor) = floor {
-        q = q.filter(jobs::id.ge(floor));
-    }
-    let mut rows: Vec<JobSummaryRow> = q
-        .order(jobs::id.desc())
-        .limit(limit + 1)
-        .select(JobSummaryRow::as_select())
-        .load(conn)
-        .await?;
-    let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-    if full {
+    let mut rows = merged(conn, f, before, floor, limit + 1).await?;
+    if i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit {
         rows.truncate(usize::try_from(limit).unwrap_or(0));
         let next = rows.last().map(|r| r.id);
         return Ok(KeysetPage {
@@ -194,18 +293,30 @@ pub async fn list_jobs(
     })
 }
 
-/// Counts the jobs matching `f`, stopping at `cap + 1`: (count, exact).
+/// Counts the jobs matching `f`, stopping at `cap + 1` per table: (count, exact).
 pub async fn count_jobs(
     conn: &mut AsyncPgConnection,
     f: &JobFilter,
     cap: i64,
 ) -> QueryResult<(i64, bool)> {
-    let ids: Vec<Uuid> = filtered(f, None)
-        .select(jobs::id)
-        .limit(cap + 1)
-        .load(conn)
-        .await?;
-    let n = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+    let mut n = 0usize;
+    if f.wants_hot() {
+        let ids: Vec<Uuid> = hot_filtered(f, None)
+            .select(jobs::id)
+            .limit(cap + 1)
+            .load(conn)
+            .await?;
+        n += ids.len();
+    }
+    if f.wants_history() && i64::try_from(n).unwrap_or(i64::MAX) <= cap {
+        let ids: Vec<Uuid> = history_filtered(f, None)
+            .select(jobs_history::id)
+            .limit(cap + 1)
+            .load(conn)
+            .await?;
+        n += ids.len();
+    }
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
     Ok((n.min(cap), n <= cap))
 }
 
@@ -217,126 +328,94 @@ pub async fn batch_ids(
     before: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Vec<Uuid>> {
-    filtered(f, before)
-        .order(jobs::id.desc())
-        .limit(limit)
-        .select(jobs::id)
-        .load(conn)
-        .await
+    let mut ids: Vec<Uuid> = if f.wants_hot() {
+        hot_filtered(f, before)
+            .order(jobs::id.desc())
+            .limit(limit)
+            .select(jobs::id)
+            .load(conn)
+            .await?
+    } else {
+        Vec::new()
+    };
+    if f.wants_history() {
+        ids.extend(
+            history_filtered(f, before)
+                .order(jobs_history::id.desc())
+                .limit(limit)
+                .select(jobs_history::id)
+                .load::<Uuid>(conn)
+                .await?,
+        );
+    }
+    ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
+    ids.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(ids)
 }
 
-/// Of `ids`, those in `campus` (all of them when None).
+/// Of `ids`, those in `campus` (all that exist when None), in either table.
 pub async fn ids_in_campus(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
     campus: Option<Uuid>,
 ) -> QueryResult<Vec<Uuid>> {
-    let mut q = jobs::table.filter(jobs::id.eq_any(ids)).into_boxed();
+    let mut hot = jobs::table.filter(jobs::id.eq_any(ids)).into_boxed();
+    let mut done = jobs_history::table
+        .filter(jobs_history::id.eq_any(ids))
+        .into_boxed();
     if let Some(c) = campus {
-        q = q.filter(jobs::campus_id.eq(c));
+        hot = hot.filter(jobs::campus_id.eq(c));
+        done = done.filter(jobs_history::campus_id.eq(c));
     }
-    q.select(jobs::id).load(conn).await
+    let mut out: Vec<Uuid> = hot.select(jobs::id).load(conn).await?;
+    out.extend(done.select(jobs_history::id).load::<Uuid>(conn).await?);
+    Ok(out)
 }
 
 #[derive(QueryableByName)]
-struct QueueRow {
+struct IdRow {
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
-    #[diesel(sql_type = Text)]
-    queue: String,
 }
 
-async fn notify_queues(conn: &mut AsyncPgConnection, queues: &[String]) -> QueryResult<()> {
-    for q in queues {
-        diesel::sql_query("SELECT pg_notify($1, $2)")
-            .bind::<Text, _>(super::jobs::JOBS_CHANNEL)
-            .bind::<Text, _>(q)
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
+/// The distinct queues of the hot jobs among `ids` (to wake their workers).
+pub async fn queues_of(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<String>> {
+    jobs::table
+        .filter(jobs::id.eq_any(ids))
+        .select(jobs::queue)
+        .distinct()
+        .load(conn)
+        .await
 }
 
-fn distinct_queues(rows: &[QueueRow]) -> Vec<String> {
-    let mut qs: Vec<String> = rows.iter().map(|r| r.queue.clone()).collect();
-    qs.sort_unstable();
-    qs.dedup();
-    qs
-}
-
-/// Puts the dead jobs among `ids` back in their queues with fresh attempts (as
-/// `store::jobs::retry_dead` does for one); returns the ids retried.
-pub async fn retry_dead_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
-    let rows: Vec<QueueRow> = diesel::sql_query(
-        "UPDATE jobs SET state = 'queued', attempt = 0, run_at = now(), finished_at = NULL, \
-             cancel_requested = false, updated_at = now() \
-         WHERE id = ANY($1) AND state = 'dead' RETURNING id, queue",
+/// Deletes the finished jobs among `ids` (and their unique keys); returns the ids deleted.
+/// Queued and running jobs are never deleted: cancel them first (a queued flow step must
+/// end through the engine, which tells its flow).
+pub async fn delete_finished_many(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<Uuid>> {
+    let rows: Vec<IdRow> = diesel::sql_query(
+        "WITH del AS (DELETE FROM jobs_history WHERE id = ANY($1) RETURNING id, unique_key), \
+              keys AS (DELETE FROM job_keys WHERE unique_key IN \
+                  (SELECT unique_key FROM del WHERE unique_key IS NOT NULL)) \
+         SELECT id FROM del",
     )
-    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
     .load(conn)
     .await?;
-    notify_queues(conn, &distinct_queues(&rows)).await?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
-/// Cancels the unfinished jobs among `ids` (queued: at once; running: their worker is told to
-/// stop, as `store::jobs::cancel` does for one); returns the ids cancelled or flagged.
-pub async fn cancel_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
-    let queued: Vec<Uuid> = diesel::update(
-        jobs::table
-            .filter(jobs::id.eq_any(ids))
-            .filter(jobs::state.eq("queued")),
-    )
-    .set((
-        jobs::state.eq("cancelled"),
-        jobs::finished_at.eq(diesel::dsl::now),
-        jobs::updated_at.eq(diesel::dsl::now),
-    ))
-    .returning(jobs::id)
-    .get_results(conn)
-    .await?;
-    let running: Vec<Uuid> = diesel::update(
-        jobs::table
-            .filter(jobs::id.eq_any(ids))
-            .filter(jobs::state.eq("running"))
-            .filter(jobs::cancel_requested.eq(false)),
-    )
-    .set((
-        jobs::cancel_requested.eq(true),
-        jobs::updated_at.eq(diesel::dsl::now),
-    ))
-    .returning(jobs::id)
-    .get_results(conn)
-    .await?;
-    for id in &running {
-        diesel::sql_query("SELECT pg_notify($1, $2)")
-            .bind::<Text, _>(super::jobs::CANCEL_CHANNEL)
-            .bind::<Text, _>(id.to_string())
-            .execute(conn)
-            .await?;
-    }
-    Ok(queued.into_iter().chain(running).collect())
-}
-
-/// Deletes the jobs among `ids` that are not running (a running job belongs to its worker
-/// until it ends); returns the ids deleted.
-pub async fn delete_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
-    diesel::delete(
-        jobs::table
-            .filter(jobs::id.eq_any(ids))
-            .filter(jobs::state.ne("running")),
-    )
-    .returning(jobs::id)
-    .get_results(conn)
-    .await
-}
-
-/// Figures of one queue, from the hot set only (queued and running jobs).
+/// Figures of one queue, from the hot table (queued and running jobs) and `job_queues`.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct QueueStatsRow {
     /// Queue name.
     #[diesel(sql_type = Text)]
     pub queue: String,
+    /// Claims skip it.
+    #[diesel(sql_type = Bool)]
+    pub paused: bool,
     /// Queued and due now.
     #[diesel(sql_type = BigInt)]
     pub ready: i64,
@@ -351,26 +430,29 @@ pub struct QueueStatsRow {
     pub oldest_ready: Option<DateTime<Utc>>,
 }
 
-/// Queue figures of the hot set, optionally of one campus.
+/// Queue figures of the hot set, optionally of one campus, with each queue's pause flag.
 pub async fn queue_stats(
     conn: &mut AsyncPgConnection,
     campus: Option<Uuid>,
 ) -> QueryResult<Vec<QueueStatsRow>> {
     diesel::sql_query(
-        "SELECT queue, \
-           count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS ready, \
-           count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled, \
-           count(*) FILTER (WHERE state = 'running') AS running, \
-           min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_ready \
-         FROM jobs WHERE state IN ('queued', 'running') AND ($1::uuid IS NULL OR campus_id = $1) \
-         GROUP BY queue ORDER BY queue",
+        "SELECT queue, coalesce(p.paused, false) AS paused, coalesce(c.ready, 0) AS ready, \
+             coalesce(c.scheduled, 0) AS scheduled, coalesce(c.running, 0) AS running, \
+             c.oldest_ready \
+         FROM (SELECT queue, \
+                 count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS ready, \
+                 count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled, \
+                 count(*) FILTER (WHERE state = 'running') AS running, \
+                 min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_ready \
+               FROM jobs WHERE ($1::uuid IS NULL OR campus_id = $1) GROUP BY queue) c \
+         FULL JOIN job_queues p USING (queue) ORDER BY queue",
     )
     .bind::<Nullable<SqlUuid>, _>(campus)
     .load(conn)
     .await
 }
 
-/// Jobs finished in one minute, per kind and queue.
+/// Jobs finished in one minute, per kind and queue, of one campus.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct MinuteRow {
     /// Start of the minute.
@@ -385,42 +467,41 @@ pub struct MinuteRow {
     /// Completed in that minute.
     #[diesel(sql_type = BigInt)]
     pub completed: i64,
-    /// Failed for good (dead) in that minute.
+    /// Died in that minute.
     #[diesel(sql_type = BigInt)]
-    pub failed: i64,
+    pub dead: i64,
 }
 
-/// Per-minute completed/dead counts since `since`, read from the finished jobs themselves
-/// (`jobs_finished_idx`).
-pub async fn minute_counts_from_jobs(
+/// The smallest UUIDv7 of a millisecond: every v7 id made at or after `t` sorts above it.
+pub fn uuid_v7_floor(t: DateTime<Utc>) -> Uuid {
+    let ms = u64::try_from(t.timestamp_millis()).unwrap_or(0);
+    let b = ms.to_be_bytes();
+    Uuid::from_bytes([
+        b[2], b[3], b[4], b[5], b[6], b[7], 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 0,
+    ])
+}
+
+/// Per-minute completed/dead counts of one campus since `since`, read from its finished
+/// jobs created since `created_after` through `jobs_history_campus_id_idx` (the counters of
+/// `job_counts_minute` have no campus).
+pub async fn campus_minute_counts(
     conn: &mut AsyncPgConnection,
+    campus: Uuid,
     since: DateTime<Utc>,
-    campus: Option<Uuid>,
+    created_after: DateTime<Utc>,
 ) -> QueryResult<Vec<MinuteRow>> {
     diesel::sql_query(
         "SELECT date_trunc('minute', finished_at) AS minute, kind, queue, \
            count(*) FILTER (WHERE state = 'completed') AS completed, \
-           count(*) FILTER (WHERE state = 'dead') AS failed \
-         FROM jobs WHERE finished_at >= $1 AND ($2::uuid IS NULL OR campus_id = $2) \
+           count(*) FILTER (WHERE state = 'dead') AS dead \
+         FROM jobs_history WHERE campus_id = $1 AND id >= $2 AND finished_at >= $3 \
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
+    .bind::<SqlUuid, _>(campus)
+    .bind::<SqlUuid, _>(uuid_v7_floor(created_after))
     .bind::<Timestamptz, _>(since)
-    .bind::<Nullable<SqlUuid>, _>(campus)
     .load(conn)
     .await
-}
-
-/// The job of a unique key (a cron tick), if any: (id, state, finished_at).
-pub async fn find_by_unique_key(
-    conn: &mut AsyncPgConnection,
-    key: &str,
-) -> QueryResult<Option<(Uuid, String, Option<DateTime<Utc>>)>> {
-    jobs::table
-        .filter(jobs::unique_key.eq(key))
-        .select((jobs::id, jobs::state, jobs::finished_at))
-        .first(conn)
-        .await
-        .optional()
 }
 
 /// A page of audit entries (optionally of one campus, actor or action), newest first,
@@ -547,6 +628,20 @@ pub async fn worker_totals(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_v7_floor_sorts_below_every_id_of_its_millisecond() {
+        let t = Utc::now();
+        let floor = uuid_v7_floor(t);
+        assert_eq!(floor.get_version_num(), 7);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(t.timestamp()).unwrap(),
+            t.timestamp_subsec_nanos(),
+        );
+        assert!(Uuid::new_v7(ts) >= floor);
+        assert!(Uuid::new_v7(ts) < uuid_v7_floor(t + chrono::Duration::milliseconds(1)));
+    }
 
     #[test]
     fn search_text_is_matched_literally() {

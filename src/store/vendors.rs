@@ -74,3 +74,20 @@ pub async fn list_by_campus(
         .load(conn)
         .await
 }
+
+/// Opens or closes a vendor; the updated row, or `None` when it does not exist.
+pub async fn set_open(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    is_open: bool,
+) -> QueryResult<Option<VendorRow>> {
+    diesel::update(vendors::table.find(id))
+        .set((
+            vendors::is_open.eq(is_open),
+            vendors::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(VendorRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}

@@ -6,7 +6,7 @@ use actix_web::test;
 use serde_json::Value;
 
 use crate::support::chaos::ChaosProxy;
-use crate::support::{TestApp, TestDb, TestServer, client, ctx_for, eventually};
+use crate::support::{TestApp, TestDb, TestServer, client, config_for, ctx_for, eventually};
 
 #[actix_web::test]
 async fn ready_live_and_metrics_in_process() {
@@ -208,4 +208,104 @@ async fn readiness_follows_postgres_outages_without_restart() {
 
     server.shutdown.trigger();
     server.task.await.unwrap().unwrap();
+}
+
+/// Issue 17 item 10: a read replica that goes away (cut, then hanging) is not a reason to
+/// leave the load balancer. Readiness stays 200, reads are served by the primary, and the
+/// replica's state shows in `/health` (degraded) and in `db_replica_up`; once it is back,
+/// reads return to it without a restart.
+#[actix_web::test]
+async fn a_down_read_replica_sends_reads_to_the_primary_and_keeps_readiness() {
+    let db = TestDb::new().await;
+    let (replica, via_replica) = ChaosProxy::in_front_of(&db.url).await;
+    let mut config = config_for(&db.url, None);
+    config.database_read_url = Some(itsur::config::Secret::new(via_replica));
+    let ctx = itsur::app::Ctx::new(config).unwrap();
+    let server = TestServer::start(ctx);
+    let http = client(Duration::from_secs(5));
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let url = server.url(path);
+        async move {
+            match http.get(url).send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(_) => (0, String::new()),
+            }
+        }
+    };
+    let replica_status = |body: &str| -> String {
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        v["report"]["components"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == "postgres_replica"))
+            .map(|c| c["status"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (s, body) = get("/health").await;
+            s == 200 && replica_status(&body) == "up"
+        })
+        .await,
+        "replica up at start"
+    );
+    assert_eq!(get("/campuses").await.0, 200);
+
+    for (outage, cut) in [("cut", true), ("hang", false)] {
+        if cut {
+            replica.cut();
+        } else {
+            replica.hang();
+        }
+        // Reads keep working throughout (a hanging replica costs them at most the replica
+        // checkout deadline before they take the primary).
+        for _ in 0..5 {
+            let (s, body) = get("/campuses").await;
+            assert_eq!(
+                s, 200,
+                "{outage}: a read failed with the replica down: {body}"
+            );
+        }
+        assert!(
+            eventually(Duration::from_secs(15), || async {
+                let (s, body) = get("/health").await;
+                s == 200 && replica_status(&body) == "degraded"
+            })
+            .await,
+            "{outage}: /health shows the replica degraded, and stays 200"
+        );
+        let (s, body) = get("/health").await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.contains("reads go to the primary"), "{body}");
+        assert_eq!(
+            get("/health/ready").await.0,
+            200,
+            "{outage}: readiness kept"
+        );
+        let (_, metrics) = get("/metrics").await;
+        assert_eq!(gauge(&metrics, "db_replica_up"), Some(0.0), "{metrics}");
+        assert!(
+            gauge(&metrics, "db_read_fallback_total").unwrap_or(0.0) >= 1.0,
+            "{metrics}"
+        );
+        assert_eq!(get("/campuses").await.0, 200);
+
+        replica.restore();
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                let (_, body) = get("/health").await;
+                let (_, metrics) = get("/metrics").await;
+                replica_status(&body) == "up" && gauge(&metrics, "db_replica_up") == Some(1.0)
+            })
+            .await,
+            "{outage}: the replica is used again once it answers"
+        );
+    }
 }

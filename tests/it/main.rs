@@ -23,4 +23,5 @@ mod outage;
 mod outbox;
 mod push;
 mod tls;
+mod web;
 mod ws;

@@ -266,3 +266,42 @@ async fn redis_tls_with_ca_file() {
         assert!(err.contains("UnknownIssuer"), "{err}");
     }
 }
+
+/// Issue 17 item 15: the Redis pool is bb8-redis's manager (the design card's crate), and the
+/// tree holds one bb8, shared with diesel-async (two would mean two pool implementations and
+/// a redis crate built with its own bb8 support). `redis_tls_with_ca_file` above shows that
+/// the pool still honours `rediss://` + `REDIS_CA_FILE` through that manager.
+#[test]
+fn the_redis_pool_is_bb8_redis_and_the_tree_has_one_bb8() {
+    // Compile-time: the pool type is bb8 over bb8-redis's manager.
+    let _same: fn(kv::RedisPool) -> bb8::Pool<bb8_redis::RedisConnectionManager> = |p| p;
+
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let versions = |name: &str| -> Vec<String> {
+        lock.split("[[package]]")
+            .filter(|p| p.lines().any(|l| l == format!("name = \"{name}\"")))
+            .filter_map(|p| {
+                p.lines()
+                    .find_map(|l| l.strip_prefix("version = "))
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    assert_eq!(
+        versions("bb8").len(),
+        1,
+        "bb8 versions in Cargo.lock: {:?}",
+        versions("bb8")
+    );
+    assert_eq!(versions("bb8-redis").len(), 1, "bb8-redis in Cargo.lock");
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let redis_line = manifest
+        .lines()
+        .find(|l| l.starts_with("redis = "))
+        .expect("redis in Cargo.toml");
+    assert!(
+        !redis_line.contains("\"bb8\""),
+        "the redis crate's own bb8 support is still enabled: {redis_line}"
+    );
+}

@@ -324,6 +324,85 @@ async fn a_slow_reader_is_disconnected_while_others_keep_up() {
     );
 }
 
+/// Issue 17 item 12: what sits between a slow reader and its 4008 close frame is bounded
+/// by the application's queue, not by megabytes of autotuned kernel send buffer. The slow
+/// client (default socket buffers) reads nothing until the hub drops it, then reads
+/// everything: the close frame comes after at most about a megabyte, not after the whole
+/// kernel buffer. Events go out in batches paced by a fast client, so the slow client's
+/// queue drains into its socket for as long as the kernel takes more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_readers_close_frame_is_not_stuck_behind_the_kernel_send_buffer() {
+    let r = rig_with(|c| c.ws.send_queue = 32).await;
+    let a = &r.world.a;
+    let student = r.http.login(&a.student.email).await;
+    let staff = r.http.login(&a.staff.email).await;
+    let mut slow = WsClient::connect(r.server.addr, &student.access).await;
+    let mut fast = r.connect(&staff).await;
+    assert_eq!(r.ctx.hub.len(), 2);
+
+    let redis = redis::Client::open(r.redis.url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let blob = "x".repeat(4 * 1024);
+    let mut next_id = 2_000_000_i64;
+    while r.ctx.hub.len() == 2 {
+        assert!(next_id < 2_050_000, "the slow client was never dropped");
+        let mut pipe = redis::pipe();
+        for _ in 0..16 {
+            next_id += 1;
+            let event = json!({
+                "id": next_id, "event": "order.created", "aggregateType": "order",
+                "aggregateId": Uuid::now_v7(), "version": 1, "createdAt": "2026-01-01T00:00:00Z",
+                "data": { "blob": blob },
+                "routing": { "campusId": a.campus.id, "vendorId": a.vendor.id, "userId": student.user_id },
+            });
+            pipe.cmd("PUBLISH")
+                .arg(format!("{}:events", r.redis.prefix))
+                .arg(event.to_string())
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+        fast.events(16).await;
+    }
+    let published = next_id - 2_000_000;
+    let (bytes, code) = slow.bytes_until_close(WAIT).await;
+    eprintln!(
+        "slow reader: dropped after {published} events of 4 KiB were published; {} KiB arrived before its close frame",
+        bytes / 1024
+    );
+    assert_eq!(
+        code,
+        Some(4008),
+        "the close frame arrived ({bytes} bytes before it)"
+    );
+    assert!(
+        bytes < 1024 * 1024,
+        "{} KiB were queued ahead of the close frame: the kernel buffer, not the send queue, was the limit",
+        bytes / 1024
+    );
+}
+
+/// Issue 17 item 12, RFC 6455 §5.5.1: a client's close frame is answered with one carrying
+/// its status code (a reserved code with 1002), before the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_frame_is_echoed() {
+    let r = rig().await;
+    let a = &r.world.a;
+    let student = r.http.login(&a.student.email).await;
+    for (sent, echoed) in [(1000_u16, 1000_u16), (4321, 4321), (1001, 1001)] {
+        let mut ws = WsClient::connect(r.server.addr, &student.access).await;
+        assert_eq!(
+            ws.close_and_await_echo(sent, WAIT).await,
+            Some(echoed),
+            "close {sent}"
+        );
+    }
+    let metrics = r.ctx.metrics.render();
+    assert!(
+        metrics.contains(r#"ws_disconnects_total{reason="client"}"#),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_are_authenticated_and_capped() {
     let r = rig_with(|c| c.ws.max_per_user = 2).await;

@@ -195,7 +195,7 @@ function throughputChart(o) {
     const i = Math.floor((new Date(p.minute).getTime() - since) / 60000);
     if (i >= 0 && i < minutes) {
       done[i] += p.completed;
-      failed[i] += p.failed;
+      failed[i] += (p.failed || 0) + p.dead;
     }
   }
   const max = Math.max(1, ...done.map((d, i) => d + failed[i]));
@@ -228,19 +228,22 @@ function throughputTable(o) {
   const by = new Map();
   for (const p of o.throughput) {
     const k = `${p.kind}\u0000${p.queue}`;
-    const e = by.get(k) || { kind: p.kind, queue: p.queue, completed: 0, failed: 0 };
+    const e = by.get(k) || { kind: p.kind, queue: p.queue, completed: 0, failed: null, dead: 0 };
     e.completed += p.completed;
-    e.failed += p.failed;
+    if (p.failed !== null && p.failed !== undefined) e.failed = (e.failed || 0) + p.failed;
+    e.dead += p.dead;
     by.set(k, e);
   }
-  const rows = [...by.values()].sort((a, b) => b.completed + b.failed - a.completed - a.failed);
+  const rows = [...by.values()].sort((a, b) => b.completed + b.dead - a.completed - a.dead);
   if (!rows.length) return h('p', { class: 'muted' }, 'No job finished in the last hour.');
   return table('Jobs finished in the last hour per kind and queue',
-    ['Kind', 'Queue', 'Completed', 'Completed / s', 'Failed', 'Failed / s'],
+    ['Kind', 'Queue', 'Completed', 'Completed / s', 'Failed attempts (retried)', 'Dead', 'Failed / s'],
     rows.map((r) => h('tr', {},
       h('td', {}, r.kind), h('td', {}, r.queue),
       h('td', { class: 'n' }, num(r.completed)), h('td', { class: 'n' }, (r.completed / 3600).toFixed(3)),
-      h('td', { class: 'n' }, num(r.failed)), h('td', { class: 'n' }, (r.failed / 3600).toFixed(3)))));
+      h('td', { class: 'n' }, r.failed === null ? '—' : num(r.failed)),
+      h('td', { class: 'n' }, num(r.dead)),
+      h('td', { class: 'n' }, (((r.failed || 0) + r.dead) / 3600).toFixed(3)))));
 }
 
 // ---- jobs -----------------------------------------------------------------------------
@@ -451,7 +454,7 @@ function bulkDialog(onDone) {
       text.textContent = {
         retry: 'Dead jobs go back to their queue with fresh attempts; other jobs are left alone.',
         cancel: 'Queued jobs are cancelled; running ones are asked to stop; finished ones are left alone.',
-        delete: 'Jobs that are not running are deleted for good.',
+        delete: 'Finished jobs (completed, cancelled, dead) are deleted for good; queued and running ones are left alone.',
       }[action];
       confirm.textContent = `${action[0].toUpperCase()}${action.slice(1)} ${n} jobs`;
       el.showModal();
@@ -489,7 +492,7 @@ function jobDetailPage(section, id) {
       h('div', { class: 'actions' },
         h('button', { type: 'button', onclick: () => act('retry'), disabled: j.state !== 'dead' }, 'Retry'),
         h('button', { type: 'button', onclick: () => act('cancel'), disabled: !['queued', 'running'].includes(j.state) }, 'Cancel'),
-        h('button', { type: 'button', onclick: () => act('delete'), disabled: j.state === 'running' }, 'Delete'),
+        h('button', { type: 'button', onclick: () => act('delete'), disabled: !['completed', 'cancelled', 'dead'].includes(j.state) }, 'Delete'),
         j.hasResultFile || (j.state === 'completed' && j.result)
           ? h('a', { class: 'button', href: `/jobs/${encodeURIComponent(j.id)}/result`, download: '' }, 'Download result')
           : null),
@@ -521,16 +524,16 @@ function jobDetailPage(section, id) {
 // ---- queues, workers, cron ------------------------------------------------------------
 
 function queueTable(queues, onToggle) {
-  return table('Queues', ['Queue', 'Due', 'Scheduled', 'Running', 'Worker slots', 'Oldest due', ...(onToggle ? ['State', ''] : [])],
+  return table('Queues', ['Queue', 'State', 'Due', 'Scheduled', 'Running', 'Worker slots', 'Oldest due', ...(onToggle ? ['Action'] : [])],
     queues.map((q) => h('tr', { dataset: { queue: q.name } },
       h('td', {}, h('a', { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
+      h('td', {}, badge(q.paused ? 'paused' : 'active')),
       h('td', { class: 'n' }, num(q.ready)),
       h('td', { class: 'n' }, num(q.scheduled)),
       h('td', { class: 'n' }, num(q.running)),
       h('td', { class: 'n' }, num(q.workerSlots)),
       h('td', {}, age(q.oldestReadySecs)),
-      onToggle && q.paused !== undefined ? h('td', {}, badge(q.paused ? 'paused' : 'active')) : null,
-      onToggle && q.paused !== undefined
+      onToggle
         ? h('td', {}, h('button', { type: 'button', onclick: () => onToggle(q) }, q.paused ? `Resume ${q.name}` : `Pause ${q.name}`))
         : null)));
 }
@@ -693,10 +696,188 @@ function auditPage(section) {
   return null;
 }
 
-// ---- flows ----------------------------------------------------------------------------
+// ---- flows ---------------------------------------------------------------------------
 
-function flowsPage(section) {
-  replace(section, h('h2', { id: 'page-title' }, 'Flows'),
-    h('p', { class: 'muted' }, 'Flows are not available on this server yet.'));
-  return null;
+function flowsPage(section, ctx) {
+  if (ctx.parts[1] === 'runs' && ctx.parts[2]) return flowRunPage(section, ctx.parts[2]);
+  const flowsBody = h('div', {});
+  const runsBody = h('div', {});
+  const error = h('p', { class: 'error', role: 'alert' });
+  replace(section, h('h2', { id: 'page-title' }, 'Flows'), error,
+    h('h3', {}, 'Definitions'), flowsBody, h('h3', {}, 'Latest runs'), runsBody);
+  return every(async () => {
+    let flows;
+    let runs;
+    try {
+      flows = await api('GET', '/flows?limit=100');
+      const flow = ctx.params.get('flow');
+      runs = await api('GET', `/flow-runs?limit=50${flow ? `&flow=${encodeURIComponent(flow)}` : ''}`);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404) {
+        replace(flowsBody, h('p', { class: 'muted' }, 'Flows are not available on this server.'));
+        return;
+      }
+      error.textContent = `Could not load flows: ${errorText(e)}`;
+      return;
+    }
+    error.textContent = '';
+    replace(flowsBody, flows.data.length
+      ? table('Flow definitions', ['Name', 'Version', 'Steps', 'Schedules', 'Updated'],
+        flows.data.map((f) => h('tr', {},
+          h('td', {}, h('a', { href: `#/flows?flow=${f.id}` }, f.name)), h('td', { class: 'n' }, f.version),
+          h('td', {}, ((f.definition && f.definition.steps) || []).map((st) => st.id).join(' → ')),
+          h('td', {}, ((f.definition && f.definition.schedules) || []).map((sc) => sc.cron).join(', ') || '—'),
+          h('td', {}, when(f.updatedAt)))))
+      : h('p', { class: 'muted' }, 'No flow defined.'));
+    replace(runsBody, runs.data.length
+      ? table('Latest flow runs', ['Run', 'Flow', 'Status', 'Trigger', 'Steps left', 'Failed steps', 'Started', 'Finished'],
+        runs.data.map((r) => h('tr', { dataset: { id: r.id } },
+          h('td', {}, h('a', { href: `#/flows/runs/${r.id}`, class: 'mono' }, `${r.id.slice(0, 8)}…`)),
+          h('td', {}, `${r.flowName} v${r.version}`), h('td', {}, badge(r.status)), h('td', {}, r.trigger),
+          h('td', { class: 'n' }, r.stepsRemaining), h('td', { class: 'n' }, r.stepsFailed),
+          h('td', {}, when(r.createdAt)), h('td', {}, when(r.finishedAt)))))
+      : h('p', { class: 'muted' }, 'No run yet.'));
+  });
+}
+
+/** Columns of a DAG: each step one column right of its deepest dependency. */
+function layers(steps) {
+  const byId = new Map(steps.map((st) => [st.id, st]));
+  const depth = new Map();
+  const visit = (id, seen = new Set()) => {
+    if (depth.has(id)) return depth.get(id);
+    if (seen.has(id)) return 0;
+    seen.add(id);
+    const st = byId.get(id);
+    const d = st && st.dependsOn.length ? 1 + Math.max(...st.dependsOn.map((p) => visit(p, seen))) : 0;
+    depth.set(id, d);
+    return d;
+  };
+  steps.forEach((st) => visit(st.id));
+  const cols = [];
+  for (const st of steps) {
+    const d = depth.get(st.id);
+    (cols[d] = cols[d] || []).push(st);
+  }
+  return cols;
+}
+
+function dag(run) {
+  const steps = run.steps || [];
+  const cols = layers(steps);
+  const W = 180;
+  const H = 56;
+  const GX = 60;
+  const GY = 24;
+  const pos = new Map();
+  cols.forEach((col, x) => col.forEach((st, y) => pos.set(st.id, { x: 10 + x * (W + GX), y: 10 + y * (H + GY) })));
+  const width = 20 + cols.length * (W + GX) - GX;
+  const height = 20 + Math.max(1, ...cols.map((c) => c.length)) * (H + GY) - GY;
+  const edges = [];
+  for (const st of steps) {
+    const to = pos.get(st.id);
+    for (const dep of st.dependsOn) {
+      const from = pos.get(dep);
+      if (!from) continue;
+      const x1 = from.x + W;
+      const y1 = from.y + H / 2;
+      const x2 = to.x;
+      const y2 = to.y + H / 2;
+      edges.push(svg('path', { d: `M${x1},${y1} C${x1 + GX / 2},${y1} ${x2 - GX / 2},${y2} ${x2},${y2}`, class: 'edge', 'marker-end': 'url(#arrow)' }));
+    }
+  }
+  const nodes = steps.map((st) => {
+    const p = pos.get(st.id);
+    const fan = st.itemsTotal !== null && st.itemsTotal !== undefined ? ` ${st.itemsTotal - (st.itemsRemaining || 0)}/${st.itemsTotal}` : '';
+    return svg('g', { class: `node step-${st.status}`, transform: `translate(${p.x},${p.y})`, 'data-step': st.id },
+      svg('title', {}, `${st.id} (${st.node}): ${st.status}${st.error ? ` — ${st.error}` : ''}`),
+      svg('rect', { width: W, height: H, rx: 8 }),
+      svg('text', { x: 10, y: 22, class: 'node-name' }, st.id),
+      svg('text', { x: 10, y: 42, class: 'node-status' }, `${st.node} · ${st.status}${fan}`));
+  });
+  const summary = steps.map((st) => `${st.id}: ${st.status}`).join(', ');
+  return h('figure', { class: 'chart dag' },
+    svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': `Steps of run ${run.id}: ${summary}`, id: 'run-dag' },
+      svg('defs', {}, svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, orient: 'auto-start-reverse' },
+        svg('path', { d: 'M0,0 L10,5 L0,10 z', class: 'arrow' }))),
+      ...edges, ...nodes),
+    h('figcaption', {}, 'Steps left to right in dependency order; colours follow each step\'s state, live.'));
+}
+
+function flowRunPage(section, id) {
+  const body = h('div', {});
+  const live = h('p', { class: 'conn', id: 'run-live', 'data-state': 'connecting' }, 'connecting…');
+  const error = h('p', { class: 'error', role: 'alert' });
+  replace(section,
+    h('p', {}, h('a', { href: '#/flows' }, '← Flows')),
+    h('h2', { id: 'page-title' }, 'Flow run ', h('span', { class: 'mono' }, id)),
+    live, error, body);
+  let stopped = false;
+  let ws = null;
+  let loading = false;
+  let again = false;
+  const load = async () => {
+    if (loading) {
+      again = true;
+      return;
+    }
+    loading = true;
+    try {
+      const { data: run } = await api('GET', `/flow-runs/${encodeURIComponent(id)}`);
+      error.textContent = '';
+      replace(body,
+        h('dl', { class: 'fields' },
+          h('dt', {}, 'Flow'), h('dd', {}, `${run.flowName} v${run.version}`),
+          h('dt', {}, 'Status'), h('dd', { id: 'run-status' }, badge(run.status)),
+          h('dt', {}, 'Trigger'), h('dd', {}, run.trigger),
+          h('dt', {}, 'Started'), h('dd', {}, when(run.createdAt)),
+          h('dt', {}, 'Finished'), h('dd', {}, when(run.finishedAt))),
+        h('h3', {}, 'Steps'),
+        dag(run),
+        table('Steps of the run', ['Step', 'Node', 'Status', 'Attempts', 'Job', 'Error'],
+          (run.steps || []).map((st) => h('tr', { dataset: { step: st.id, status: st.status } },
+            h('td', {}, st.id), h('td', {}, st.node), h('td', {}, badge(st.status)),
+            h('td', { class: 'n' }, st.attempts),
+            h('td', {}, st.jobId ? h('a', { href: `#/jobs/${st.jobId}`, class: 'mono' }, `${st.jobId.slice(0, 8)}…`) : '—'),
+            h('td', { class: 'err' }, st.error || '')))));
+    } catch (e) {
+      error.textContent = e instanceof ApiError && e.status === 404 ? 'No such run.' : `Could not load the run: ${errorText(e)}`;
+    }
+    loading = false;
+    if (again) {
+      again = false;
+      load();
+    }
+  };
+  const connect = () => {
+    if (stopped) return;
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    ws = new WebSocket(`${scheme}//${location.host}/ws?topics=flow-run:${encodeURIComponent(id)}`, ['itsur.v1']);
+    ws.onopen = () => {
+      live.dataset.state = 'live';
+      live.textContent = 'live';
+      load();
+    };
+    ws.onmessage = (m) => {
+      let msg;
+      try {
+        msg = JSON.parse(m.data);
+      } catch (_) {
+        return;
+      }
+      // Any event of this run (a step or the run changed): reload its state.
+      if (msg.type === 'event') load();
+    };
+    ws.onclose = () => {
+      live.dataset.state = 'offline';
+      live.textContent = 'reconnecting…';
+      if (!stopped) setTimeout(connect, 2000);
+    };
+  };
+  load();
+  connect();
+  return () => {
+    stopped = true;
+    if (ws) ws.close();
+  };
 }

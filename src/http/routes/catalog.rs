@@ -242,11 +242,35 @@ pub async fn update_menu_item(
     Ok(HttpResponse::Ok().json(data(item_dto(row))))
 }
 
+/// Whether a vendor takes orders.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VendorOpenRequest {
+    /// True: open for orders; false: closed (new orders answer 409).
+    pub is_open: bool,
+}
+
+/// Open or close a vendor (its staff, its campus admin or a platform admin).
+#[utoipa::path(put, path = "/vendors/{id}/open", tag = "catalog", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = Uuid, Path, description = "Vendor id")), request_body = VendorOpenRequest,
+    responses((status = 200, body = inline(Data<VendorResponse>)), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody),
+        (status = 403, body = ProblemBody), (status = 404, body = ProblemBody)))]
+pub async fn set_vendor_open(
+    ctx: web::Data<Ctx>,
+    Authed(actor): Authed,
+    id: web::Path<Uuid>,
+    body: JsonBody<VendorOpenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let row = catalog::set_vendor_open(&ctx, &actor, id.into_inner(), body.is_open).await?;
+    Ok(HttpResponse::Ok().json(data(vendor_dto(row))))
+}
+
 /// Registers the routes of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/campuses", web::get().to(list_campuses))
         .route("/campuses/{id}/vendors", web::get().to(list_vendors))
         .route("/vendors/{id}/menu", web::get().to(get_menu))
+        .route("/vendors/{id}/open", web::put().to(set_vendor_open))
         .route("/vendors/{id}/menu-items", web::post().to(create_menu_item))
         .route("/menu-items/{id}", web::patch().to(update_menu_item));
 }

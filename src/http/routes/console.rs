@@ -182,7 +182,7 @@ pub async fn get_job(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BulkRequest {
-    /// retry (dead jobs), cancel (queued or running) or delete (not running).
+    /// retry (dead jobs), cancel (queued or running) or delete (finished jobs).
     pub action: BulkAction,
     /// The selected jobs (at most 1000).
     pub ids: Option<Vec<Uuid>>,
@@ -228,6 +228,59 @@ pub async fn list_queues(
     Authed(actor): Authed,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(data(console::list_queues(&ctx, &actor).await?)))
+}
+
+/// A queue's pause flag after a pause or resume.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueState {
+    /// Queue.
+    pub queue: String,
+    /// Claims skip it.
+    pub paused: bool,
+    /// False when it already was in that state.
+    pub changed: bool,
+}
+
+async fn set_paused(
+    ctx: web::Data<Ctx>,
+    actor: crate::domain::Actor,
+    request_id: Option<String>,
+    queue: String,
+    paused: bool,
+) -> Result<HttpResponse, ApiError> {
+    let changed = console::set_queue_paused(&ctx, &actor, &queue, paused, request_id).await?;
+    Ok(HttpResponse::Ok().json(data(QueueState {
+        queue,
+        paused,
+        changed,
+    })))
+}
+
+/// Pause a queue: claims skip it from the next claim on; running jobs go on (platform admins).
+#[utoipa::path(post, path = "/admin/console/queues/{name}/pause", tag = "console", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Queue")),
+    responses((status = 200, body = inline(crate::http::dto::Data<QueueState>)), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn pause_queue(
+    ctx: web::Data<Ctx>,
+    Authed(actor): Authed,
+    ReqId(request_id): ReqId,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_paused(ctx, actor, request_id, name.into_inner(), true).await
+}
+
+/// Resume a paused queue and wake the workers (platform admins).
+#[utoipa::path(post, path = "/admin/console/queues/{name}/resume", tag = "console", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Queue")),
+    responses((status = 200, body = inline(crate::http::dto::Data<QueueState>)), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn resume_queue(
+    ctx: web::Data<Ctx>,
+    Authed(actor): Authed,
+    ReqId(request_id): ReqId,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_paused(ctx, actor, request_id, name.into_inner(), false).await
 }
 
 /// Cron schedules with their next run and last tick (platform admins).
@@ -316,6 +369,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/console/jobs/bulk", web::post().to(bulk_jobs))
         .route("/admin/console/jobs/{id}", web::get().to(get_job))
         .route("/admin/console/queues", web::get().to(list_queues))
+        .route(
+            "/admin/console/queues/{name}/pause",
+            web::post().to(pause_queue),
+        )
+        .route(
+            "/admin/console/queues/{name}/resume",
+            web::post().to(resume_queue),
+        )
         .route("/admin/console/cron", web::get().to(list_cron))
         .route("/admin/console/audit", web::get().to(list_audit))
         .route("/admin/console/outbox", web::get().to(list_outbox));

@@ -7,3 +7,4 @@ pub mod console;
 pub mod flows;
 pub mod jobs;
 pub mod orders;
+pub mod web_auth;

@@ -86,7 +86,10 @@ impl SentIds {
 enum End {
     /// Close with this code and reason.
     Close(u16, &'static str),
-    /// The peer is gone (closed, reset, protocol error): nothing more to say.
+    /// The client closed: answer with a close frame carrying its status code (RFC 6455
+    /// §5.5.1: "the endpoint typically echos the status code it received").
+    Echo(Option<CloseReason>),
+    /// The peer is gone (reset, stream ended): nothing more to say.
     Gone,
 }
 
@@ -162,7 +165,7 @@ pub async fn run(
             CLOSE_RESTARTING => "shutdown",
             _ => "protocol",
         },
-        End::Gone => "client",
+        End::Echo(_) | End::Gone => "client",
     };
     metrics::counter!(WS_DISCONNECTS_TOTAL, "reason" => reason).increment(1);
     span.in_scope(|| tracing::debug!(reason, "websocket closed"));
@@ -173,15 +176,22 @@ pub async fn run(
     } = conn;
     // Free the queue before possibly waiting on a backed-up socket.
     drop(subscriber);
-    if let End::Close(code, text) = end {
-        let reason = CloseReason {
+    let reason = match end {
+        End::Close(code, text) => Some(CloseReason {
             code: CloseCode::from(code),
             description: Some(text.to_owned()),
-        };
-        // A client that reads nothing cannot take a close frame either; give up after a
-        // while (the connection's buffers are bounded, and dropping the session ends it).
-        let _ = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await;
-    }
+        }),
+        // The code only, not the client's text (it is the client's to read, not ours to
+        // repeat); a close without a code is answered without one.
+        End::Echo(reason) => reason.map(|r| CloseReason {
+            code: echoed_close_code(r.code),
+            description: None,
+        }),
+        End::Gone => return,
+    };
+    // A client that reads nothing cannot take a close frame either; give up after a while
+    // (the connection's buffers are bounded, and dropping the session ends it).
+    let _ = tokio::time::timeout(CLOSE_WAIT, session.close(reason)).await;
 }
 
 impl Conn {
@@ -277,7 +287,8 @@ impl Conn {
         frame: Option<Result<Message, actix_ws::ProtocolError>>,
     ) -> Result<(), End> {
         match frame {
-            None | Some(Ok(Message::Close(_))) => Err(End::Gone),
+            None => Err(End::Gone),
+            Some(Ok(Message::Close(reason))) => Err(End::Echo(reason)),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "websocket protocol error");
                 Err(End::Close(u16::from(CloseCode::Protocol), "protocol error"))
@@ -438,6 +449,16 @@ impl Conn {
     }
 }
 
+/// The code to answer a client's close frame with: its own when that may be sent on the
+/// wire (RFC 6455 §7.4), else 1002 (protocol error: 1005, 1006 and 1015 are reserved for
+/// reporting, and unassigned codes below 3000 are not the client's to use).
+fn echoed_close_code(code: CloseCode) -> CloseCode {
+    match u16::from(code) {
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+        _ => CloseCode::Protocol,
+    }
+}
+
 /// A frame to send.
 enum Out {
     Text(bytestring::ByteString),
@@ -461,6 +482,20 @@ mod tests {
         // Below the floor: not sent on this connection, so it goes out.
         assert!(sent.first_time(50));
         assert_eq!(sent.cursor(), 103);
+    }
+
+    #[test]
+    fn a_client_close_code_is_echoed_when_it_may_be_sent() {
+        for code in [1000_u16, 1001, 1003, 1011, 3000, 4008, 4999] {
+            assert_eq!(u16::from(echoed_close_code(CloseCode::from(code))), code);
+        }
+        for code in [999_u16, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert_eq!(
+                u16::from(echoed_close_code(CloseCode::from(code))),
+                1002,
+                "{code}"
+            );
+        }
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! [`conn`], the instance's Redis subscription in [`gateway`]).
 //!
 //! The upgrade authenticates with the access token — `Authorization: Bearer`, a
-//! `bearer.<token>` entry of `Sec-WebSocket-Protocol` (browsers cannot set headers), or
-//! `?token=` — and is admitted by the hub's per-IP and per-user caps (429 beyond them).
+//! `bearer.<token>` entry of `Sec-WebSocket-Protocol` (browsers cannot set headers), the
+//! browser apps' HttpOnly session cookie (then the `Origin` must be this server: no
+//! cross-site WebSocket hijacking), or `?token=` — and is admitted by the hub's per-IP and per-user caps (429 beyond them).
 //! Settings: `WS_*` (see `config::WsArgs`).
 
 pub mod conn;
@@ -19,9 +20,9 @@ use serde::Deserialize;
 use self::protocol::{BEARER_PROTOCOL_PREFIX, SUBPROTOCOL};
 use crate::app::Ctx;
 use crate::domain::event::Subscription;
-use crate::http::edge;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
+use crate::http::{cookie, edge};
 use crate::kv::hub::{Admission, Rejected};
 use crate::service;
 
@@ -69,8 +70,16 @@ async fn topics_of(
     Ok(out)
 }
 
-/// The access token of an upgrade: header, then sub-protocol, then query.
-fn token_of(req: &HttpRequest, query: &WsQuery) -> Option<String> {
+/// Where the token of an upgrade came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenSource {
+    HeaderOrProtocol,
+    Cookie,
+    Query,
+}
+
+/// The access token of an upgrade: header, then sub-protocol, then cookie, then query.
+fn token_of(req: &HttpRequest, query: &WsQuery) -> Option<(String, TokenSource)> {
     bearer_token(req)
         .or_else(|| {
             req.headers()
@@ -82,7 +91,15 @@ fn token_of(req: &HttpRequest, query: &WsQuery) -> Option<String> {
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned)
         })
-        .or_else(|| query.token.clone().filter(|t| !t.is_empty()))
+        .map(|t| (t, TokenSource::HeaderOrProtocol))
+        .or_else(|| cookie::access_cookie(req).map(|t| (t, TokenSource::Cookie)))
+        .or_else(|| {
+            query
+                .token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(|t| (t, TokenSource::Query))
+        })
 }
 
 /// The address the per-IP cap counts: the edge layer's rule (the peer, or the right-most
@@ -103,8 +120,12 @@ pub async fn connect(
     query: web::Query<WsQuery>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = token_of(&req, &query)
+    let (token, source) = token_of(&req, &query)
         .ok_or_else(|| ApiError::from(service::Error::Unauthenticated("missing access token")))?;
+    if source == TokenSource::Cookie {
+        // Browsers attach cookies to cross-site WebSocket handshakes too: only this origin.
+        cookie::check_origin(&req)?;
+    }
     let actor = service::auth::authenticate(&ctx, &token).await?;
     let topics = topics_of(&ctx, &actor, query.topics.as_deref()).await?;
     let subscription = Subscription::for_actor(&actor).ok_or_else(|| {

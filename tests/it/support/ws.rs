@@ -181,6 +181,45 @@ impl WsClient {
         }
     }
 
+    /// Reads until the server closes: the bytes of the messages before the close frame,
+    /// and its code (None when the connection ended without one or the deadline passed).
+    pub async fn bytes_until_close(&mut self, wait: Duration) -> (usize, Option<u16>) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut bytes = 0;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) | Ok(None | Some(Err(_))) => return (bytes, None),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return (bytes, Some(frame.map_or(1005, |f| u16::from(f.code))));
+                }
+                Ok(Some(Ok(m))) => bytes += m.len(),
+            }
+        }
+    }
+
+    /// Sends a close frame and reads until the server's answer: its close code, or None
+    /// when the connection ended without one (or nothing came within `wait`).
+    pub async fn close_and_await_echo(&mut self, code: u16, wait: Duration) -> Option<u16> {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
+        self.stream
+            .send(Message::Close(Some(CloseFrame {
+                code: Code::from(code),
+                reason: "client done".into(),
+            })))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) | Ok(None | Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Some(frame.map_or(1005, |f| u16::from(f.code)));
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// Closes from the client side.
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
