@@ -33,6 +33,9 @@ use uuid::Uuid;
 #[path = "load/console.rs"]
 mod console;
 
+#[path = "load/flows.rs"]
+mod flows;
+
 const SECRET: &str = "bench-secret-that-is-long-enough-0123456789";
 const SEED: u64 = 20_261_123;
 const VENDORS: usize = 10;
@@ -1049,6 +1052,9 @@ fn main() {
         }
         if want("console") {
             console::bench_console(&mut rows).await;
+        }
+        if want("flows") {
+            flows::bench_flows(&mut rows).await;
         }
     });
     println!("\n| scenario | figures |\n|---|---|");
