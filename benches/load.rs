@@ -562,30 +562,111 @@ struct CountRow {
     n: i64,
 }
 
-async fn count_finished(conn: &mut AsyncPgConnection) -> i64 {
-    let r: Vec<CountRow> =
-        diesel::sql_query("SELECT count(*) AS n FROM jobs_history WHERE state = 'completed'")
-            .load(conn)
-            .await
-            .unwrap();
+/// Completed jobs of `queue`, from the workers' per-minute counters (a tiny table: polling it
+/// does not load the database the way a count over the job tables would).
+async fn completed_in(conn: &mut AsyncPgConnection, queue: &str) -> i64 {
+    let r: Vec<CountRow> = diesel::sql_query(
+        "SELECT coalesce(sum(completed), 0)::int8 AS n FROM job_counts_minute WHERE queue = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(queue)
+    .load(conn)
+    .await
+    .unwrap();
     r[0].n
 }
 
-async fn drain(db: &str, total: i64, concurrency: &str) -> Duration {
+#[derive(diesel::QueryableByName)]
+struct Span {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    secs: f64,
+}
+
+/// `procs` worker processes × `concurrency` on `queue`, registered and idle before the work
+/// arrives.
+async fn start_workers(
+    db: &str,
+    queue: &str,
+    procs: usize,
+    concurrency: &str,
+    conn: &mut AsyncPgConnection,
+) -> Vec<Server> {
+    let before: i64 = diesel::sql_query("SELECT count(*) AS n FROM workers")
+        .get_result::<CountRow>(conn)
+        .await
+        .unwrap()
+        .n;
+    let workers: Vec<Server> = (0..procs)
+        .map(|_| {
+            Server::start(
+                "worker",
+                db,
+                &[
+                    ("WORKER_CONCURRENCY", concurrency),
+                    ("JOB_NO_CRON", "true"),
+                    ("JOB_QUEUES", queue),
+                ],
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = diesel::sql_query("SELECT count(*) AS n FROM workers")
+            .get_result::<CountRow>(conn)
+            .await
+            .unwrap()
+            .n;
+        if n >= before + procs as i64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    workers
+}
+
+/// Enqueues `total` jobs on `queue` in one transaction (one statement over arrays), wakes
+/// the workers, waits for them all, and returns the rate from the database's own clock:
+/// jobs / (last finish − first claim). Returns (enqueue jobs/s, execute jobs/s).
+async fn run_queue(
+    db: &str,
+    queue: &str,
+    total: usize,
+    payload: Value,
+    procs: usize,
+    concurrency: &str,
+) -> (f64, f64) {
     let mut conn = AsyncPgConnection::establish(db).await.unwrap();
-    let base = count_finished(&mut conn).await;
-    let start = Instant::now();
-    let worker = Server::start(
-        "worker",
-        db,
-        &[("WORKER_CONCURRENCY", concurrency), ("JOB_NO_CRON", "true")],
-    );
-    while count_finished(&mut conn).await - base < total {
+    let workers = start_workers(db, queue, procs, concurrency, &mut conn).await;
+    let batch: Vec<_> = (0..total)
+        .map(|_| {
+            let mut j = noop_job(payload.clone(), Utc::now());
+            j.queue = queue.to_owned();
+            j
+        })
+        .collect();
+    let t = Instant::now();
+    conn.transaction(async |c| -> diesel::QueryResult<usize> {
+        store::jobs::enqueue_many(c, &batch).await
+    })
+    .await
+    .unwrap();
+    let enqueue_rate = total as f64 / t.elapsed().as_secs_f64();
+    store::jobs::notify_workers(&mut conn, queue).await.unwrap();
+    while completed_in(&mut conn, queue).await < total as i64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let took = start.elapsed();
-    drop(worker);
-    took
+    drop(workers);
+    let span: Span = diesel::sql_query(
+        "SELECT count(*) AS n, \
+         extract(epoch FROM max(finished_at) - min(started_at))::float8 AS secs \
+         FROM jobs_history WHERE queue = $1 AND state = 'completed'",
+    )
+    .bind::<diesel::sql_types::Text, _>(queue)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    (enqueue_rate, span.n as f64 / span.secs.max(1e-6))
 }
 
 #[derive(diesel::QueryableByName)]
@@ -597,35 +678,51 @@ struct Pickup {
 async fn bench_jobs(rows: &mut Vec<Row>) {
     let db = fresh_db("itsur_bench_jobs").await;
     let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
-    // (a) bulk enqueue, then drain with one worker at concurrency 32.
-    let n = 20_000;
-    let batch: Vec<_> = (0..n).map(|_| noop_job(json!({}), Utc::now())).collect();
+    // Bulk enqueue: 100,000 jobs in one transaction (statements of 50,000 rows of arrays).
+    let n_bulk = 100_000;
+    let batch: Vec<_> = (0..n_bulk)
+        .map(|_| {
+            let mut j = noop_job(json!({}), Utc::now());
+            j.queue = "bulk".to_owned();
+            j
+        })
+        .collect();
     let t = Instant::now();
-    store::jobs::enqueue_many(&mut conn, &batch).await.unwrap();
-    let enqueue_rate = n as f64 / t.elapsed().as_secs_f64();
-    let took = drain(&db, n, "32").await;
-    let exec_rate = n as f64 / took.as_secs_f64();
-    // (b) idle worker, 2,000 jobs one per transaction at 200/s → pickup latency.
-    let worker = Server::start(
-        "worker",
-        &db,
-        &[("WORKER_CONCURRENCY", "32"), ("JOB_NO_CRON", "true")],
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    conn.transaction(async |c| -> diesel::QueryResult<usize> {
+        store::jobs::enqueue_many(c, &batch).await
+    })
+    .await
+    .unwrap();
+    let bulk_rate = n_bulk as f64 / t.elapsed().as_secs_f64();
+    diesel::sql_query("DELETE FROM jobs WHERE queue = 'bulk'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // S1: 20,000 no-op jobs drained by 1, 2 and 4 worker processes × 32.
+    let n = 20_000;
+    let mut s1 = Vec::new();
+    for procs in [1, 2, 4] {
+        let (_, rate) = run_queue(&db, &format!("s1-{procs}"), n, json!({}), procs, "32").await;
+        s1.push(rate);
+    }
+    // S2: an idle worker, 2,000 jobs one per transaction at 200/s, each followed by its
+    // wake-up (as the API does); pickup = claim time − insert time (before the commit).
+    let worker = start_workers(&db, "s2", 1, "32", &mut conn).await;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     for _ in 0..2000 {
         tick.tick().await;
-        store::jobs::enqueue(&mut conn, &noop_job(json!({}), Utc::now()))
-            .await
-            .unwrap();
+        let mut j = noop_job(json!({}), Utc::now());
+        j.queue = "s2".to_owned();
+        store::jobs::enqueue(&mut conn, &j).await.unwrap();
+        store::jobs::notify_workers(&mut conn, "s2").await.unwrap();
     }
-    while count_finished(&mut conn).await < n + 2000 {
+    while completed_in(&mut conn, "s2").await < 2000 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(worker);
     let mut pick: Vec<f64> = diesel::sql_query(
-        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 AS ms FROM jobs_history \
-         ORDER BY created_at DESC LIMIT 2000",
+        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 AS ms \
+         FROM jobs_history WHERE queue = 's2'",
     )
     .load::<Pickup>(&mut conn)
     .await
@@ -635,28 +732,29 @@ async fn bench_jobs(rows: &mut Vec<Row>) {
     .collect();
     pick.sort_by(f64::total_cmp);
     let p = |q: f64| pick[((pick.len() as f64 - 1.0) * q) as usize];
-    // (c) 10,000 jobs sleeping 5 ms each at concurrency 32.
-    let batch: Vec<_> = (0..10_000)
-        .map(|_| noop_job(json!({"sleepMs": 5}), Utc::now()))
-        .collect();
-    store::jobs::enqueue_many(&mut conn, &batch).await.unwrap();
-    let took_c = drain(&db, 10_000, "32").await;
-    let sleep_rate = 10_000.0 / took_c.as_secs_f64();
+    // S3: 10,000 jobs sleeping 5 ms each, one worker × 32 (limit 6,400 jobs/s).
+    let (_, sleep_rate) = run_queue(&db, "s3", 10_000, json!({"sleepMs": 5}), 1, "32").await;
     write_result(
         "jobs",
-        json!({"bulk": n, "concurrency": 32, "trickle": 2000, "trickle_rate_per_s": 200, "sleepers": 10000, "sleep_ms": 5}),
+        json!({"bulk": n_bulk, "s1_jobs": n, "concurrency": 32, "processes": [1, 2, 4],
+               "trickle": 2000, "trickle_rate_per_s": 200, "sleepers": 10000, "sleep_ms": 5}),
         json!({
-            "enqueue_jobs_per_s": enqueue_rate, "execute_jobs_per_s": exec_rate,
+            "bulk_enqueue_jobs_per_s": bulk_rate,
+            "s1_jobs_per_s_1proc": s1[0], "s1_jobs_per_s_2proc": s1[1], "s1_jobs_per_s_4proc": s1[2],
             "pickup_ms_p50": p(0.5), "pickup_ms_p95": p(0.95), "pickup_ms_p99": p(0.99),
             "sleep5ms_jobs_per_s": sleep_rate,
         }),
     );
     rows.push((
-        "jobs: bulk 20k no-op, 1 worker × 32".to_owned(),
-        format!("enqueue {enqueue_rate:.0} jobs/s, execute {exec_rate:.0} jobs/s"),
+        "jobs: bulk enqueue 100k (one transaction)".to_owned(),
+        format!("{bulk_rate:.0} jobs/s"),
     ));
     rows.push((
-        "jobs: 2k trickled at 200/s, idle worker".to_owned(),
+        "jobs S1: 20k no-op, 1 / 2 / 4 worker processes × 32".to_owned(),
+        format!("{:.0} / {:.0} / {:.0} jobs/s", s1[0], s1[1], s1[2]),
+    ));
+    rows.push((
+        "jobs S2: 2k trickled at 200/s, idle worker".to_owned(),
         format!(
             "pickup p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
             p(0.5),
@@ -665,8 +763,94 @@ async fn bench_jobs(rows: &mut Vec<Row>) {
         ),
     ));
     rows.push((
-        "jobs: 10k × 5 ms sleep, concurrency 32".to_owned(),
+        "jobs S3: 10k × 5 ms sleep, concurrency 32".to_owned(),
         format!("{sleep_rate:.0} jobs/s"),
+    ));
+}
+
+/// `jobs-churn`: S1 on a fresh table, then 1,000,000 jobs pushed through with autovacuum
+/// off for the table and statistics taken while it was empty, then S1 again.
+async fn bench_jobs_churn(rows: &mut Vec<Row>) {
+    let db = fresh_db("itsur_bench_jobs_churn").await;
+    let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
+    conn.batch_execute("ALTER TABLE jobs SET (autovacuum_enabled = false); ANALYZE jobs")
+        .await
+        .unwrap();
+    let (_, fresh) = run_queue(&db, "fresh", 20_000, json!({}), 1, "32").await;
+    let churn_total = env("BENCH_CHURN_JOBS", "1000000")
+        .parse::<usize>()
+        .unwrap_or(1_000_000);
+    let t = Instant::now();
+    let mut left = churn_total;
+    let mut churn_rates = Vec::new();
+    while left > 0 {
+        let chunk = left.min(250_000);
+        let (_, r) = run_queue(&db, "churn", chunk, json!({}), 1, "32").await;
+        churn_rates.push(r);
+        left -= chunk;
+        diesel::sql_query("DELETE FROM job_counts_minute WHERE queue = 'churn'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        diesel::sql_query("DELETE FROM jobs_history WHERE queue = 'churn'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let churn_secs = t.elapsed().as_secs_f64();
+    // Stale statistics: taken now, with the table empty.
+    conn.batch_execute("ANALYZE jobs").await.unwrap();
+    let (_, after) = run_queue(&db, "after", 20_000, json!({}), 1, "32").await;
+    let ratio = after / fresh;
+    write_result(
+        "jobs-churn",
+        json!({"s1_jobs": 20000, "churn_jobs": churn_total, "concurrency": 32}),
+        json!({"fresh_jobs_per_s": fresh, "after_churn_jobs_per_s": after, "ratio": ratio,
+               "churn_chunk_jobs_per_s": churn_rates, "churn_secs": churn_secs}),
+    );
+    rows.push((
+        format!("jobs-churn: S1 fresh vs after {churn_total} jobs, autovacuum off, stats empty"),
+        format!("{fresh:.0} → {after:.0} jobs/s ({:.0} %)", ratio * 100.0),
+    ));
+}
+
+/// `jobs-xmin`: S1 fresh, then S1 (three times) while another connection holds a
+/// transaction (and so the xmin horizon) open.
+async fn bench_jobs_xmin(rows: &mut Vec<Row>) {
+    let db = fresh_db("itsur_bench_jobs_xmin").await;
+    let (_, fresh) = run_queue(&db, "fresh", 20_000, json!({}), 1, "32").await;
+    let mut holder = AsyncPgConnection::establish(&db).await.unwrap();
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT txid_current(); SELECT count(*) FROM workers")
+        .await
+        .unwrap();
+    let held = Instant::now();
+    let mut during = Vec::new();
+    for i in 0..3 {
+        let (_, r) = run_queue(&db, &format!("xmin-{i}"), 20_000, json!({}), 1, "32").await;
+        during.push(r);
+    }
+    // Hold it for the full 60 s, then let go.
+    let rest = Duration::from_secs(60).saturating_sub(held.elapsed());
+    tokio::time::sleep(rest).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let worst = during.iter().copied().fold(f64::INFINITY, f64::min);
+    write_result(
+        "jobs-xmin",
+        json!({"s1_jobs": 20000, "runs_while_held": 3, "held_secs": 60}),
+        json!({"fresh_jobs_per_s": fresh, "while_held_jobs_per_s": during, "worst_ratio": worst / fresh}),
+    );
+    rows.push((
+        "jobs-xmin: S1 fresh vs 3× S1 with a transaction held open".to_owned(),
+        format!(
+            "{fresh:.0} → {} jobs/s (worst {:.0} %)",
+            during
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            worst / fresh * 100.0
+        ),
     ));
 }
 
@@ -1043,6 +1227,13 @@ fn main() {
         }
         if want("jobs") {
             bench_jobs(&mut rows).await;
+        }
+        // Heavy (a million jobs, a minute held open): only when asked for by name.
+        if which.iter().any(|w| w == "jobs-churn") {
+            bench_jobs_churn(&mut rows).await;
+        }
+        if which.iter().any(|w| w == "jobs-xmin") {
+            bench_jobs_xmin(&mut rows).await;
         }
         if want("realtime") {
             bench_realtime(&mut rows).await;

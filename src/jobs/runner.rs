@@ -9,7 +9,8 @@
 //!   ends and one for the retries and hand-backs, fenced by worker id and attempt so a late
 //!   outcome of a rescued job changes nothing;
 //! - the **heartbeat** extends the leases of everything in flight, applies cancel requests,
-//!   rescues jobs of dead workers, vacuums the hot table and refreshes gauges.
+//!   rescues jobs of dead workers and refreshes gauges; another loop vacuums the hot table
+//!   after every 10,000 jobs this worker ended (autovacuum may be off or behind).
 //!
 //! Wake-ups (NOTIFY, freed slots, recorded batches) coalesce on one [`Notify`]. On shutdown
 //! the worker stops claiming, hands buffered jobs back at once, lets running jobs finish
@@ -28,7 +29,6 @@ use uuid::Uuid;
 use super::registry::Registry;
 use super::{JobCx, JobError, Output, StopReason};
 use crate::app::Ctx;
-use crate::domain::job::retry_delay;
 use crate::shutdown::Shutdown;
 use crate::store::jobs::{self as store, End, EndState, Requeue, Terminal, WorkerRow};
 
@@ -37,7 +37,7 @@ pub const MAX_BATCH: usize = 2000;
 /// Most jobs one claim statement takes.
 const MAX_CLAIM: usize = 1000;
 /// Jobs ended by this worker between two vacuums of the hot table.
-const VACUUM_EVERY_JOBS: u64 = 20_000;
+const VACUUM_EVERY_JOBS: u64 = 10_000;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -195,7 +195,11 @@ impl Record {
                         message: Some(format!("retryable: {reason}")),
                     }
                 } else {
-                    let delay = retry_delay(cx.job.attempt, rand::random::<f64>());
+                    // The shared schedule (5 s · 5ⁿ, capped), jittered upwards only by up to
+                    // 20 %: jobs that failed together come back spread out, never early.
+                    let attempt = u32::try_from(cx.job.attempt).unwrap_or(1);
+                    let delay = crate::resilience::backoff::schedule(attempt)
+                        .mul_f64(1.0 + 0.2 * rand::random::<f64>());
                     Self::Requeue {
                         hand_back: false,
                         run_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
@@ -259,6 +263,7 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
         tokio::spawn(listen(w.clone(), loops.clone()));
     }
     let heartbeat = tokio::spawn(heartbeat_loop(w.clone(), loops.clone()));
+    tokio::spawn(vacuum_loop(w.clone(), loops.clone()));
     let completer = tokio::spawn(completer(w.clone(), done_rx, completer_stop.clone()));
     if w.options.cron {
         tokio::spawn(super::cron::run(ctx.clone(), loops.clone()));
@@ -351,6 +356,8 @@ async fn claim_loop(
     let mut conn: Option<AsyncPgConnection> = None;
     let mut backoff = Duration::from_millis(100);
     let max = w.options.max_in_flight();
+    let mut cursor = store::ClaimCursor::START;
+    let mut last_full_scan = Instant::now();
     while !shutdown.is_triggered() {
         // Start what the free slots allow.
         while !buffer.is_empty() {
@@ -413,12 +420,33 @@ async fn claim_loop(
             let Some(c) = conn.as_mut() else { continue };
             let limit = i64::try_from(want).unwrap_or(1);
             let started = Instant::now();
-            match store::claim(c, &w.options.queues, limit, w.row.id, w.options.lease).await {
+            if last_full_scan.elapsed() >= Duration::from_secs(1) {
+                cursor = store::ClaimCursor::START;
+            }
+            if cursor == store::ClaimCursor::START {
+                last_full_scan = started;
+            }
+            let claimed = store::claim_after(
+                c,
+                &w.options.queues,
+                limit,
+                w.row.id,
+                w.options.lease,
+                &cursor,
+            )
+            .await;
+            match claimed {
                 Ok(jobs) => {
                     metrics::histogram!("jobs_claim_seconds")
                         .record(started.elapsed().as_secs_f64());
                     backoff = Duration::from_millis(100);
                     full_claim = jobs.len() == want;
+                    // A short claim reached the end: the next one starts from the front
+                    // again (jobs that sort before the cursor may have arrived).
+                    cursor = match (full_claim, store::ClaimCursor::last_of(&jobs)) {
+                        (true, Some(last)) => last,
+                        _ => store::ClaimCursor::START,
+                    };
                     let mut in_flight = w.in_flight.lock().ok();
                     for job in jobs {
                         let handler = registry.get(&job.kind);
@@ -666,7 +694,7 @@ async fn record(
         }
         match r {
             Record::End { state, .. } => {
-                events = true;
+                events |= d.cx.job.owner_id.is_some() || d.cx.job.campus_id.is_some();
                 match state {
                     EndState::Completed => {
                         metrics::counter!("jobs_completed_total", "kind" => kind).increment(1);
@@ -684,7 +712,7 @@ async fn record(
                 if *hand_back {
                     handed_back = true;
                 } else {
-                    events = true;
+                    events |= d.cx.job.owner_id.is_some() || d.cx.job.campus_id.is_some();
                     metrics::counter!("jobs_failed_total", "kind" => kind).increment(1);
                 }
             }
@@ -705,11 +733,36 @@ async fn record(
     Ok(())
 }
 
-/// Extends leases, applies cancel requests, rescues expired jobs, vacuums the hot table and
-/// refreshes gauges.
+/// Autovacuum may be off or behind: every job leaves dead entries in the hot table and its
+/// indexes, which claims (from the front of the claim index) and heartbeats walk. The
+/// worker that ended enough jobs vacuums the hot table itself, on its own connection; the
+/// table is small by design, so this is cheap, and SKIP_LOCKED makes a concurrent vacuum
+/// (another worker's) a no-op instead of a wait.
+async fn vacuum_loop(w: Arc<Worker>, stop: Shutdown) {
+    while stop.sleep(Duration::from_secs(2)).await {
+        if w.ended.load(Ordering::Relaxed) < VACUUM_EVERY_JOBS {
+            continue;
+        }
+        w.ended.store(0, Ordering::Relaxed);
+        let Ok(mut conn) = w.ctx.db.conn().await else {
+            continue;
+        };
+        let started = Instant::now();
+        match conn
+            .batch_execute("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) jobs")
+            .await
+        {
+            Ok(()) => {
+                metrics::histogram!("jobs_vacuum_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => tracing::debug!(error = %e, "vacuum of the hot job table failed"),
+        }
+    }
+}
+
+/// Extends leases, applies cancel requests, rescues expired jobs and refreshes gauges.
 async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
     let every = w.options.lease / 3;
-    let vacuuming = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let snapshot: Vec<Arc<JobCx>> = w
             .in_flight
@@ -765,32 +818,19 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
                     metrics::gauge!("jobs_queue_depth", "state" => state).set(n as f64);
                 }
             }
+            // Per-queue depth for autoscalers (KEDA): one GROUP BY over the hot table.
+            if let Ok(queues) = store::list_queues(&mut conn).await {
+                for q in queues {
+                    #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
+                    metrics::gauge!("jobs_queued", "queue" => q.queue.clone()).set(q.queued as f64);
+                    #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
+                    metrics::gauge!("jobs_running", "queue" => q.queue).set(q.running as f64);
+                }
+            }
             if let Ok(alive) = store::list_live_workers(&mut conn, w.options.lease).await {
                 #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
                 metrics::gauge!("jobs_workers_alive").set(alive.len() as f64);
             }
-        }
-        // Autovacuum may be off or behind: every job leaves dead entries in the claim index,
-        // and a claim walks them. The worker that ended enough jobs vacuums the (small) hot
-        // table itself, off the heartbeat's path; SKIP_LOCKED makes concurrent ones skip.
-        if w.ended.load(Ordering::Relaxed) >= VACUUM_EVERY_JOBS
-            && !vacuuming.swap(true, Ordering::AcqRel)
-        {
-            w.ended.store(0, Ordering::Relaxed);
-            let (ctx, flag) = (w.ctx.clone(), vacuuming.clone());
-            tokio::spawn(async move {
-                if let Ok(mut conn) = ctx.db.conn().await {
-                    let started = Instant::now();
-                    match conn.batch_execute("VACUUM (SKIP_LOCKED) jobs").await {
-                        Ok(()) => tracing::debug!(
-                            took_ms = started.elapsed().as_millis(),
-                            "vacuumed the hot job table"
-                        ),
-                        Err(e) => tracing::debug!(error = %e, "vacuum of the hot job table failed"),
-                    }
-                }
-                flag.store(false, Ordering::Release);
-            });
         }
         if !stop.sleep(every).await {
             return;

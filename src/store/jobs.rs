@@ -360,6 +360,43 @@ struct Claim<'a> {
     limit: i64,
     worker_id: Uuid,
     lease_ms: i64,
+    after: &'a ClaimCursor,
+}
+
+/// Where a claim's index scan starts: past the last job this worker claimed, so a drain
+/// does not walk the dead entries its own earlier claims left at the front of the claim
+/// index (they cannot be removed while an old snapshot is open, whatever vacuum does).
+/// [`ClaimCursor::START`] scans from the beginning; the runner goes back to it whenever a
+/// claim comes up short and at least once a second, so newer jobs that sort earlier (a
+/// higher priority, an old `run_at`) wait at most that long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimCursor {
+    /// Priority of the last job claimed.
+    pub priority: i16,
+    /// Its `run_at`.
+    pub run_at: DateTime<Utc>,
+    /// Its id.
+    pub id: Uuid,
+}
+
+impl ClaimCursor {
+    /// Before every job (priorities are ≥ 0, so the rest of the key never matters).
+    pub const START: Self = Self {
+        priority: -1,
+        run_at: DateTime::<Utc>::UNIX_EPOCH,
+        id: Uuid::nil(),
+    };
+
+    /// The greatest claim key among `jobs` (None when empty).
+    pub fn last_of(jobs: &[JobRow]) -> Option<Self> {
+        jobs.iter()
+            .map(|j| Self {
+                priority: j.priority,
+                run_at: j.run_at,
+                id: j.id,
+            })
+            .max_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)))
+    }
 }
 
 prepared!(Claim, ClaimId, Untyped, |this, out| {
@@ -371,6 +408,15 @@ prepared!(Claim, ClaimId, Untyped, |this, out| {
     out.push_bind_param::<Array<Text>, _>(this.queues)?;
     out.push_sql(
         "::text[]) EXCEPT SELECT queue FROM job_queues WHERE paused)) \
+             AND (priority, run_at, id) > (",
+    );
+    out.push_bind_param::<SmallInt, _>(&this.after.priority)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Timestamptz, _>(&this.after.run_at)?;
+    out.push_sql(", ");
+    out.push_bind_param::<SqlUuid, _>(&this.after.id)?;
+    out.push_sql(
+        ") \
              ORDER BY priority, run_at, id LIMIT ",
     );
     out.push_bind_param::<BigInt, _>(&this.limit)?;
@@ -404,12 +450,25 @@ pub async fn claim(
     worker_id: Uuid,
     lease: Duration,
 ) -> QueryResult<Vec<JobRow>> {
+    claim_after(conn, queues, limit, worker_id, lease, &ClaimCursor::START).await
+}
+
+/// [`claim`] of jobs that sort after `after` in claim order (see [`ClaimCursor`]).
+pub async fn claim_after(
+    conn: &mut AsyncPgConnection,
+    queues: &[String],
+    limit: i64,
+    worker_id: Uuid,
+    lease: Duration,
+    after: &ClaimCursor,
+) -> QueryResult<Vec<JobRow>> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     Claim {
         queues,
         limit,
         worker_id,
         lease_ms,
+        after,
     }
     .load(conn)
     .await
@@ -587,7 +646,8 @@ pub struct Terminal {
 }
 
 /// The batched end: moves the held jobs to `jobs_history` with their end state, writes each
-/// owner's `job.status_changed` event and bumps the per-minute counters, in ONE statement.
+/// owner's `job.status_changed` event (jobs with neither owner nor campus have nobody to tell:
+/// no event) and bumps the per-minute counters, in ONE statement.
 struct EndBatch<'a> {
     worker_id: Uuid,
     shard: i16,
@@ -646,7 +706,7 @@ prepared!(EndBatch, EndBatchId, Untyped, |this, out| {
              SELECT 'job', id, attempt * 1000 + 999, 'job.status_changed', \
              jsonb_build_object('jobId', id, 'type', kind, 'status', public, 'progress', 100, \
                  'message', message, 'attempt', attempt), campus_id, NULL, owner_id \
-             FROM moved), \
+             FROM moved WHERE owner_id IS NOT NULL OR campus_id IS NOT NULL), \
          counts AS (INSERT INTO job_counts_minute (minute, kind, queue, shard, completed, dead) \
              SELECT date_trunc('minute', now()), kind, queue, ",
     );
@@ -761,7 +821,7 @@ prepared!(RequeueBatch, RequeueBatchId, Untyped, |this, out| {
              SELECT 'job', id, attempt * 1000 + 999, 'job.status_changed', \
              jsonb_build_object('jobId', id, 'type', kind, 'status', 'queued', 'progress', 100, \
                  'message', error, 'attempt', attempt), campus_id, NULL, owner_id \
-             FROM upd WHERE NOT hand_back), \
+             FROM upd WHERE NOT hand_back AND (owner_id IS NOT NULL OR campus_id IS NOT NULL)), \
          counts AS (INSERT INTO job_counts_minute (minute, kind, queue, shard, failed) \
              SELECT date_trunc('minute', now()), kind, queue, ",
     );
