@@ -35,7 +35,7 @@ DEV_BIN = $(TARGET_DIR)/debug/itsur
 # or BIND_ADDR in the environment.
 BIND_ADDR ?= 127.0.0.1:8080
 
-.PHONY: help build run test test-browser test-packaging bench lint check-layers check-no-c-deps fmt static deb \
+.PHONY: help build run test test-browser test-packaging bench lint settings-table check-layers check-no-c-deps fmt static deb \
         services services-stop clean-local
 
 help: ## list the targets
@@ -91,12 +91,16 @@ bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=ord
 	export BENCH_DATABASE_URL="$$TEST_DATABASE_URL" BENCH_REDIS_URL="$$TEST_REDIS_URL"
 	$(CARGO) bench --locked --bench load -- $(SCENARIO)
 
-lint: ## fmt --check, clippy -D warnings, layer rules, no libpq/OpenSSL/aws-lc
+lint: ## fmt --check, clippy -D warnings, layer rules, README settings table current, no libpq/OpenSSL/aws-lc
 	@set -x
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	scripts/check-layers.sh
+	scripts/settings-table.sh --check
 	$(MAKE) --no-print-directory check-no-c-deps
+
+settings-table: ## regenerate README.md's settings table from the clap definitions (itsur settings)
+	scripts/settings-table.sh
 
 check-layers: ## grep the layering rules of src/
 	@scripts/check-layers.sh

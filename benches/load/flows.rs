@@ -82,7 +82,13 @@ async fn diamond(
 
 pub(crate) async fn bench_flows(rows: &mut Vec<Row>) {
     let db = fresh_db("itsur_bench_flows").await;
-    let ctx = Ctx::new(Config::for_urls(&db, None, "benchflows")).unwrap();
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        common: itsur::config::CommonArgs,
+    }
+    let args = <Args as clap::Parser>::parse_from(["itsur", "--database-url", db.as_str()]);
+    let ctx = Ctx::new(Config::from_args(&args.common, None).unwrap()).unwrap();
     let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
     let campus = Uuid::now_v7();
     let admin = Uuid::now_v7();

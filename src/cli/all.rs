@@ -44,10 +44,10 @@ pub fn main(args: AllArgs) -> ExitCode {
         let shutdown = Shutdown::new();
         shutdown.install_signal_handlers()?;
         let listener = boot::bind(args.http.bind, "BIND_ADDR")?;
-        let url = config.database_url.clone();
+        let url = config.database.url.clone();
         if !crate::store::pool::wait_for_postgres(
             &url,
-            config.db_connect_timeout,
+            config.database.connect_timeout,
             shutdown.cancelled(),
         )
         .await

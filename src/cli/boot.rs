@@ -21,7 +21,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Installs logging for a role from its common arguments.
 pub fn init_logging(common: &CommonArgs) {
-    crate::telemetry::init_tracing(common.effective_log_format(), &common.log_filter);
+    crate::telemetry::init_tracing(common.effective_log_format(), &common.telemetry.log_filter);
 }
 
 /// Runs a role's async body on a fresh runtime; errors are logged once and exit 1.
@@ -54,12 +54,12 @@ where
 
 /// Waits for Postgres and builds the context; `Ok(None)` when shutdown came first.
 pub async fn context(config: Config, shutdown: &Shutdown) -> anyhow::Result<Option<Ctx>> {
-    if config.redis_url.is_none() {
+    if config.redis.url.is_none() {
         tracing::info!("REDIS_URL unset: using in-process fallbacks (single-instance only)");
     }
     if !wait_for_postgres(
-        &config.database_url,
-        config.db_connect_timeout,
+        &config.database.url,
+        config.database.connect_timeout,
         shutdown.cancelled(),
     )
     .await

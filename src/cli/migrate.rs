@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::boot;
-use crate::config::{Environment, LogFormat, Secret, check_pg_url};
+use crate::config::{Environment, LogFormat, Secret, effective_log_format};
 use crate::store::migrations;
+use crate::store::pg_url::check_pg_url;
 
 /// Settings of `itsur migrate`.
 #[derive(Args, Debug)]
@@ -39,10 +40,7 @@ pub fn main(args: MigrateArgs) -> ExitCode {
     if let Err(e) = check_pg_url("DATABASE_URL", &args.database_url) {
         return super::config_exit(&e);
     }
-    let format = args.log_format.unwrap_or(match args.environment {
-        Environment::Dev => LogFormat::Pretty,
-        Environment::Prod => LogFormat::Json,
-    });
+    let format = effective_log_format(args.log_format, args.environment);
     crate::telemetry::init_tracing(format, "info");
     boot::block_on("migrate", async move {
         let url = Secret::new(args.database_url);

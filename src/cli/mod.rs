@@ -13,6 +13,7 @@ mod migrate;
 mod outbox_relay;
 mod seed;
 mod serve;
+mod settings;
 mod worker;
 
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     Seed(seed::SeedArgs),
     /// Operates the job queue: `enqueue`, `stats [--json]`, `retry --dead`, `cancel ID…`.
     Jobs(jobs::JobsArgs),
+    /// Prints the README's settings table (generated from these definitions).
+    #[command(hide = true)]
+    Settings(settings::SettingsArgs),
 }
 
 /// Exit status for bad settings and command-line misuse.
@@ -67,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::All(args) => all::main(args),
         Command::Seed(args) => seed::main(args),
         Command::Jobs(args) => jobs::main(args),
+        Command::Settings(args) => settings::main(&args),
     }
 }
 

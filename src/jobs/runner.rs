@@ -331,7 +331,7 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
 /// walks the claim index, whatever the statistics say (a table analyzed while empty must
 /// not turn a claim of 32 into a sort of the whole backlog).
 async fn session(ctx: &Ctx) -> Result<AsyncPgConnection, String> {
-    let mut conn = crate::store::connect::establish(ctx.config.database_url.expose())
+    let mut conn = crate::store::connect::establish(ctx.config.database.url.expose())
         .await
         .map_err(|e| e.to_string())?;
     conn.batch_execute(
@@ -859,7 +859,7 @@ async fn listen(w: Arc<Worker>, stop: Shutdown) {
         }
     };
     crate::store::listen::on_notify(
-        w.ctx.config.database_url.clone(),
+        w.ctx.config.database.url.clone(),
         &[store::JOBS_CHANNEL, store::CANCEL_CHANNEL],
         on,
         stop,

@@ -145,14 +145,15 @@ impl Kv {
     /// Builds the pool from the process config; None when `REDIS_URL` is unset.
     pub fn from_config(config: &Config) -> Result<Option<Self>, redis::RedisError> {
         config
-            .redis_url
+            .redis
+            .url
             .as_ref()
             .map(|url| {
                 Self::new(
                     url.expose(),
-                    config.redis_ca_file.as_deref(),
-                    &config.redis_prefix,
-                    config.redis_pool_size,
+                    config.redis.ca_file.as_deref(),
+                    &config.redis.prefix,
+                    config.redis.pool_size,
                 )
             })
             .transpose()

@@ -258,7 +258,7 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown) {
     let wake = Arc::new(Notify::new());
     if !settings.poll_only {
         shutdown.spawn(listen::wake_on_notify(
-            ctx.config.database_url.clone(),
+            ctx.config.database.url.clone(),
             outbox::RELAY_CHANNEL,
             wake.clone(),
             shutdown.clone(),

@@ -25,7 +25,8 @@ use rustls::{
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{PgRootCert, PgSslMode, PgTlsUrl, read_pem_certs};
+use super::pg_url::{PgRootCert, PgSslMode, PgTlsUrl};
+use crate::config::read_pem_certs;
 
 /// Opens one connection to `url`. For many connections to the same URL build a
 /// [`Connector`] once (it reads the roots once).

@@ -17,6 +17,7 @@ pub mod menu_items;
 pub mod migrations;
 pub mod orders;
 pub mod outbox;
+pub mod pg_url;
 pub mod pool;
 pub mod schema;
 pub mod sessions;
@@ -137,14 +138,14 @@ impl Db {
     pub fn new(config: &Config) -> Self {
         let primary = pool::build(
             "primary",
-            config.database_url.expose(),
-            config.db_pool_size,
+            config.database.url.expose(),
+            config.database.pool_size,
             config,
         );
-        let read = config
-            .database_read_url
-            .as_ref()
-            .map(|url| pool::build("read", url.expose(), config.db_read_pool_size, config));
+        let read =
+            config.database.read_url.as_ref().map(|url| {
+                pool::build("read", url.expose(), config.database.read_pool_size, config)
+            });
         if read.is_some() {
             // Up until a checkout says otherwise (its first use or the first readiness check).
             metrics::gauge!(DB_REPLICA_UP).set(1.0);
@@ -152,9 +153,9 @@ impl Db {
         Self {
             primary,
             read,
-            read_pool_size: config.db_read_pool_size,
+            read_pool_size: config.database.read_pool_size,
             replica: Arc::new(ReplicaHealth::default()),
-            checkout_timeout: config.db_connect_timeout,
+            checkout_timeout: config.database.connect_timeout,
         }
     }
 

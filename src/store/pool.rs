@@ -34,7 +34,7 @@ impl bb8::ErrorSink<PoolError> for LogSink {
 /// Builds a lazily-connecting pool; connections use TLS as the URL's `sslmode` says (see
 /// [`connect`]).
 pub fn build(name: &'static str, url: &str, size: u32, config: &Config) -> PgPool {
-    let statement_timeout = config.db_statement_timeout;
+    let statement_timeout = config.database.statement_timeout;
     // Parsed (and the roots read) once per pool. A bad URL was refused by config validation
     // at start-up; should one get here anyway, every connection attempt reports why.
     let connector = Connector::new(url).map_err(|e| e.to_string());
@@ -46,7 +46,7 @@ pub fn build(name: &'static str, url: &str, size: u32, config: &Config) -> PgPoo
     bb8::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
-        .connection_timeout(config.db_connect_timeout)
+        .connection_timeout(config.database.connect_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .max_lifetime(Some(Duration::from_secs(1800)))
         .error_sink(Box::new(LogSink { pool: name }))

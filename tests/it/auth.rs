@@ -671,7 +671,7 @@ async fn a_logout_that_cannot_reach_redis_fails_instead_of_half_applying() {
     // Instance A reaches Redis through a proxy the test can cut; B reaches it directly.
     let (proxy, via) = ChaosProxy::in_front_of(&redis.url).await;
     let mut config_a = config_for(&db.url, Some(&redis));
-    config_a.redis_url = Some(itsur::config::Secret::new(via));
+    config_a.redis.url = Some(itsur::config::Secret::new(via));
     let ctx_a = Ctx::new(config_a).unwrap();
     let ctx_b = ctx_for(&db.url, Some(&redis));
     World::create(&ctx_a).await;

@@ -354,7 +354,7 @@ async fn a_hanging_postgres_cannot_hang_a_request_past_the_deadline() {
     let (proxy, via) = ChaosProxy::in_front_of(&db.url).await;
     let mut config = config_for(&via, None);
     // The pool would wait 30 s; the request deadline is what must answer.
-    config.db_connect_timeout = Duration::from_secs(30);
+    config.database.connect_timeout = Duration::from_secs(30);
     config.edge.request_timeout = Duration::from_millis(300);
     let api = Api::new(ctx_with(config)).await;
     assert_eq!(api.get("/campuses", None).await.status, 200);

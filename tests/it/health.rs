@@ -219,7 +219,7 @@ async fn a_down_read_replica_sends_reads_to_the_primary_and_keeps_readiness() {
     let db = TestDb::new().await;
     let (replica, via_replica) = ChaosProxy::in_front_of(&db.url).await;
     let mut config = config_for(&db.url, None);
-    config.database_read_url = Some(itsur::config::Secret::new(via_replica));
+    config.database.read_url = Some(itsur::config::Secret::new(via_replica));
     let ctx = itsur::app::Ctx::new(config).unwrap();
     let server = TestServer::start(ctx);
     let http = client(Duration::from_secs(5));

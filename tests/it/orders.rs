@@ -36,8 +36,8 @@ async fn setup() -> (TestApp, World, Api) {
 /// connections).
 fn concurrent_ctx(db: &TestDb, redis: &TestRedis) -> Ctx {
     let mut config = config_for(&db.url, Some(redis));
-    config.db_pool_size = 20;
-    config.db_connect_timeout = Duration::from_secs(30);
+    config.database.pool_size = 20;
+    config.database.connect_timeout = Duration::from_secs(30);
     Ctx::new(config).unwrap()
 }
 

@@ -31,7 +31,7 @@ async fn redis_outage_keeps_the_api_serving_with_local_limits_then_sharing_resum
     let redis = TestRedis::new();
     let (proxy, via) = ChaosProxy::in_front_of(&redis.url).await;
     let mut config = config_for(&db.url, Some(&redis));
-    config.redis_url = Some(Secret::new(via));
+    config.redis.url = Some(Secret::new(via));
     config.edge.rate_limits = RateLimits {
         ip: Some(Quota::per_minute(20)),
         ..RateLimits::off()
@@ -95,7 +95,7 @@ async fn postgres_outage_answers_503_then_recovers_without_losing_or_duplicating
     let redis = TestRedis::new();
     let (proxy, via) = ChaosProxy::in_front_of(&db.url).await;
     let mut config = config_for(&via, Some(&redis));
-    config.db_connect_timeout = Duration::from_millis(500);
+    config.database.connect_timeout = Duration::from_millis(500);
     let ctx = Ctx::new(config).unwrap();
     let world = World::create(&ctx).await;
     let api = Api::new(ctx.clone()).await;

@@ -188,7 +188,7 @@ async fn several_relays_at_once_publish_every_event_exactly_once() {
     let redis = TestRedis::new();
     let mut config = config_for(&db.url, Some(&redis));
     config.outbox.batch_size = 7;
-    config.db_pool_size = 12;
+    config.database.pool_size = 12;
     let ctx = Ctx::new(config).unwrap();
     let ids = insert_events(&ctx, None, 300).await;
     let sink = Recorder::new("rec");
@@ -365,7 +365,7 @@ async fn an_unavailable_sink_keeps_events_pending_without_spending_attempts() {
     let t = TestApp::new().await;
     let (proxy, via) = ChaosProxy::in_front_of(&t._redis.url).await;
     let mut config = config_for(&t._db.url, Some(&t._redis));
-    config.redis_url = Some(itsur::config::Secret::new(via));
+    config.redis.url = Some(itsur::config::Secret::new(via));
     config.outbox.max_attempts = 1;
     let ctx = Ctx::new(config).unwrap();
     let id = insert_events(&ctx, None, 1).await[0];

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use itsur::config::{Config, Secret};
+use itsur::config::Secret;
 use itsur::kv::hub::EventEnvelope;
 use itsur::kv::pubsub::{self, EventFeed, FeedItem};
 use itsur::kv::{self, Kv};
@@ -151,7 +151,7 @@ async fn postgres_pool_migrations_and_listen_over_tls() {
     assert!(status.pending.is_empty(), "{:?}", status.pending);
 
     // The pool (custom_setup) connects over TLS and sees the migrated schema.
-    let db = Db::new(&Config::for_urls(&url, None, "itsur_t_tls"));
+    let db = Db::new(&crate::support::config_for_urls(&url, None, "itsur_t_tls"));
     {
         let mut conn = db.conn().await.unwrap();
         assert!(ssl_in_use(&mut conn).await);

@@ -465,7 +465,7 @@ async fn sockets_survive_a_redis_outage_and_catch_up_after_it() {
     let (proxy, via) = ChaosProxy::in_front_of(&redis.url).await;
     // The gateway reaches Redis through the proxy; the relay directly.
     let mut config = config_for(&db.url, Some(&redis));
-    config.redis_url = Some(itsur::config::Secret::new(via));
+    config.redis.url = Some(itsur::config::Secret::new(via));
     let gateway_ctx = Ctx::new(config).unwrap();
     let relay_ctx = Ctx::new(config_for(&db.url, Some(&redis))).unwrap();
     let world = World::create(&relay_ctx).await;

@@ -14,16 +14,63 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use itsur::app::Ctx;
-use itsur::config::Config;
+use itsur::config::{
+    BreakerConfig, Config, DatabaseConfig, EdgeConfig, Environment, OutboxSettings, PushConfig,
+    RateLimits, RedisConfig, Secret, WsSettings,
+};
 use itsur::shutdown::Shutdown;
 
 pub use self::db::TestDb;
 pub use self::redis::TestRedis;
 
+/// A config for tests and tools: the given URLs, small pools, dev environment.
+pub fn config_for_urls(database_url: &str, redis_url: Option<&str>, redis_prefix: &str) -> Config {
+    Config {
+        environment: Environment::Dev,
+        database: DatabaseConfig {
+            url: Secret::new(database_url.to_owned()),
+            read_url: None,
+            pool_size: 8,
+            read_pool_size: 4,
+            connect_timeout: Duration::from_secs(2),
+            statement_timeout: Some(Duration::from_secs(15)),
+        },
+        redis: RedisConfig {
+            url: redis_url.map(|u| Secret::new(u.to_owned())),
+            ca_file: None,
+            prefix: redis_prefix.to_owned(),
+            pool_size: 4,
+        },
+        shutdown_timeout: Duration::from_secs(10),
+        max_sessions_per_user: 10,
+        job_retention: chrono::Duration::hours(168),
+        outbox_retention: chrono::Duration::hours(24),
+        jwt_secret: Some(Secret::new(
+            "test-secret-that-is-long-enough-0123456789".to_owned(),
+        )),
+        // Tests that exercise the limiter set the buckets they need; the others would
+        // trip the production defaults (they send hundreds of requests from one peer).
+        edge: EdgeConfig {
+            rate_limits: RateLimits::off(),
+            ..EdgeConfig::default()
+        },
+        push: PushConfig::default(),
+        smtp: itsur::config::SmtpConfig::default(),
+        breaker: BreakerConfig::default(),
+        ws: WsSettings::default(),
+        // Tests drive the relay explicitly or wake it; a short poll keeps e2e-style tests
+        // that rely on the fallback quick.
+        outbox: OutboxSettings {
+            poll_interval: Duration::from_millis(100),
+            ..OutboxSettings::default()
+        },
+    }
+}
+
 /// The config of a test's database and Redis prefix, for tests that change a setting
 /// (pool size, session limit) before building the context.
 pub fn config_for(db_url: &str, redis: Option<&TestRedis>) -> Config {
-    Config::for_urls(
+    config_for_urls(
         db_url,
         redis.map(|r| r.url.as_str()),
         redis.map_or("itsur_t_none", |r| r.prefix.as_str()),
