@@ -24,7 +24,7 @@ pub mod pubsub;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -89,6 +89,8 @@ pub struct Kv {
     /// "Redis down, skip until": milliseconds since `epoch`, 0 = up. Shared by clones.
     down_until_ms: Arc<AtomicU64>,
     epoch: Instant,
+    /// Whether this process's events subscription (the gateway's) is live; shared by clones.
+    events_feed_up: Arc<AtomicBool>,
 }
 
 impl Kv {
@@ -115,6 +117,7 @@ impl Kv {
             client,
             keys: keys::Keys::new(prefix),
             down_until_ms: Arc::new(AtomicU64::new(0)),
+            events_feed_up: Arc::new(AtomicBool::new(false)),
             epoch: Instant::now(),
         })
     }
@@ -186,6 +189,18 @@ impl Kv {
             })?;
         self.mark_up();
         Ok(())
+    }
+
+    /// True while the gateway's events subscription is live: subscribed, and its last PING
+    /// answered within the deadline (`http::ws::gateway`).
+    pub fn events_feed_up(&self) -> bool {
+        self.events_feed_up.load(Ordering::SeqCst)
+    }
+
+    /// Records the state of the events subscription (the gateway's, and the `ws_feed_up`
+    /// gauge's).
+    pub fn set_events_feed_up(&self, up: bool) {
+        self.events_feed_up.store(up, Ordering::SeqCst);
     }
 
     /// The pool's client (same URL and TLS settings), for connections that must not be

@@ -159,7 +159,12 @@ test('screenshot of the board, then sign-out revokes the session', async () => {
   // A board with a card in every column for the README.
   const extra = await placeOrder('Extra salsa on the side');
   await card(extra.id).waitFor();
-  await page.waitForTimeout(0);
+  const taken = await placeOrder('Two spoons');
+  await card(taken.id).getByRole('button', { name: /Accept/ }).click();
+  await column('accepted').locator(`#order-${taken.id}`).waitFor();
+  await page.evaluate(() => {
+    document.getElementById('flash').textContent = '';
+  });
   await page.screenshot({ path: path.join(SCREENSHOTS, 'board.png') });
   await page.setViewportSize({ width: 768, height: 1024 });
   await page.screenshot({ path: path.join(SCREENSHOTS, 'board-tablet-portrait.png') });

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::support::chaos::ChaosProxy;
 use crate::support::config_for;
 use crate::support::fixtures::{Http, Session, World, order_body};
+use crate::support::redis::PrivateRedis;
 use crate::support::ws::{WAIT, WsClient, ids, request, try_connect, wait_subscribed};
 use crate::support::{TestDb, TestRedis, TestServer, eventually};
 
@@ -522,6 +523,63 @@ async fn sockets_survive_a_redis_outage_and_catch_up_after_it() {
         .await;
     relay.drain().await.unwrap();
     assert_eq!(order_of(&ws.event().await), res.id());
+}
+
+/// Issue 17 item 11: a Redis that hangs instead of dying (SIGSTOP of a private
+/// redis-server: connections stay open, nothing is answered, nothing is closed). The
+/// gateway's PING misses its deadline, so the subscription is declared lost while Redis is
+/// still frozen; once Redis thaws it is renewed and the socket catches up from the outbox
+/// with what was committed meanwhile (events no relay delivered to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_noticed_and_sockets_catch_up_once_it_thaws() {
+    let private = PrivateRedis::start().await;
+    let db = TestDb::new().await;
+    let redis = TestRedis {
+        url: private.url.clone(),
+        prefix: TestRedis::new().prefix.clone(),
+    };
+    let ctx = Ctx::new(config_for(&db.url, Some(&redis))).unwrap();
+    let world = World::create(&ctx).await;
+    let server = TestServer::start(ctx.clone());
+    wait_subscribed(&redis.url, &redis.prefix, 1).await;
+    let http = Http::new(&server);
+    let student = http.login(&world.a.student.email).await;
+    let mut ws = WsClient::connect(server.addr, &student.access).await;
+    let kv = ctx.kv.clone().unwrap();
+    assert!(kv.events_feed_up());
+
+    private.freeze();
+    // Within two PING rounds (2 s apart, 2 s deadline) and some slack for a loaded machine;
+    // the former 15 s period with a 5 s deadline mostly missed a freeze this short.
+    assert!(
+        eventually(Duration::from_secs(8), || async { !kv.events_feed_up() }).await,
+        "the frozen subscription was not noticed"
+    );
+    let row = |n: i32| NewOutboxEventRow {
+        aggregate_type: "order".to_owned(),
+        aggregate_id: Uuid::now_v7(),
+        aggregate_version: n,
+        event_type: "order.created".to_owned(),
+        payload: json!({ "n": n }),
+        campus_id: Some(world.a.campus.id),
+        vendor_id: Some(world.a.vendor.id),
+        user_id: Some(student.user_id),
+    };
+    let committed = {
+        let mut c = ctx.db.conn().await.unwrap();
+        vec![
+            outbox::insert_event(&mut c, &row(1)).await.unwrap(),
+            outbox::insert_event(&mut c, &row(2)).await.unwrap(),
+        ]
+    };
+
+    private.thaw();
+    assert_eq!(
+        ids(&ws.events(2).await),
+        committed,
+        "caught up after the thaw"
+    );
+    assert!(kv.events_feed_up(), "subscribed again");
 }
 
 fn redis_prefix(ctx: &Ctx) -> String {

@@ -13,11 +13,17 @@ use crate::kv::pubsub::{EventFeed, FeedItem};
 use crate::shutdown::Shutdown;
 
 /// Deadline for connecting and subscribing.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the subscription connection proves it is alive (a black-holed connection
-/// delivers nothing and never ends by itself).
-const PING_EVERY: Duration = Duration::from_secs(15);
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the subscription connection proves it is alive, and how long its PONG may
+/// take. A Redis that hangs (SIGSTOP, a frozen VM, a black-holed network) neither delivers
+/// nor closes the connection: only a PING that misses its deadline tells. Every 15 s with a
+/// 5 s deadline missed a 15 s stop entirely, so sockets never caught up from the outbox;
+/// now a hang is noticed within 4 s and the subscription renewed.
+const PING_EVERY: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest pause between two subscribe attempts: Redis coming back is picked up within
+/// about this long (plus one attempt), so realtime resumes a second or two after Redis.
+const RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// Gauge: 1 while this instance's Redis events subscription is up.
 pub const WS_FEED_UP: &str = "ws_feed_up";
@@ -37,6 +43,7 @@ pub async fn run_subscriber(ctx: Ctx, shutdown: Shutdown) {
         match opened {
             Ok(mut feed) => {
                 metrics::gauge!(WS_FEED_UP).set(1.0);
+                kv.set_events_feed_up(true);
                 delay = Duration::from_millis(250);
                 if subscribed_before {
                     tracing::info!("redis events subscription restored; connections catch up");
@@ -45,6 +52,7 @@ pub async fn run_subscriber(ctx: Ctx, shutdown: Shutdown) {
                 subscribed_before = true;
                 let lost = pump(&ctx, &mut feed, &shutdown).await;
                 metrics::gauge!(WS_FEED_UP).set(0.0);
+                kv.set_events_feed_up(false);
                 match lost {
                     Some(why) => tracing::warn!(error = %why, "redis events subscription lost"),
                     None => return,
@@ -57,7 +65,7 @@ pub async fn run_subscriber(ctx: Ctx, shutdown: Shutdown) {
         if !shutdown.sleep(delay).await {
             return;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(RETRY_CAP);
     }
 }
 
