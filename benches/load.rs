@@ -32,6 +32,8 @@ use uuid::Uuid;
 
 #[path = "load/console.rs"]
 mod console;
+#[path = "load/relay.rs"]
+mod relay;
 
 #[path = "load/flows.rs"]
 mod flows;
@@ -1246,6 +1248,9 @@ fn main() {
         }
         if want("flows") {
             flows::bench_flows(&mut rows).await;
+        }
+        if want("relay") {
+            relay::bench_relay(&mut rows).await;
         }
     });
     println!("\n| scenario | figures |\n|---|---|");

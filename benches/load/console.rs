@@ -62,14 +62,14 @@ async fn build(
             "WITH p AS (SELECT (extract(epoch FROM now() - interval '7 days') * 1000)::bigint AS start, \
                                (7 * 86400 * 1000)::float8 / {finished} AS step) \
              INSERT INTO {finished_table} (id, kind, queue, priority, state, payload, run_at, attempt, \
-                 max_attempts, timeout_secs, progress, last_error, campus_id, created_at, started_at, \
-                 finished_at, updated_at) \
+                 max_attempts, timeout_secs, progress, cancel_requested, last_error, campus_id, \
+                 created_at, started_at, finished_at, updated_at) \
              SELECT {id}, \
                  CASE WHEN g % 50 = 0 THEN 'sales_report' WHEN g % 5 = 0 THEN 'send_push' ELSE 'noop' END, \
                  CASE WHEN g % 50 = 0 THEN 'reports' ELSE 'default' END, 1, \
                  CASE WHEN g % 100 = 7 THEN 'dead' WHEN g % 100 = 13 THEN 'cancelled' ELSE 'completed' END, \
                  jsonb_build_object('orderId', md5(g::text), 'n', g, 'note', 'bench order ' || g), \
-                 t, CASE WHEN g % 100 = 7 THEN 5 ELSE 1 END, 5, 60, 100, \
+                 t, CASE WHEN g % 100 = 7 THEN 5 ELSE 1 END, 5, 60, 100, false, \
                  CASE WHEN g % 100 = 7 THEN 'provider answered 503' END, \
                  CASE g % 3 WHEN 0 THEN '{a}'::uuid WHEN 1 THEN '{b}'::uuid END, \
                  t - interval '2 seconds', t - interval '1 second', t, t \
@@ -117,8 +117,8 @@ async fn build(
         // written them (the bench inserts rows behind its back).
         let _ = conn
             .batch_execute(&format!(
-                "INSERT INTO job_counts_minute (minute, kind, queue, completed, failed, dead) \
-                 SELECT date_trunc('minute', finished_at), kind, queue, \
+                "INSERT INTO job_counts_minute (minute, kind, queue, shard, completed, failed, dead) \
+                 SELECT date_trunc('minute', finished_at), kind, queue, 0, \
                      count(*) FILTER (WHERE state = 'completed'), 0, count(*) FILTER (WHERE state = 'dead') \
                  FROM {finished_table} WHERE finished_at > now() - interval '1 hour' GROUP BY 1, 2, 3 \
                  ON CONFLICT DO NOTHING"

@@ -256,8 +256,8 @@ def check_invariants(objs, where, roles, secret_names):
                             problem(f"{where}: {name}: scales on {res} but container {c['name']} has no {res} request")
         else:
             for t in h["spec"]["triggers"]:
-                if t["type"] == "prometheus" and "jobs_queue_depth" not in t["metadata"].get("query", ""):
-                    problem(f"{where}: {name}: prometheus trigger does not read jobs_queue_depth")
+                if t["type"] == "prometheus" and "jobs_queued" not in t["metadata"].get("query", ""):
+                    problem(f"{where}: {name}: prometheus trigger does not read jobs_queued (per-queue depth)")
 
     for name, d in deployments.items():
         w = f"{where}: Deployment {name}"

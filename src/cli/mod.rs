@@ -31,6 +31,10 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up and matched once: boxing the role arguments buys nothing"
+)]
 enum Command {
     /// HTTP API, WebSocket gateway, /metrics and /health* (N instances behind nginx).
     Serve(serve::ServeArgs),

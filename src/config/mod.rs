@@ -14,6 +14,7 @@
 //! | edge protection | `edge.rs` | [`EdgeArgs`] → [`EdgeConfig`] (`Config::edge`) |
 //! | WebSocket gateway | `ws.rs` | [`WsArgs`] → [`WsSettings`] (`Config::ws`) |
 //! | outbox relay, sinks | `outbox.rs` | [`OutboxArgs`] → [`OutboxSettings`] (`Config::outbox`) |
+//! | broker sinks | `brokers.rs` | [`BrokerArgs`] (in [`OutboxArgs`]) → [`AmqpSettings`], [`NatsSettings`] |
 //! | job worker | `jobs.rs` | [`JobArgs`] → `jobs::runner::WorkerOptions` |
 //! | push providers | `push.rs` | [`PushArgs`] → [`PushConfig`] (`Config::push`) |
 //! | SMTP (e-mail node) | `smtp.rs` | [`SmtpArgs`] → [`SmtpConfig`] (`Config::smtp`) |
@@ -28,6 +29,7 @@
 //! Depends only on `store::pg_url` (pure parsing of libpq-style URL parameters).
 
 mod breaker;
+mod brokers;
 mod database;
 mod edge;
 mod http;
@@ -47,6 +49,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 pub use self::breaker::{BreakerArgs, BreakerConfig};
+pub use self::brokers::{AmqpSettings, BrokerArgs, NatsSettings};
 pub use self::database::{DatabaseArgs, DatabaseConfig};
 pub use self::edge::{Cidr, CorsConfig, EdgeArgs, EdgeConfig, Quota, QuotaSetting, RateLimits};
 pub use self::http::{DEFAULT_BIND, HttpArgs, MIN_JWT_SECRET_BYTES};

@@ -2,7 +2,8 @@
 //! events is in [`super::retention`].
 //!
 //! Env vars: `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`,
-//! `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_TIMEOUT_MS`.
+//! `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_TIMEOUT_MS`; the broker
+//! sinks' `AMQP_*` and `NATS_*` are in [`super::brokers`] (flattened here).
 //! A new sink adds its `Args` fields here (flattened into [`OutboxArgs`] or its own struct)
 //! and its validated settings to [`OutboxSettings`].
 
@@ -44,6 +45,10 @@ pub struct OutboxArgs {
     /// Deadline of one webhook call, in ms.
     #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub webhook_timeout_ms: u64,
+
+    /// RabbitMQ and NATS JetStream sinks.
+    #[command(flatten)]
+    pub brokers: super::BrokerArgs,
 }
 
 impl OutboxArgs {
@@ -77,12 +82,15 @@ impl OutboxArgs {
                 })
             }
         };
+        let (amqp, nats) = self.brokers.settings()?;
         Ok(OutboxSettings {
             batch_size: i64::from(self.outbox_batch_size),
             poll_interval: Duration::from_millis(self.outbox_poll_interval_ms),
             poll_only: self.outbox_poll_only,
             max_attempts: i32::try_from(self.outbox_max_attempts).unwrap_or(i32::MAX),
             webhook,
+            amqp,
+            nats,
         })
     }
 }
@@ -111,6 +119,10 @@ pub struct OutboxSettings {
     pub max_attempts: i32,
     /// The optional signed webhook sink.
     pub webhook: Option<WebhookSettings>,
+    /// The optional RabbitMQ sink.
+    pub amqp: Option<super::AmqpSettings>,
+    /// The optional NATS JetStream sink.
+    pub nats: Option<super::NatsSettings>,
 }
 
 impl Default for OutboxSettings {
@@ -121,6 +133,8 @@ impl Default for OutboxSettings {
             poll_only: false,
             max_attempts: 6,
             webhook: None,
+            amqp: None,
+            nats: None,
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   (`itsur all` on one machine).
 //! - [`Webhook`]: an optional signed POST per event (`WEBHOOK_URL`, `WEBHOOK_SECRET`), behind
 //!   the `webhook` circuit breaker of `resilience`.
+//! - `rabbitmq::RabbitMq` / `nats::Nats`: the broker sinks (`AMQP_URL`, `NATS_URL`), each
+//!   behind its own circuit breaker (`amqp`, `nats`).
 //! - [`EnqueuePush`]: `order.status_changed` to `ready` → a `send_push` job for the student,
 //!   written in the claim transaction (so it commits with the mark-published) under the
 //!   unique key `push:order-ready:<event id>` (so an event delivered twice makes one job).
@@ -59,8 +61,8 @@ pub trait Sink: Send + Sync {
     ) -> BoxFuture<'a, Vec<Result<(), SinkError>>>;
 }
 
-/// The sinks a relay on `ctx` runs: Redis (or the in-process hub without Redis), then the
-/// webhook when configured.
+/// The sinks a relay on `ctx` runs: Redis (or the in-process hub without Redis), the push
+/// enqueue, then the webhook, RabbitMQ and NATS when configured.
 pub fn default_sinks(ctx: &Ctx) -> Vec<Box<dyn Sink>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     match &ctx.kv {
@@ -77,6 +79,18 @@ pub fn default_sinks(ctx: &Ctx) -> Vec<Box<dyn Sink>> {
                 tracing::error!(error = %e, "webhook sink disabled: cannot build its HTTP client")
             }
         }
+    }
+    if let Some(amqp) = &ctx.config.outbox.amqp {
+        sinks.push(Box::new(super::rabbitmq::RabbitMq::new(
+            amqp.clone(),
+            ctx.breakers.get(super::rabbitmq::AMQP_BREAKER),
+        )));
+    }
+    if let Some(nats) = &ctx.config.outbox.nats {
+        sinks.push(Box::new(super::nats::Nats::new(
+            nats.clone(),
+            ctx.breakers.get(super::nats::NATS_BREAKER),
+        )));
     }
     sinks
 }

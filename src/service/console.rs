@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use diesel_async::AsyncConnection;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -365,9 +364,9 @@ pub struct BulkOutcome {
 }
 
 /// Applies a bulk action to selected jobs or to one batch of the jobs matching a filter, and
-/// writes one audit row for it. Retries run in one transaction (then the workers are woken);
-/// cancels go through the engine one job at a time (a queued flow step tells its flow);
-/// deletes are one statement.
+/// writes one audit row for it. Retries and deletes are one statement each (then the
+/// workers are woken); cancels go through the engine one job at a time (a queued flow step
+/// tells its flow).
 pub async fn bulk_jobs(
     ctx: &Ctx,
     actor: &Actor,
@@ -405,30 +404,23 @@ pub async fn bulk_jobs(
     };
     let examined = i64::try_from(ids.len()).unwrap_or(i64::MAX);
     let changed = match action {
-        // Each cancel is its own transaction in the engine (a queued flow step tells its flow).
-        BulkAction::Cancel => super::jobs::cancel_jobs(ctx, &ids)
-            .await?
-            .into_iter()
-            .filter(|(_, r)| {
-                matches!(
-                    r,
-                    super::jobs::CancelResult::Cancelled | super::jobs::CancelResult::Requested
-                )
-            })
-            .map(|(id, _)| id)
-            .collect(),
-        BulkAction::Retry => {
-            conn.transaction(async |conn| -> Result<Vec<Uuid>> {
-                let mut back = Vec::new();
-                for id in &ids {
-                    if jobs::retry_dead(conn, *id).await? {
-                        back.push(*id);
-                    }
-                }
-                Ok(back)
-            })
-            .await?
+        // Each cancel is its own transaction in the engine (a queued flow step tells its
+        // flow); only jobs still in the hot table can be cancelled, so only they go there.
+        BulkAction::Cancel => {
+            let hot = store::hot_ids(&mut conn, &ids).await?;
+            super::jobs::cancel_jobs(ctx, &hot)
+                .await?
+                .into_iter()
+                .filter(|(_, r)| {
+                    matches!(
+                        r,
+                        super::jobs::CancelResult::Cancelled | super::jobs::CancelResult::Requested
+                    )
+                })
+                .map(|(id, _)| id)
+                .collect()
         }
+        BulkAction::Retry => jobs::retry_dead_many(&mut conn, &ids).await?,
         BulkAction::Delete => store::delete_finished_many(&mut conn, &ids).await?,
     };
     let affected = i64::try_from(changed.len()).unwrap_or(i64::MAX);

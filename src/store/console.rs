@@ -378,6 +378,15 @@ struct IdRow {
     id: Uuid,
 }
 
+/// Of `ids`, those in the hot table (queued or running: what a cancel applies to).
+pub async fn hot_ids(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+    jobs::table
+        .filter(jobs::id.eq_any(ids))
+        .select(jobs::id)
+        .load(conn)
+        .await
+}
+
 /// The distinct queues of the hot jobs among `ids` (to wake their workers).
 pub async fn queues_of(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<String>> {
     jobs::table

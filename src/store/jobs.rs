@@ -1099,6 +1099,16 @@ pub async fn retry_dead(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<b
     Ok(!rows.is_empty())
 }
 
+/// Puts the dead jobs among `ids` back in the queue (as [`retry_dead`] does for one, in one
+/// statement: the console's bulk retry); returns their ids. Fires no NOTIFY.
+pub async fn retry_dead_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+    let rows: Vec<IdRow> = diesel::sql_query(format!("{RETRY_DEAD}id = ANY($1){RETRY_DEAD_TAIL}"))
+        .bind::<Array<SqlUuid>, _>(ids)
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
 /// Puts every dead job (of `kind`, if given) back in the queue; returns how many.
 pub async fn retry_dead_all(
     conn: &mut AsyncPgConnection,

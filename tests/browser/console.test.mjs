@@ -34,8 +34,11 @@ let finishedTable;
 
 /** Inserts a dead job (in the finished-jobs table of this engine) and returns its id. */
 function deadJob(campus, n) {
-  return psql(`INSERT INTO ${finishedTable} (id, kind, queue, state, payload, attempt, max_attempts, last_error, campus_id, finished_at)
-    VALUES (gen_random_uuid(), 'noop', 'default', 'dead', '{"browser": ${n}}', 5, 5, 'browser test: boom', '${campus}', now())
+  return psql(`INSERT INTO ${finishedTable} (id, kind, queue, priority, state, payload, run_at, attempt,
+      max_attempts, timeout_secs, progress, cancel_requested, last_error, campus_id, created_at,
+      finished_at, updated_at)
+    VALUES (gen_random_uuid(), 'noop', 'default', 1, 'dead', '{"browser": ${n}}', now(), 5, 5, 60, 0,
+      false, 'browser test: boom', '${campus}', now(), now(), now())
     RETURNING id`).split('\n')[0];
 }
 
@@ -58,8 +61,11 @@ after(async () => {
   if (context) await context.close();
 });
 
+/** Signs out, then opens the console's first page (the sign-in form). */
 async function signOut() {
   await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+  await page.goto(`${BASE}/console/`);
   await page.getByRole('heading', { name: 'Sign in' }).waitFor();
 }
 
@@ -137,7 +143,8 @@ test('a platform admin sees every campus, queues, workers, cron and dead events;
   ]) {
     await page.goto(`${BASE}/console/${hash}`);
     await page.getByRole('heading', { name: heading, exact: true }).waitFor();
-    await page.waitForLoadState('networkidle');
+    // Each page has loaded when its table (or its "nothing here" line) is in.
+    await page.locator('.console-page table, .console-page p.muted').first().waitFor();
     await assertAccessible(page, `console ${heading}`);
   }
   await page.goto(`${BASE}/console/#/jobs`);
@@ -175,7 +182,7 @@ test('a flow run\'s DAG shows each step\'s state live; screenshot', async (t) =>
   for (const step of ['fetch', 'price', 'stock', 'notify']) {
     await page.locator(`#run-dag g.step-succeeded[data-step="${step}"]`).waitFor();
   }
-  await page.screenshot({ path: path.join(SCREENSHOTS, 'console-flow-run.png'), fullPage: true });
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'console-flow-dag.png'), fullPage: true });
   await assertAccessible(page, 'console flow run');
   assert.deepEqual(page.problems(), []);
 });

@@ -10,6 +10,7 @@
 #[expect(dead_code, reason = "shared with the it binary, which uses all of it")]
 mod support;
 
+mod brokers;
 mod flows;
 mod jobs;
 mod proc;

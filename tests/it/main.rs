@@ -11,6 +11,7 @@ mod support;
 mod auth;
 mod authz;
 mod bad_input;
+mod brokers;
 mod console;
 mod edge;
 mod flows;

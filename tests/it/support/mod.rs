@@ -1,6 +1,7 @@
 //! Test support: real Postgres and Redis per test (never mocks), the production app factory,
 //! real listeners on port 0, and a chaos proxy for outage tests.
 
+pub mod brokers;
 pub mod chaos;
 pub mod db;
 pub mod fake_push;
