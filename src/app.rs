@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::kv::Kv;
 use crate::kv::hub::{Hub, HubLimits};
 use crate::resilience::{Breakers, RateLimiter};
+use crate::service::credentials::{HasherSettings, PasswordHasher};
 use crate::service::events::RelayWaker;
 use crate::service::health::Readiness;
 use crate::service::job_hooks::JobHooks;
@@ -46,6 +47,8 @@ pub struct Ctx {
     pub hub: Hub,
     /// Wakes the relays after a transaction that wrote outbox events has committed.
     pub relay_waker: RelayWaker,
+    /// Bounded argon2: logins, registrations and imports queue for one of a few hashers.
+    pub hasher: PasswordHasher,
     /// The flow hook the job engine calls in the transaction of flow-step jobs' terminal
     /// transitions (`service::job_hooks`); empty until flows register one.
     pub job_hooks: JobHooks,
@@ -79,8 +82,14 @@ impl Ctx {
             metrics: crate::telemetry::install_metrics(),
             readiness: Readiness::default(),
             hub,
+<<<<<<< HEAD
             relay_waker,
             job_hooks,
+=======
+            relay_waker: RelayWaker::default(),
+            hasher: PasswordHasher::new(HasherSettings::default()),
+            job_hooks: JobHooks::default(),
+>>>>>>> main
         })
     }
 }

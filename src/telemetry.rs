@@ -37,6 +37,15 @@ pub const DB_REPLICA_UP: &str = "db_replica_up";
 /// Counter: reads served by the primary because the read replica was down.
 pub const DB_READ_FALLBACK_TOTAL: &str = "db_read_fallback_total";
 
+/// Gauges exported at zero from the start (`kv::hub`, `outbox::relay`, `jobs::runner`).
+const ZERO_AT_START_GAUGES: [&str; 5] = [
+    "active_socket_connections",
+    "outbox_pending",
+    "outbox_dead",
+    "outbox_lag_seconds",
+    "jobs_workers_alive",
+];
+
 /// Latency buckets (seconds) for every `_seconds` histogram: 1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -92,6 +101,15 @@ pub fn install_metrics() -> PrometheusHandle {
             match builder.install_recorder() {
                 Ok(handle) => {
                     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                    // Gauges and counters exist from the start, at zero, instead of appearing
+                    // on first use: a dashboard or alert sees "0 sockets", not "no data".
+                    // (Names as their owners spell them: this leaf module imports none.)
+                    for gauge in ZERO_AT_START_GAUGES {
+                        metrics::gauge!(gauge).set(0.0);
+                    }
+                    for result in ["created", "replayed", "rejected", "failed"] {
+                        metrics::counter!("order_creation_total", "result" => result).absolute(0);
+                    }
                     handle
                 }
                 // Another recorder is already installed (only possible in tests that install

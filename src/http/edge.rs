@@ -204,8 +204,8 @@ pub async fn cors(
 }
 
 /// Routes whose JSON body holds credentials only: they get the smaller
-/// `AUTH_BODY_LIMIT_BYTES` (checked here on the declared length, and on the bytes when the
-/// login bucket reads the body). Every other route has the JSON extractor's
+/// `AUTH_BODY_LIMIT_BYTES`, checked here on the declared length and then on the bytes
+/// actually read (a chunked body declares none). Every other route has the JSON extractor's
 /// `JSON_BODY_LIMIT_BYTES`, enforced when its handler reads the body, so routes that ignore
 /// their body (logout) never answer 413.
 fn auth_body_limit(ctx: &Ctx, method: &Method, path: &str) -> Option<usize> {
@@ -254,14 +254,26 @@ pub async fn admission(
         );
         return Ok(reject(req, &err));
     };
-    if let Some(limit) = auth_body_limit(&ctx, req.method(), req.path())
+    let body_limit = auth_body_limit(&ctx, req.method(), req.path());
+    if let Some(limit) = body_limit
         && declared_length(req.headers())
             .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
     {
         return Ok(reject(req, &too_large(limit)));
     }
     let deadline = ctx.config.edge.request_timeout;
-    match tokio::time::timeout(deadline, call_boxed(req, next)).await {
+    // Reading the body counts towards the deadline: a client trickling it stays bounded.
+    let work = async move {
+        let req = match body_limit {
+            Some(limit) => match buffer_body(req, limit).await {
+                Ok(req) => req,
+                Err(req) => return Ok(reject(req, &too_large(limit))),
+            },
+            None => req,
+        };
+        call_boxed(req, next).await
+    };
+    match tokio::time::timeout(deadline, work).await {
         Ok(res) => res,
         Err(_) => {
             metrics::counter!(HTTP_REQUESTS_SHED_TOTAL, "reason" => "deadline").increment(1);
@@ -347,6 +359,25 @@ fn email_tag(email: &str) -> String {
 
 /// Reads the body of a login request (bounded by the route's limit) to find the e-mail,
 /// then puts the bytes back for the handler.
+/// Reads the whole body into memory, at most `limit` bytes, and puts it back for the
+/// handler; `Err` (the request, body dropped) when it is longer. A body that breaks off is
+/// handed on as read so far: the handler answers 400 for it.
+async fn buffer_body(req: ServiceRequest, limit: usize) -> Result<ServiceRequest, ServiceRequest> {
+    let (http_req, mut payload) = req.into_parts();
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else { break };
+        if body.len() + chunk.len() > limit {
+            return Err(ServiceRequest::from_parts(http_req, Payload::None));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(ServiceRequest::from_parts(
+        http_req,
+        Payload::from(body.freeze()),
+    ))
+}
+
 async fn login_email(
     req: ServiceRequest,
     limit: usize,

@@ -236,7 +236,7 @@ pub async fn register(ctx: &Ctx, input: Registration) -> Result<(Me, Tokens)> {
         .rsplit_once('@')
         .map(|(_, d)| d.to_owned())
         .unwrap_or_default();
-    let hash = credentials::hash_password(input.password).await?;
+    let hash = ctx.hasher.hash(input.password).await?;
     let mut conn = ctx.db.conn().await?;
     let campus = campuses::find_by_email_domain(&mut conn, &email_domain)
         .await?
@@ -370,7 +370,9 @@ pub async fn login(
     let mut conn = ctx.db.conn().await?;
     let user = users::find_by_email(&mut conn, &email).await?;
     drop(conn);
-    let ok = credentials::verify_password(password, user.as_ref().map(|u| u.password_hash.clone()))
+    let ok = ctx
+        .hasher
+        .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
         .await?;
     let user = match user {
         Some(user) if ok => user,
@@ -407,8 +409,32 @@ pub async fn login(
     Ok((me_from(&user, session.id)?, tokens))
 }
 
-/// Trades a refresh token for a new pair. A token that is not the session's current one
-/// (an old, already-rotated token: stolen or replayed) revokes the whole session.
+/// How long after a rotation the secret it replaced is answered with a plain 401 instead of
+/// revoking the session: two tabs (or a retried request) refreshing the same current token
+/// at once must not log the user out. A replay later than this is treated as theft.
+pub const REFRESH_REUSE_GRACE: Duration = Duration::from_secs(10);
+
+/// What a presented refresh secret turned out to be.
+enum RefreshOutcome {
+    /// The session's current secret: rotated.
+    Rotated(users::UserRow),
+    /// Session revoked, expired or unknown.
+    Dead,
+    /// Not a secret this session ever issued (a guess built from a known session id):
+    /// refused, nothing changes.
+    Unknown,
+    /// The secret this session replaced moments ago (a concurrent refresh): refused,
+    /// the session lives.
+    JustRotated,
+    /// A secret this session replaced earlier: someone replayed it, so the session is
+    /// revoked.
+    Reused,
+}
+
+/// Trades a refresh token for a new pair (single use). Only a secret that was really
+/// issued for the session and since rotated away counts as reuse and revokes the session
+/// (after [`REFRESH_REUSE_GRACE`]); a secret the session never issued is a plain 401 that
+/// changes nothing, since anyone can read a session id out of a JWT.
 pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<(Me, Tokens)> {
     let (sid, presented) = credentials::parse_refresh_token(refresh_token)
         .ok_or(Error::Unauthenticated("malformed refresh token"))?;
@@ -419,39 +445,73 @@ pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<(Me, Tokens)> {
     let outcome = conn
         .transaction(async |conn| -> Result<_> {
             let Some((session, user)) = sessions::lock_live_with_user(conn, sid).await? else {
-                return Ok(Err("session revoked or expired"));
+                return Ok(RefreshOutcome::Dead);
             };
-            if session.refresh_token_hash != presented_hash {
-                sessions::revoke(conn, sid, "refresh_token_reuse").await?;
-                crate::store::audit::insert(
+            if constant_time_eq(&session.refresh_token_hash, &presented_hash) {
+                sessions::rotate_refresh(
                     conn,
-                    &audit_row(
-                        user.campus_id,
-                        Some(user.id),
-                        "session.reuse_revoked",
-                        "session",
-                        sid,
-                    ),
+                    sid,
+                    &presented_hash,
+                    &new_hash,
+                    Utc::now() + SESSION_TTL,
                 )
                 .await?;
-                return Ok(Err("refresh token reuse: session revoked"));
+                return Ok(RefreshOutcome::Rotated(user));
             }
-            sessions::rotate_refresh(conn, sid, &new_hash, Utc::now() + SESSION_TTL).await?;
-            Ok(Ok(user))
+            let Some(superseded_at) =
+                sessions::find_superseded_at(conn, sid, &presented_hash).await?
+            else {
+                return Ok(RefreshOutcome::Unknown);
+            };
+            if Utc::now() - superseded_at
+                < chrono::Duration::from_std(REFRESH_REUSE_GRACE).unwrap_or_default()
+            {
+                return Ok(RefreshOutcome::JustRotated);
+            }
+            sessions::revoke(conn, sid, "refresh_token_reuse").await?;
+            crate::store::audit::insert(
+                conn,
+                &audit_row(
+                    user.campus_id,
+                    Some(user.id),
+                    "session.reuse_revoked",
+                    "session",
+                    sid,
+                ),
+            )
+            .await?;
+            Ok(RefreshOutcome::Reused)
         })
         .await?;
     drop(conn);
     match outcome {
-        Ok(user) => {
+        RefreshOutcome::Rotated(user) => {
             let tokens = tokens_for(ctx, user.id, sid, &new_secret)?;
             Ok((me_from(&user, sid)?, tokens))
         }
-        Err(why) => {
+        RefreshOutcome::Dead | RefreshOutcome::Unknown => {
+            Err(Error::Unauthenticated("invalid or expired refresh token"))
+        }
+        RefreshOutcome::JustRotated => Err(Error::Unauthenticated(
+            "refresh token already used by a concurrent refresh",
+        )),
+        RefreshOutcome::Reused => {
             // Best effort, as for evictions: Postgres already refuses the session.
             cache_revoke(ctx, &[sid]).await;
-            Err(Error::Unauthenticated(why))
+            Err(Error::Unauthenticated(
+                "refresh token reuse: session revoked",
+            ))
         }
     }
+}
+
+/// Compares two hex digests without an early exit (no timing hint about the stored hash).
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0_u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Revokes the caller's current session.

@@ -21,14 +21,38 @@ pub const MAX_ROWS: usize = 20_000;
 /// At most this many row errors are reported.
 pub const MAX_REPORTED_ERRORS: usize = 100;
 
+<<<<<<< HEAD
 /// The job payload.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+=======
+/// The job payload. The file itself (passwords in clear) is in `import_uploads`, never in
+/// the job row, which is kept for days after the job ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+>>>>>>> main
 #[serde(rename_all = "camelCase")]
 pub struct ImportSpec {
     /// Campus the users join.
     pub campus_id: Uuid,
-    /// The uploaded CSV.
-    pub csv: String,
+    /// Data rows of the file, counted at upload.
+    pub rows: u64,
+}
+
+/// Data rows of a CSV file (records after the header), counted up to `MAX_ROWS + 1`: enough
+/// to refuse an oversized file without reading all of it.
+pub fn count_rows(csv_text: &str) -> usize {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(csv_text.as_bytes());
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0;
+    // An unreadable row still counts: validation reports it with its line later.
+    while n <= MAX_ROWS && !matches!(reader.read_byte_record(&mut record), Ok(false)) {
+        n += 1;
+        if reader.is_done() {
+            break;
+        }
+    }
+    n
 }
 
 /// One rejected row.
@@ -185,6 +209,16 @@ pub fn new_user(campus_id: Uuid, row: &ValidRow, password_hash: String) -> NewUs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_are_counted_up_to_one_past_the_limit() {
+        assert_eq!(count_rows("email,display_name,role,password\n"), 0);
+        assert_eq!(count_rows("h\na\nb\n\"unterminated"), 3);
+        let big = format!("h\n{}", "x\n".repeat(MAX_ROWS + 50));
+        assert_eq!(count_rows(&big), MAX_ROWS + 1);
+        let exact = format!("h\n{}", "x\n".repeat(MAX_ROWS));
+        assert_eq!(count_rows(&exact), MAX_ROWS);
+    }
 
     fn campus() -> CampusRow {
         CampusRow {

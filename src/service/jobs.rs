@@ -12,10 +12,10 @@ use super::{Page, PageRequest, Result};
 use crate::app::Ctx;
 use crate::domain::job::{JobState, Priority, kind, public_state, states_for_public};
 use crate::domain::{Actor, DomainError, Role, access};
-use crate::service::imports::{ImportSpec, MAX_CSV_BYTES};
+use crate::service::imports::{self, ImportSpec, MAX_CSV_BYTES, MAX_ROWS};
 use crate::service::reports::SalesReportSpec;
 use crate::store::jobs::{self as store, CancelOutcome, JobRow, NewJob};
-use crate::store::{audit, campuses, vendors};
+use crate::store::{audit, campuses, import_uploads, vendors};
 
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -104,11 +104,20 @@ fn new_job(kind: &str, payload: serde_json::Value, actor: &Actor, campus: Uuid) 
 }
 
 /// Enqueues the job and its audit row in one transaction.
-async fn submit(ctx: &Ctx, actor: &Actor, job: NewJob, action: &str) -> Result<JobView> {
+async fn submit(
+    ctx: &Ctx,
+    actor: &Actor,
+    job: NewJob,
+    action: &str,
+    upload: Option<&str>,
+) -> Result<JobView> {
     let mut conn = ctx.db.conn().await?;
     let row = conn
         .transaction(async |conn| -> Result<JobRow> {
             let (row, _) = store::enqueue(conn, &job).await?;
+            if let Some(csv) = upload {
+                import_uploads::insert(conn, row.id, csv).await?;
+            }
             audit::insert(
                 conn,
                 &audit::NewAuditRow {
@@ -160,6 +169,7 @@ pub async fn submit_sales_report(
         actor,
         new_job(kind::SALES_REPORT, payload, actor, vendor.campus_id),
         "report.requested",
+        None,
     )
     .await
 }
@@ -185,19 +195,33 @@ pub async fn submit_user_import(ctx: &Ctx, actor: &Actor, csv: String) -> Result
         }
         .into());
     }
+    let rows = imports::count_rows(&csv);
+    if rows > MAX_ROWS {
+        return Err(DomainError::Invalid {
+            field_errors: vec![(
+                "body".to_owned(),
+                format!("at most {MAX_ROWS} rows per import; split the file"),
+            )],
+        }
+        .into());
+    }
     {
         let mut conn = ctx.db.read_conn().await?;
         campuses::find(&mut conn, campus_id)
             .await?
             .ok_or(DomainError::NotFound { what: "campus" })?;
     }
-    let payload =
-        serde_json::to_value(ImportSpec { campus_id, csv }).map_err(anyhow::Error::from)?;
+    let spec = ImportSpec {
+        campus_id,
+        rows: u64::try_from(rows).unwrap_or(u64::MAX),
+    };
+    let payload = serde_json::to_value(spec).map_err(anyhow::Error::from)?;
     submit(
         ctx,
         actor,
         new_job(kind::BULK_IMPORT_USERS, payload, actor, campus_id),
         "users.import_requested",
+        Some(&csv),
     )
     .await
 }

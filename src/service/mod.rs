@@ -64,6 +64,21 @@ pub enum Error {
 /// Result of a use case.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<credentials::HashError> for Error {
+    fn from(e: credentials::HashError) -> Self {
+        match e {
+            credentials::HashError::Saturated(_) => Self::Unavailable {
+                retry_after: HASHER_RETRY_AFTER_SECS,
+                reason: "too many sign-ins at once; retry shortly",
+            },
+            credentials::HashError::Failed(e) => Self::Internal(e),
+        }
+    }
+}
+
+/// Seconds a client is told to wait when every password hasher stayed busy.
+pub const HASHER_RETRY_AFTER_SECS: u64 = 2;
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {

@@ -164,6 +164,32 @@ pub async fn place_order(
     idempotency_key: Option<String>,
     request_id: Option<String>,
 ) -> Result<Placed> {
+    let placed = place_order_tx(ctx, actor, input, idempotency_key, request_id).await;
+    // Labelled as the Grafana panel reads it (`sum by (result)`); refusals count too.
+    let result = match &placed {
+        Ok(Placed::New(_)) => "created",
+        Ok(Placed::Replayed(_)) => "replayed",
+        Err(Error::Domain(_)) => "rejected",
+        Err(_) => "failed",
+    };
+    metrics::counter!(ORDER_CREATION_TOTAL, "result" => result).increment(1);
+    if matches!(placed, Ok(Placed::New(_))) {
+        // After commit, never inside the transaction: see service::events, "Waking the relay".
+        ctx.relay_waker.wake();
+    }
+    placed
+}
+
+/// Counter of order placements by `result` (created, replayed, rejected, failed).
+pub const ORDER_CREATION_TOTAL: &str = "order_creation_total";
+
+async fn place_order_tx(
+    ctx: &Ctx,
+    actor: &Actor,
+    input: PlaceOrder,
+    idempotency_key: Option<String>,
+    request_id: Option<String>,
+) -> Result<Placed> {
     if actor.role != Role::Student {
         return Err(DomainError::Forbidden {
             reason: "only students place orders".to_owned(),
@@ -189,11 +215,6 @@ pub async fn place_order(
             Ok(Placed::New(order))
         })
         .await?;
-    if matches!(placed, Placed::New(_)) {
-        metrics::counter!("order_creation_total", "outcome" => "created").increment(1);
-        // After commit, never inside the transaction: see service::events, "Waking the relay".
-        ctx.relay_waker.wake();
-    }
     Ok(placed)
 }
 

@@ -121,6 +121,17 @@ pub struct Rendered {
     pub summary: serde_json::Value,
 }
 
+/// A text cell that a spreadsheet will not run as a formula (OWASP's CSV injection advice):
+/// a cell starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'`.
+/// Item names are written by vendor staff and opened by others in spreadsheets.
+pub fn csv_safe(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_owned()
+    }
+}
+
 /// Renders the rows (CPU work: call it on the blocking pool).
 pub fn render(spec: &SalesReportSpec, rows: &[SalesRow]) -> anyhow::Result<Rendered> {
     let mut by_item: BTreeMap<Uuid, ItemTotal> = BTreeMap::new();
@@ -174,7 +185,7 @@ pub fn render(spec: &SalesReportSpec, rows: &[SalesRow]) -> anyhow::Result<Rende
                 w.write_record([
                     r.day.to_string(),
                     r.menu_item_id.to_string(),
-                    r.name.clone(),
+                    csv_safe(&r.name),
                     r.quantity.to_string(),
                     r.revenue_cents.to_string(),
                     r.orders.to_string(),
@@ -199,4 +210,37 @@ pub fn render(spec: &SalesReportSpec, rows: &[SalesRow]) -> anyhow::Result<Rende
         body,
         summary,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_defused_in_csv_reports() {
+        for bad in ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "\tx", "\rx"] {
+            assert_eq!(csv_safe(bad), format!("'{bad}"));
+        }
+        assert_eq!(csv_safe("Taco al pastor"), "Taco al pastor");
+        let spec = SalesReportSpec {
+            vendor_id: Uuid::nil(),
+            from: Utc::now() - chrono::Duration::days(1),
+            to: Utc::now(),
+            format: Format::Csv,
+        };
+        let row = SalesRow {
+            day: chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap_or_default(),
+            menu_item_id: Uuid::nil(),
+            name: "=HYPERLINK(\"http://evil\")".to_owned(),
+            quantity: 1,
+            revenue_cents: 100,
+            orders: 1,
+        };
+        let out = render(&spec, &[row]).expect("renders");
+        let text = String::from_utf8(out.body).expect("utf-8");
+        assert!(
+            text.contains("\"'=HYPERLINK(\"\"http://evil\"\")\""),
+            "{text}"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
-use super::{Result, credentials};
+use super::Result;
 use crate::app::Ctx;
 use crate::domain::Role;
 use crate::store::{campuses, menu_items, users, vendors};
@@ -73,7 +73,7 @@ const MENUS: [(&str, &str, &[DemoItem]); 2] = [
 pub async fn seed_demo(ctx: &Ctx) -> Result<bool> {
     let mut hashes = Vec::new();
     for account in &DEMO_ACCOUNTS {
-        hashes.push(credentials::hash_password(account.password.to_owned()).await?);
+        hashes.push(ctx.hasher.hash(account.password.to_owned()).await?);
     }
     let mut conn = ctx.db.conn().await?;
     let created = conn

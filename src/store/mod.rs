@@ -11,6 +11,7 @@ pub mod console;
 pub mod devices;
 pub mod flows;
 pub mod idempotency;
+pub mod import_uploads;
 pub mod jobs;
 pub mod listen;
 pub mod menu_items;

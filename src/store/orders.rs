@@ -325,11 +325,14 @@ pub async fn sales_by_day_item(
 ) -> QueryResult<Vec<SalesRow>> {
     use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
     diesel::sql_query(
-        "SELECT (o.created_at AT TIME ZONE 'UTC')::date AS day, oi.menu_item_id, \
+        // The day is the campus's local day (its `time_zone`): an evening sale of a UTC-6
+        // campus belongs to that evening, not to the next UTC day.
+        "SELECT (o.created_at AT TIME ZONE c.time_zone)::date AS day, oi.menu_item_id, \
                 min(oi.name) AS name, sum(oi.quantity)::bigint AS quantity, \
                 sum(oi.quantity::bigint * oi.unit_price_cents)::bigint AS revenue_cents, \
                 count(DISTINCT o.id)::bigint AS orders \
          FROM orders o JOIN order_items oi ON oi.order_id = o.id \
+         JOIN campuses c ON c.id = o.campus_id \
          WHERE o.vendor_id = $1 AND o.created_at >= $2 AND o.created_at < $3 \
            AND o.status <> 'cancelled' \
          GROUP BY 1, 2 ORDER BY 1, 2",

@@ -132,6 +132,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    import_uploads (job_id) {
+        job_id -> Uuid,
+        csv -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     jobs (id) {
         id -> Uuid,
         kind -> Text,
@@ -284,6 +292,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    refresh_token_history (token_hash) {
+        token_hash -> Text,
+        session_id -> Uuid,
+        superseded_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sessions (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -338,16 +354,21 @@ diesel::table! {
 }
 
 diesel::joinable!(devices -> users (user_id));
+<<<<<<< HEAD
 diesel::joinable!(flow_schedules -> flows (flow_id));
 diesel::joinable!(flow_steps -> flow_runs (run_id));
 diesel::joinable!(flow_versions -> flows (flow_id));
 diesel::joinable!(flows -> campuses (campus_id));
+=======
+diesel::joinable!(import_uploads -> jobs (job_id));
+>>>>>>> main
 diesel::joinable!(menu_items -> vendors (vendor_id));
 diesel::joinable!(order_items -> menu_items (menu_item_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(orders -> campuses (campus_id));
 diesel::joinable!(orders -> users (user_id));
 diesel::joinable!(orders -> vendors (vendor_id));
+diesel::joinable!(refresh_token_history -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(vendors -> campuses (campus_id));
 
@@ -361,6 +382,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     flow_versions,
     flows,
     idempotency_keys,
+    import_uploads,
     job_counts_minute,
     job_keys,
     job_queues,
@@ -370,6 +392,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     order_items,
     orders,
     outbox_events,
+    refresh_token_history,
     sessions,
     users,
     vendors,

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::schema::{sessions, users};
+use super::schema::{refresh_token_history, sessions, users};
 use super::users::UserRow;
 
 /// A session row.
@@ -99,13 +99,23 @@ pub async fn lock_live_with_user(
         .optional()
 }
 
-/// Rotates the refresh secret and extends the session.
+/// Rotates the refresh secret and extends the session, remembering the superseded secret's
+/// hash in `refresh_token_history` (what tells a replayed secret from a made-up one).
 pub async fn rotate_refresh(
     conn: &mut AsyncPgConnection,
     id: Uuid,
+    old_hash: &str,
     new_hash: &str,
     expires_at: DateTime<Utc>,
 ) -> QueryResult<()> {
+    diesel::insert_into(refresh_token_history::table)
+        .values((
+            refresh_token_history::token_hash.eq(old_hash),
+            refresh_token_history::session_id.eq(id),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
     diesel::update(sessions::table.find(id))
         .set((
             sessions::refresh_token_hash.eq(new_hash),
@@ -116,6 +126,22 @@ pub async fn rotate_refresh(
         .execute(conn)
         .await
         .map(drop)
+}
+
+/// When the secret with this hash was rotated away from in session `id` (None: it was
+/// never issued for that session).
+pub async fn find_superseded_at(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    token_hash: &str,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    refresh_token_history::table
+        .filter(refresh_token_history::token_hash.eq(token_hash))
+        .filter(refresh_token_history::session_id.eq(id))
+        .select(refresh_token_history::superseded_at)
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// Revokes a session (no-op when already revoked).

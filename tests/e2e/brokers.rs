@@ -190,7 +190,7 @@ async fn a_thousand_events_reach_rabbitmq_and_jetstream_once_each_across_kill_9_
         "stream holds every id"
     );
     let stored = stream_messages(&nats.url, &stream).await;
-    println!(
+    eprintln!(
         "brokers e2e: {EVENTS} events in {took:.1?} (relay A killed after {at_kill}); \
          RabbitMQ delivered {} messages ({} redelivered ids), JetStream stored {stored}",
         rabbit.values().sum::<u32>(),

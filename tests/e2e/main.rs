@@ -13,6 +13,7 @@ mod support;
 mod brokers;
 mod flows;
 mod jobs;
+mod login_memory;
 mod proc;
 mod realtime;
 mod roles;

@@ -265,7 +265,9 @@ async fn refresh_rotates_and_reuse_of_an_old_token_revokes_the_session() {
     // Used once, so the instance caches the session as live.
     assert_eq!(api.get("/me", Some(&access3)).await.status, 200);
 
-    // The first refresh token again: stolen or replayed. The whole session goes.
+    // The first refresh token again, after the grace window: stolen or replayed. The whole
+    // session goes.
+    age_rotations(&t.ctx, s.session_id).await;
     api.post("/auth/refresh", None, &json!({ "refreshToken": s.refresh }))
         .await
         .assert_problem(401);
@@ -284,6 +286,74 @@ async fn refresh_rotates_and_reuse_of_an_old_token_revokes_the_session() {
             .await
             .assert_problem(401);
     }
+}
+
+/// Moves a session's rotations out of the reuse grace window, as if a minute had passed.
+async fn age_rotations(ctx: &Ctx, session_id: Uuid) {
+    let mut conn = ctx.db.conn().await.unwrap();
+    let n = diesel::sql_query(
+        "UPDATE refresh_token_history SET superseded_at = superseded_at - interval '1 minute' \
+         WHERE session_id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(session_id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(n > 0, "the session has rotated at least once");
+}
+
+#[actix_web::test]
+async fn a_made_up_secret_for_a_known_session_id_revokes_nothing() {
+    let (t, _world, api) = setup().await;
+    let s = api.login("student@a.edu").await;
+    // Session ids are in every access token and in the audit log: anyone may know one.
+    for forged in [
+        format!("{}.{}", s.session_id, "0".repeat(64)),
+        format!("{}.{}", s.session_id, "ab".repeat(32)),
+    ] {
+        let res = api
+            .post("/auth/refresh", None, &json!({ "refreshToken": forged }))
+            .await;
+        res.assert_problem(401);
+        assert!(!res.text().contains("revoked"), "{}", res.text());
+    }
+    assert_eq!(revoked_reason(&t.ctx, s.session_id).await, None);
+    assert_eq!(api.get("/me", s.token()).await.status, 200);
+    let res = api
+        .post("/auth/refresh", None, &json!({ "refreshToken": s.refresh }))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+}
+
+#[actix_web::test]
+async fn two_refreshes_of_the_current_token_at_once_keep_the_session() {
+    let (t, _world, api) = setup().await;
+    let s = api.login("student@a.edu").await;
+    let body = json!({ "refreshToken": s.refresh });
+    // Two tabs refresh with the same token at once: the row lock serialises them, so one
+    // rotates and the other finds the secret it just replaced.
+    let (first, second) = tokio::join!(
+        api.post("/auth/refresh", None, &body),
+        api.post("/auth/refresh", None, &body)
+    );
+    let (won, lost) = if first.status == 200 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(won.status, 200, "{}", won.text());
+    lost.assert_problem(401);
+    assert_eq!(revoked_reason(&t.ctx, s.session_id).await, None);
+    let refresh2 = won.data()["refreshToken"].as_str().unwrap().to_owned();
+    let res = api
+        .post("/auth/refresh", None, &json!({ "refreshToken": refresh2 }))
+        .await;
+    assert_eq!(
+        res.status,
+        200,
+        "the winner's token still works: {}",
+        res.text()
+    );
 }
 
 #[actix_web::test]
@@ -539,6 +609,7 @@ async fn revocation_on_one_instance_is_seen_by_another_at_once() {
         .await;
     let access = res.data()["accessToken"].as_str().unwrap().to_owned();
     assert_eq!(b.get("/me", Some(&access)).await.status, 200);
+    age_rotations(&ctx_a, s3.session_id).await;
     a.post(
         "/auth/refresh",
         None,

@@ -378,3 +378,65 @@ async fn a_hanging_postgres_cannot_hang_a_request_past_the_deadline() {
     .await;
     assert!(back, "recovers without a restart");
 }
+
+/// Sends a POST with a chunked body (no Content-Length) over a raw connection and returns
+/// the status code.
+async fn post_chunked(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(4096) {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(chunk);
+        frame.extend_from_slice(b"\r\n");
+        // The server may answer and close before the whole body is sent: that is the point.
+        if stream.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    // Both may fail once the server has answered and closed; the status was read by then.
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn the_auth_body_limit_counts_the_bytes_of_chunked_bodies() {
+    let db = TestDb::new().await;
+    let config = config_for(&db.url, None);
+    let limit = config.edge.auth_body_limit;
+    let server = crate::support::TestServer::start(Ctx::new(config).unwrap());
+    // Inside the JSON limit, beyond the auth limit, and declaring no length.
+    let padding = "p".repeat(limit + 1024);
+    for (path, body) in [
+        (
+            "/auth/login",
+            json!({ "email": "a@a.edu", "password": padding }),
+        ),
+        (
+            "/auth/register",
+            json!({ "email": "a@a.edu", "password": padding, "displayName": "A" }),
+        ),
+        ("/auth/refresh", json!({ "refreshToken": padding })),
+    ] {
+        let body = serde_json::to_vec(&body).unwrap();
+        assert_eq!(post_chunked(server.addr, path, &body).await, 413, "{path}");
+    }
+    // A small chunked body still reaches the handler.
+    let small = serde_json::to_vec(&json!({ "refreshToken": "nope" })).unwrap();
+    assert_eq!(
+        post_chunked(server.addr, "/auth/refresh", &small).await,
+        401
+    );
+    server.shutdown.trigger();
+    server.task.await.unwrap().unwrap();
+}

@@ -1201,6 +1201,17 @@ async fn a_sales_report_runs_in_the_background_and_its_result_downloads() {
     worker.stop().await;
 }
 
+/// Import files still stored.
+async fn uploads(ctx: &Ctx) -> i64 {
+    use itsur::store::schema::import_uploads;
+    let mut conn = ctx.db.conn().await.unwrap();
+    import_uploads::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
 fn csv_request(token: &str, content_type: &str, body: Vec<u8>) -> TestRequest {
     TestRequest::post()
         .uri("/admin/users/import")
@@ -1242,6 +1253,17 @@ async fn a_user_import_reports_bad_rows_and_imported_users_can_log_in() {
     api.send(csv_request(&admin.access, "text/csv", huge))
         .await
         .assert_problem(413);
+    // 20,001 short rows fit in the byte limit but not in the row limit.
+    let many = format!(
+        "email,display_name,role,password\n{}",
+        "x@a.edu,X,student,pass-word-1\n".repeat(itsur::service::imports::MAX_ROWS + 1)
+    );
+    assert!(many.len() < itsur::service::imports::MAX_CSV_BYTES);
+    let res = api
+        .send(csv_request(&admin.access, "text/csv", many.into_bytes()))
+        .await;
+    res.assert_problem(413);
+    assert!(res.text().contains("20000 rows"), "{}", res.text());
     api.send(csv_request(
         &student.access,
         "text/csv",
@@ -1258,9 +1280,24 @@ async fn a_user_import_reports_bad_rows_and_imported_users_can_log_in() {
         ))
         .await;
     let id = accepted(&res, "bulk_import_users");
+    // Only the accepted import was queued; its row never holds the file's passwords, which
+    // wait in import_uploads until the job ends.
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    let queued: Vec<(Uuid, Value)> = jobs::table
+        .filter(jobs::kind.eq("bulk_import_users"))
+        .select((jobs::id, jobs::payload))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0, id);
+    assert!(!queued[0].1.to_string().contains("pass"), "{}", queued[0].1);
+    assert_eq!(uploads(&t.ctx).await, 1);
+    drop(conn);
     let worker = Worker::start(&t.ctx, options(), Registry::standard());
     let view = wait_completed(&api, &admin, id).await;
     assert_eq!(view["progress"], 100);
+    assert_eq!(uploads(&t.ctx).await, 0, "the file goes when the job ends");
     let summary = &view["result"];
     assert_eq!(summary["total"], 9, "{summary}");
     assert_eq!(summary["imported"], 3, "{summary}");
@@ -1429,6 +1466,31 @@ async fn progress_and_the_end_of_a_job_are_events_for_its_owner() {
     let last = events.last().unwrap();
     assert_eq!(last.0, "job.status_changed");
     assert_eq!(last.3["status"], "completed");
+}
+
+#[actix_web::test]
+async fn the_file_of_a_cancelled_import_goes_with_the_job() {
+    let t = TestApp::new().await;
+    let w = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let admin = api.login(&w.a.admin.email).await;
+    let csv = "email,display_name,role,password\nzed@a.edu,Zed,student,zed-password-1\n";
+    let res = api
+        .send(csv_request(
+            &admin.access,
+            "text/csv",
+            csv.as_bytes().to_vec(),
+        ))
+        .await;
+    let id = accepted(&res, "bulk_import_users");
+    assert_eq!(uploads(&t.ctx).await, 1);
+    assert_eq!(
+        api.delete(&format!("/jobs/{id}"), admin.token())
+            .await
+            .status,
+        204
+    );
+    assert_eq!(uploads(&t.ctx).await, 0, "a cancelled import keeps no file");
 }
 
 #[tokio::test]

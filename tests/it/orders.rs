@@ -1170,3 +1170,61 @@ async fn the_audit_trail_is_campus_scoped_and_filterable() {
             .assert_problem(400);
     }
 }
+
+/// The value of one `/metrics` sample line (`name{labels} value`), if exported.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[actix_web::test]
+async fn order_metrics_use_the_dashboards_label_and_count_rejections() {
+    let t = TestApp::new().await;
+    let w = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let student = api.login(&w.a.student.email).await;
+    let staff = api.login(&w.a.staff.email).await;
+    // Exported from the start, at zero or more (other tests share the process recorder).
+    let before = api.get("/metrics", None).await.text();
+    assert!(
+        sample(&before, "active_socket_connections").is_some(),
+        "{before}"
+    );
+    let rejected = r#"order_creation_total{result="rejected"}"#;
+    let created = r#"order_creation_total{result="created"}"#;
+    let (rejected0, created0) = (
+        sample(&before, rejected).unwrap(),
+        sample(&before, created).unwrap(),
+    );
+    let item = &w.a.items[0];
+    let res = api
+        .post(
+            "/orders",
+            staff.token(),
+            &order_body(w.a.vendor.id, item.id, 1),
+        )
+        .await;
+    res.assert_problem(403);
+    let res = api
+        .post(
+            "/orders",
+            student.token(),
+            &order_body(w.a.vendor.id, item.id, 1),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let after = api.get("/metrics", None).await.text();
+    assert!(
+        sample(&after, rejected).unwrap() >= rejected0 + 1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, created).unwrap() >= created0 + 1.0,
+        "{after}"
+    );
+    // The Grafana panel sums by `result`; no series carries the old label.
+    assert!(!after.contains("order_creation_total{outcome"), "{after}");
+    let panel = include_str!("../../packaging/grafana/dashboards/itsur.json");
+    assert!(panel.contains("sum by (result) (rate(order_creation_total"));
+}

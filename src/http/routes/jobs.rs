@@ -12,7 +12,7 @@ use crate::app::Ctx;
 use crate::http::dto::{Data, List, data};
 use crate::http::error::{ApiError, ProblemBody};
 use crate::http::extract::{Authed, JsonBody, PageParams};
-use crate::service::imports::MAX_CSV_BYTES;
+use crate::service::imports::{self, MAX_CSV_BYTES, MAX_ROWS};
 use crate::service::jobs::{self, JobView, WorkerView};
 use crate::service::reports::{Format, SalesReportSpec};
 
@@ -120,7 +120,8 @@ async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>
 }
 
 /// Import users into the caller's campus from CSV (`Content-Type: text/csv`; columns
-/// `email,display_name,role,password[,vendor_id]`); 202 with the job.
+/// `email,display_name,role,password[,vendor_id]`; at most 5 MiB and 20,000 rows, else
+/// 413); 202 with the job.
 #[utoipa::path(post, path = "/admin/users/import", tag = "jobs", security(("bearer" = [])),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 202, body = Accepted), (status = 400, body = ProblemBody), (status = 403, body = ProblemBody),
@@ -154,6 +155,14 @@ pub async fn import_users(
             message: "the CSV must be UTF-8".to_owned(),
         }])
     })?;
+    // Like the byte limit, the row limit is a size limit: 413 before anything is stored.
+    if imports::count_rows(&csv) > MAX_ROWS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the CSV has more than {MAX_ROWS} rows; split it into several imports"),
+        ));
+    }
     Ok(accepted(jobs::submit_user_import(&ctx, &actor, csv).await?))
 }
 
