@@ -82,14 +82,9 @@ impl Ctx {
             metrics: crate::telemetry::install_metrics(),
             readiness: Readiness::default(),
             hub,
-<<<<<<< HEAD
             relay_waker,
-            job_hooks,
-=======
-            relay_waker: RelayWaker::default(),
             hasher: PasswordHasher::new(HasherSettings::default()),
-            job_hooks: JobHooks::default(),
->>>>>>> main
+            job_hooks,
         })
     }
 }

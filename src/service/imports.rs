@@ -21,14 +21,9 @@ pub const MAX_ROWS: usize = 20_000;
 /// At most this many row errors are reported.
 pub const MAX_REPORTED_ERRORS: usize = 100;
 
-<<<<<<< HEAD
-/// The job payload.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-=======
 /// The job payload. The file itself (passwords in clear) is in `import_uploads`, never in
 /// the job row, which is kept for days after the job ends.
-#[derive(Debug, Clone, Serialize, Deserialize)]
->>>>>>> main
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImportSpec {
     /// Campus the users join.

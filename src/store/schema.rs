@@ -354,14 +354,11 @@ diesel::table! {
 }
 
 diesel::joinable!(devices -> users (user_id));
-<<<<<<< HEAD
 diesel::joinable!(flow_schedules -> flows (flow_id));
 diesel::joinable!(flow_steps -> flow_runs (run_id));
 diesel::joinable!(flow_versions -> flows (flow_id));
 diesel::joinable!(flows -> campuses (campus_id));
-=======
 diesel::joinable!(import_uploads -> jobs (job_id));
->>>>>>> main
 diesel::joinable!(menu_items -> vendors (vendor_id));
 diesel::joinable!(order_items -> menu_items (menu_item_id));
 diesel::joinable!(order_items -> orders (order_id));
