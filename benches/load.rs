@@ -35,6 +35,9 @@ mod console;
 #[path = "load/relay.rs"]
 mod relay;
 
+#[path = "load/flows.rs"]
+mod flows;
+
 const SECRET: &str = "bench-secret-that-is-long-enough-0123456789";
 const SEED: u64 = 20_261_123;
 const VENDORS: usize = 10;
@@ -1242,6 +1245,9 @@ fn main() {
         }
         if want("console") {
             console::bench_console(&mut rows).await;
+        }
+        if want("flows") {
+            flows::bench_flows(&mut rows).await;
         }
         if want("relay") {
             relay::bench_relay(&mut rows).await;

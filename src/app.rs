@@ -65,6 +65,12 @@ impl Ctx {
             per_user: config.ws.max_per_user,
             queue: config.ws.send_queue,
         });
+        let relay_waker = RelayWaker::default();
+        // Flows advance in the transaction that ends their steps' jobs (issue 13).
+        let job_hooks = JobHooks::default();
+        job_hooks.set(Arc::new(crate::service::flow_engine::FlowHook::new(
+            relay_waker.clone(),
+        )));
         Ok(Self {
             db,
             limiter: RateLimiter::new(kv.clone()),
@@ -76,9 +82,9 @@ impl Ctx {
             metrics: crate::telemetry::install_metrics(),
             readiness: Readiness::default(),
             hub,
-            relay_waker: RelayWaker::default(),
+            relay_waker,
             hasher: PasswordHasher::new(HasherSettings::default()),
-            job_hooks: JobHooks::default(),
+            job_hooks,
         })
     }
 }

@@ -70,6 +70,9 @@ pub fn main(args: AllArgs) -> ExitCode {
             options,
             crate::jobs::registry::Registry::standard(),
         ));
+        if !args.jobs.no_cron {
+            shutdown.spawn(crate::jobs::flow_cron::run(ctx.clone(), shutdown.clone()));
+        }
         let relay = shutdown.spawn(crate::outbox::relay::run(ctx.clone(), shutdown.clone()));
         shutdown.notify_ready();
         let served = crate::http::server::run(

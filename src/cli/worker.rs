@@ -47,6 +47,9 @@ pub fn main(args: WorkerArgs) -> ExitCode {
         ));
         let options =
             crate::jobs::runner::WorkerOptions::from_args(&args.jobs, ctx.config.shutdown_timeout);
+        if !args.jobs.no_cron {
+            shutdown.spawn(crate::jobs::flow_cron::run(ctx.clone(), shutdown.clone()));
+        }
         crate::jobs::runner::run(
             ctx.clone(),
             shutdown.clone(),

@@ -17,6 +17,7 @@
 //! | broker sinks | `brokers.rs` | [`BrokerArgs`] (in [`OutboxArgs`]) → [`AmqpSettings`], [`NatsSettings`] |
 //! | job worker | `jobs.rs` | [`JobArgs`] → `jobs::runner::WorkerOptions` |
 //! | push providers | `push.rs` | [`PushArgs`] → [`PushConfig`] (`Config::push`) |
+//! | SMTP (e-mail node) | `smtp.rs` | [`SmtpArgs`] → [`SmtpConfig`] (`Config::smtp`) |
 //! | circuit breakers | `breaker.rs` | [`BreakerArgs`] → [`BreakerConfig`] (`Config::breaker`) |
 //!
 //! Adding a setting: add the `#[arg(long, env = "…")]` field (with a `///` help line — it
@@ -37,6 +38,7 @@ mod outbox;
 mod push;
 mod redis;
 mod retention;
+mod smtp;
 mod telemetry;
 mod ws;
 
@@ -56,6 +58,7 @@ pub use self::outbox::{OutboxArgs, OutboxSettings, WebhookSettings};
 pub use self::push::{DEFAULT_FCM_BASE_URL, DEFAULT_ONESIGNAL_BASE_URL, PushArgs, PushConfig};
 pub use self::redis::{RedisArgs, RedisConfig};
 pub use self::retention::RetentionArgs;
+pub use self::smtp::{DEFAULT_SMTP_FROM, SmtpArgs, SmtpConfig};
 pub use self::telemetry::{LogFormat, TelemetryArgs, effective_log_format};
 pub use self::ws::{WsArgs, WsSettings};
 
@@ -162,6 +165,10 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub push: PushArgs,
 
+    /// SMTP server of the `send_email` flow node.
+    #[command(flatten)]
+    pub smtp: SmtpArgs,
+
     /// Circuit breakers around every outbound call.
     #[command(flatten)]
     pub breaker: BreakerArgs,
@@ -202,6 +209,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Push-provider endpoints and credentials.
     pub push: PushConfig,
+    /// SMTP server of the `send_email` node.
+    pub smtp: SmtpConfig,
     /// Circuit-breaker policy shared by every outbound client.
     pub breaker: BreakerConfig,
     /// WebSocket gateway (defaults unless the role takes [`WsArgs`]).
@@ -230,6 +239,7 @@ impl Config {
             jwt_secret,
             edge: EdgeConfig::default(),
             push: common.push.to_config()?,
+            smtp: common.smtp.to_config()?,
             breaker: common.breaker.to_config()?,
             ws: WsSettings::default(),
             outbox: OutboxSettings::default(),

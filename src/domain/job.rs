@@ -19,6 +19,14 @@ pub mod kind {
     pub const SEND_PUSH: &str = "send_push";
     /// Prunes finished jobs, published outbox events, expired sessions and idempotency keys.
     pub const MAINTENANCE: &str = "maintenance";
+    /// Sends an e-mail over SMTP (flow node).
+    pub const SEND_EMAIL: &str = "send_email";
+    /// Closes a campus's open vendors (flow `campus.end_of_day`).
+    pub const CLOSE_VENDORS: &str = "close_vendors";
+    /// Sums per-vendor reports into a campus summary (flow `campus.end_of_day`).
+    pub const DAILY_SUMMARY: &str = "daily_summary";
+    /// Cancels orders left `placed` too long (flow `order.unaccepted`).
+    pub const CANCEL_UNACCEPTED_ORDERS: &str = "cancel_unaccepted_orders";
 }
 
 /// Claim order: high before normal before low.

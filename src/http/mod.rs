@@ -53,6 +53,7 @@ pub fn app(
         .configure(routes::admin::routes)
         .configure(routes::console::routes)
         .configure(routes::jobs::routes)
+        .configure(routes::flows::routes)
         .configure(ws::routes)
         .configure(assets::routes)
         .default_service(web::to(error::not_found))

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{admin, auth, catalog, console, jobs, orders, web_auth};
+use super::routes::{admin, auth, catalog, console, flows, jobs, orders, web_auth};
 
 struct BearerAuth;
 
@@ -47,6 +47,9 @@ impl Modify for BearerAuth {
         admin::list_audit, admin::list_outbox, admin::retry_dead_event,
         jobs::request_sales_report, jobs::import_users, jobs::list_jobs, jobs::get_job,
         jobs::cancel_job, jobs::job_result, jobs::list_workers, jobs::retry_job,
+        flows::create_flow, flows::list_flows, flows::get_flow, flows::update_flow,
+        flows::delete_flow, flows::list_versions, flows::list_nodes, flows::start_run,
+        flows::list_runs, flows::get_run, flows::cancel_run, flows::retry_run,
         console::overview, console::list_jobs, console::count_jobs, console::get_job,
         console::bulk_jobs, console::list_queues, console::pause_queue, console::resume_queue, console::list_cron, console::list_audit,
         console::list_outbox,
@@ -59,6 +62,7 @@ impl Modify for BearerAuth {
         (name = "admin", description = "Campus administration: audit trail, outbox dead letters"),
         (name = "console", description = "The operator console's API: overview, job explorer and bulk actions, queues, cron, audit, outbox (keyset pages)"),
         (name = "jobs", description = "Long-running work: reports, imports, their progress and results"),
+        (name = "flows", description = "Durable multi-step workflows on the job queue: definitions, node catalog, runs"),
     )
 )]
 pub struct ApiDoc;

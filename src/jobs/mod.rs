@@ -9,6 +9,7 @@
 //! L3: depends on `service`, `store`, `domain`, `app`; never on `http` or `outbox`.
 
 pub mod cron;
+pub mod flow_cron;
 pub mod handlers;
 pub mod registry;
 pub mod runner;

@@ -25,12 +25,24 @@ impl Registry {
                 handlers::bulk_import::BulkImportUsers,
             )
             .with(kind::SEND_PUSH, handlers::send_push::SendPush)
+            .with(kind::SEND_EMAIL, handlers::flow_nodes::SendEmail)
+            .with(kind::CLOSE_VENDORS, handlers::flow_nodes::CloseVendors)
+            .with(kind::DAILY_SUMMARY, handlers::flow_nodes::DailySummary)
+            .with(
+                kind::CANCEL_UNACCEPTED_ORDERS,
+                handlers::flow_nodes::CancelUnacceptedOrders,
+            )
     }
 
     /// Adds (or replaces) the handler of `kind`.
     pub fn with(mut self, kind: &str, handler: impl Handler) -> Self {
         self.handlers.insert(kind.to_owned(), Arc::new(handler));
         self
+    }
+
+    /// The kinds it runs (the node catalog `service::nodes::catalog` lists the same).
+    pub fn kinds(&self) -> Vec<String> {
+        self.handlers.keys().cloned().collect()
     }
 
     /// The handler of `kind`.

@@ -23,7 +23,7 @@ pub const MAX_REPORTED_ERRORS: usize = 100;
 
 /// The job payload. The file itself (passwords in clear) is in `import_uploads`, never in
 /// the job row, which is kept for days after the job ends.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImportSpec {
     /// Campus the users join.

@@ -17,7 +17,7 @@ use crate::store::orders::{self, SalesRow};
 pub const MAX_PERIOD_DAYS: i64 = 366;
 
 /// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// `text/csv`: one row per day and item.
@@ -27,7 +27,7 @@ pub enum Format {
 }
 
 /// A report request (also the job payload).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SalesReportSpec {
     /// Vendor.

@@ -1,5 +1,6 @@
 //! Demo data for a newcomer's first run: one campus, two vendors with menus, and a student,
 //! a vendor staff member and a campus admin whose credentials `itsur seed --demo` prints.
+//! Also seeds the two shipped flows into the demo campus.
 //! Idempotent: a second run finds the campus and changes nothing.
 
 use diesel_async::AsyncConnection;
@@ -144,5 +145,10 @@ pub async fn seed_demo(ctx: &Ctx) -> Result<bool> {
             Ok(true)
         })
         .await?;
+    // The flows ITSUR Eats ships (`campus.end_of_day`, `order.unaccepted`), seeded into the
+    // demo campus; idempotent like the rest.
+    if let Some(campus) = campuses::find_by_slug(&mut conn, DEMO_CAMPUS_SLUG).await? {
+        super::flow_schedules::seed_campus_flows(ctx, campus.id).await?;
+    }
     Ok(created)
 }

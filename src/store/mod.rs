@@ -9,6 +9,7 @@ pub mod campuses;
 pub mod connect;
 pub mod console;
 pub mod devices;
+pub mod flows;
 pub mod idempotency;
 pub mod import_uploads;
 pub mod jobs;

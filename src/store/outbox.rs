@@ -129,6 +129,17 @@ pub async fn insert_event(
         .await
 }
 
+/// Inserts many events in one statement (a flow advancement writes one per step change).
+pub async fn insert_events(
+    conn: &mut AsyncPgConnection,
+    rows: &[NewOutboxEventRow],
+) -> QueryResult<usize> {
+    diesel::insert_into(outbox_events::table)
+        .values(rows)
+        .execute(conn)
+        .await
+}
+
 /// Sends the relay wake-up (`pg_notify`). Run it outside any business transaction.
 pub async fn notify_relay(conn: &mut AsyncPgConnection) -> QueryResult<()> {
     diesel::select(

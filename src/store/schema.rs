@@ -41,6 +41,85 @@ diesel::table! {
 }
 
 diesel::table! {
+    flow_runs (id) {
+        id -> Uuid,
+        flow_id -> Uuid,
+        version -> Int4,
+        flow_name -> Text,
+        campus_id -> Uuid,
+        status -> Text,
+        input -> Jsonb,
+        user_id -> Nullable<Uuid>,
+        trigger -> Text,
+        unique_key -> Nullable<Text>,
+        steps_remaining -> Int4,
+        steps_failed -> Int4,
+        event_seq -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    flow_schedules (flow_id, idx) {
+        flow_id -> Uuid,
+        idx -> Int4,
+        version -> Int4,
+        cron -> Text,
+        time_zone -> Text,
+        input -> Jsonb,
+        next_run_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    flow_steps (id) {
+        id -> Uuid,
+        run_id -> Uuid,
+        step_key -> Text,
+        item_index -> Nullable<Int4>,
+        state -> Text,
+        deps_remaining -> Int4,
+        items_total -> Nullable<Int4>,
+        items_remaining -> Nullable<Int4>,
+        items_failed -> Int4,
+        job_id -> Nullable<Uuid>,
+        attempt -> Int4,
+        input -> Nullable<Jsonb>,
+        output -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    flow_versions (flow_id, version) {
+        flow_id -> Uuid,
+        version -> Int4,
+        definition -> Jsonb,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    flows (id) {
+        id -> Uuid,
+        campus_id -> Uuid,
+        name -> Text,
+        description -> Text,
+        version -> Int4,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     idempotency_keys (user_id, key) {
         user_id -> Uuid,
         key -> Text,
@@ -275,6 +354,10 @@ diesel::table! {
 }
 
 diesel::joinable!(devices -> users (user_id));
+diesel::joinable!(flow_schedules -> flows (flow_id));
+diesel::joinable!(flow_steps -> flow_runs (run_id));
+diesel::joinable!(flow_versions -> flows (flow_id));
+diesel::joinable!(flows -> campuses (campus_id));
 diesel::joinable!(import_uploads -> jobs (job_id));
 diesel::joinable!(menu_items -> vendors (vendor_id));
 diesel::joinable!(order_items -> menu_items (menu_item_id));
@@ -290,6 +373,11 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     campuses,
     devices,
+    flow_runs,
+    flow_schedules,
+    flow_steps,
+    flow_versions,
+    flows,
     idempotency_keys,
     import_uploads,
     job_counts_minute,

@@ -11,6 +11,7 @@
 mod support;
 
 mod brokers;
+mod flows;
 mod jobs;
 mod login_memory;
 mod proc;

@@ -14,6 +14,7 @@ mod bad_input;
 mod brokers;
 mod console;
 mod edge;
+mod flows;
 mod health;
 mod jobs;
 mod migrations;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod console;
+pub mod flows;
 pub mod jobs;
 pub mod orders;
 pub mod web_auth;

@@ -93,8 +93,18 @@ enum End {
     Gone,
 }
 
+/// A narrowing of a connection's stream to one aggregate (`?topics=flow-run:<id>`).
+#[derive(Debug, Clone)]
+pub struct Topic {
+    /// Aggregate type of its events.
+    pub aggregate_type: &'static str,
+    /// Aggregate id.
+    pub id: Uuid,
+}
+
 /// A running connection.
 pub struct Conn {
+    topics: Vec<Topic>,
     ctx: Ctx,
     actor: Actor,
     id: Uuid,
@@ -115,6 +125,10 @@ fn subscription_name(s: Subscription) -> &'static str {
 
 /// Runs a connection until it ends. `resume_after` (the `?after=` query parameter) replays
 /// before any live event is sent.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a connection's parts, handed over once by the upgrade"
+)]
 pub async fn run(
     ctx: Ctx,
     actor: Actor,
@@ -123,10 +137,12 @@ pub async fn run(
     session: Session,
     stream: MessageStream,
     resume_after: Option<i64>,
+    topics: Vec<Topic>,
 ) {
     let id = Uuid::now_v7();
     let overflowed = subscriber.overflowed();
     let mut conn = Conn {
+        topics,
         ctx,
         actor,
         id,
@@ -384,6 +400,15 @@ impl Conn {
     }
 
     async fn send_frame(&mut self, event: &EventEnvelope, via: &'static str) -> Result<(), End> {
+        // Topics narrow the stream; the cursor still moves past what they filter out.
+        if !self.topics.is_empty()
+            && !self
+                .topics
+                .iter()
+                .any(|t| t.aggregate_type == event.aggregate_type && t.id == event.aggregate_id)
+        {
+            return Ok(());
+        }
         // Encoded once per event, whatever the number of sockets it goes to (perf of the
         // realtime bench had JSON encoding per socket as the top user-space cost).
         let frame = event

@@ -33,6 +33,41 @@ pub struct WsQuery {
     pub token: Option<String>,
     /// Resume cursor: replay the events after this id before any live event.
     pub after: Option<i64>,
+    /// Narrow the stream to these topics, comma-separated: `flow-run:<id>` (a flow run's
+    /// `flow_run.*` and `flow_step.*` events). Tenancy still applies; a topic the caller may
+    /// not see answers 404.
+    pub topics: Option<String>,
+}
+
+/// Parses and checks `?topics=`: each must be a `flow-run:<id>` the actor may read.
+async fn topics_of(
+    ctx: &Ctx,
+    actor: &crate::domain::Actor,
+    raw: Option<&str>,
+) -> Result<Vec<conn::Topic>, ApiError> {
+    let mut out = Vec::new();
+    for t in raw
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let id = t
+            .strip_prefix("flow-run:")
+            .and_then(|id| id.parse::<uuid::Uuid>().ok())
+            .ok_or_else(|| {
+                ApiError::validation(vec![crate::http::error::FieldError {
+                    field: "topics".to_owned(),
+                    message: format!("unknown topic `{t}`: expected flow-run:<id>"),
+                }])
+            })?;
+        service::flows::get_run(ctx, actor, id).await?;
+        out.push(conn::Topic {
+            aggregate_type: "flow_run",
+            id,
+        });
+    }
+    Ok(out)
 }
 
 /// Where the token of an upgrade came from.
@@ -92,6 +127,7 @@ pub async fn connect(
         cookie::check_origin(&req)?;
     }
     let actor = service::auth::authenticate(&ctx, &token).await?;
+    let topics = topics_of(&ctx, &actor, query.topics.as_deref()).await?;
     let subscription = Subscription::for_actor(&actor).ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -133,6 +169,7 @@ pub async fn connect(
         session,
         stream,
         query.after,
+        topics,
     ));
     Ok(res)
 }

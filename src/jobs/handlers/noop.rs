@@ -5,23 +5,13 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 
 use crate::jobs::{Handler, JobCx, JobError, Output};
 
 /// The `noop` handler.
 pub struct Noop;
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct Payload {
-    /// Sleep this long (cancellable), e.g. to simulate I/O.
-    sleep_ms: u64,
-    /// Write an audit row `job.noop` per run: a side effect tests can count.
-    audit: bool,
-    /// Fail with a retryable error on these attempts (1-based), for retry tests.
-    fail_attempts: Vec<i32>,
-}
+type Payload = crate::service::nodes::NoopInput;
 
 impl Handler for Noop {
     fn run<'a>(&'a self, cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {
@@ -38,6 +28,9 @@ impl Handler for Noop {
                     "asked to fail attempt {}",
                     cx.job.attempt
                 )));
+            }
+            if p.fail {
+                return Err(JobError::Permanent("asked to fail".to_owned()));
             }
             if p.audit {
                 let mut conn = cx.ctx.db.conn().await?;
@@ -56,7 +49,7 @@ impl Handler for Noop {
                 .await?;
             }
             Ok(Output {
-                summary: serde_json::json!({ "ok": true }),
+                summary: serde_json::json!({ "ok": true, "echo": p.echo }),
                 body: None,
             })
         }

@@ -6,12 +6,8 @@
 //! later device's provider failed may get it twice: push is at-least-once, like every event
 //! here.
 
-use std::collections::BTreeMap;
-
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::clients::push::{PushMessage, PushOutcome, PushTarget};
 use crate::jobs::{Handler, JobCx, JobError, Output};
@@ -20,20 +16,7 @@ use crate::store;
 /// The `send_push` handler.
 pub struct SendPush;
 
-/// Payload of a `send_push` job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SendPushPayload {
-    /// Whose devices.
-    pub user_id: Uuid,
-    /// Notification title.
-    pub title: String,
-    /// Notification text.
-    pub body: String,
-    /// Key/value data for the app.
-    #[serde(default)]
-    pub data: BTreeMap<String, String>,
-}
+pub use crate::service::nodes::SendPushPayload;
 
 impl Handler for SendPush {
     fn run<'a>(&'a self, cx: &'a JobCx) -> BoxFuture<'a, Result<Output, JobError>> {

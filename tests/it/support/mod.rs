@@ -7,6 +7,7 @@ pub mod db;
 pub mod fake_push;
 pub mod fixtures;
 pub mod redis;
+pub mod smtp;
 pub mod tls;
 pub mod ws;
 
@@ -55,6 +56,7 @@ pub fn config_for_urls(database_url: &str, redis_url: Option<&str>, redis_prefix
             ..EdgeConfig::default()
         },
         push: PushConfig::default(),
+        smtp: itsur::config::SmtpConfig::default(),
         breaker: BreakerConfig::default(),
         ws: WsSettings::default(),
         // Tests drive the relay explicitly or wake it; a short poll keeps e2e-style tests

@@ -1,0 +1,5 @@
+DROP TABLE flow_schedules;
+DROP TABLE flow_steps;
+DROP TABLE flow_runs;
+DROP TABLE flow_versions;
+DROP TABLE flows;

@@ -1,0 +1,188 @@
+//! Flows across real `itsur worker` processes: a worker killed with SIGKILL in the middle of a
+//! step loses nothing and starts nothing twice — the step's job is rescued by another worker
+//! after its lease, completes once, and only then is the next step enqueued (in the same
+//! transaction as that completion), so the run reaches `succeeded` with every side effect
+//! exactly once.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use itsur::app::Ctx;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::proc::{free_port, itsur, wait_ready};
+use crate::support::fixtures::add_campus;
+use crate::support::{TestDb, ctx_for, eventually};
+
+struct Worker {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Worker {
+    async fn spawn(db: &TestDb) -> Self {
+        let port = free_port();
+        let log =
+            std::env::temp_dir().join(format!("itsur-e2e-flows-{}-{port}.log", std::process::id()));
+        let mut cmd: Command = itsur(&["worker"]);
+        cmd.env("DATABASE_URL", &db.url)
+            .env("METRICS_BIND", format!("127.0.0.1:{port}"))
+            .env("JOB_LEASE_SECS", "3")
+            .env("JOB_NO_CRON", "true")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+        let child = cmd.spawn().unwrap();
+        wait_ready(
+            &format!("http://127.0.0.1:{port}/health/ready"),
+            Duration::from_secs(60),
+        )
+        .await;
+        Self { child, log }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn kill_9(&mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()
+                .await
+                .unwrap()
+                .success()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct S {
+    #[diesel(sql_type = Text)]
+    s: String,
+}
+
+async fn count(ctx: &Ctx, sql: &str) -> i64 {
+    let mut conn = ctx.db.conn().await.unwrap();
+    diesel::sql_query(sql).load::<N>(&mut conn).await.unwrap()[0].n
+}
+
+async fn text(ctx: &Ctx, sql: &str) -> String {
+    let mut conn = ctx.db.conn().await.unwrap();
+    diesel::sql_query(sql)
+        .load::<S>(&mut conn)
+        .await
+        .unwrap()
+        .pop()
+        .map(|r| r.s)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_step_loses_nothing_and_starts_nothing_twice() {
+    let db = TestDb::new().await;
+    let ctx = ctx_for(&db.url, None);
+    let campus = add_campus(&ctx, "k9", "k9.edu").await;
+    let def = json!({"steps": [
+        {"id": "slow", "node": "noop", "input": {"sleepMs": 4000, "audit": true}, "maxAttempts": 3},
+        {"id": "next", "node": "noop", "dependsOn": ["slow"], "input": {"audit": true}},
+        {"id": "last", "node": "noop", "dependsOn": ["next"], "input": {"audit": true}}
+    ]});
+    let def = itsur::service::flows::validate_definition(&def).unwrap();
+    let run = {
+        let mut conn = ctx.db.conn().await.unwrap();
+        conn.transaction(async |conn| -> itsur::service::Result<Uuid> {
+            let flow =
+                itsur::service::flows::save_new_flow(conn, campus.id, "k9", "", &def, None).await?;
+            let run =
+                itsur::service::flows::start_run_in(conn, &flow, json!({}), None, "api", None)
+                    .await?;
+            Ok(run.unwrap().id)
+        })
+        .await
+        .unwrap()
+    };
+    let mut a = Worker::spawn(&db).await;
+    let step_running = eventually(Duration::from_secs(30), || async {
+        count(
+            &ctx,
+            &format!(
+                "SELECT count(*) AS n FROM jobs j JOIN flow_steps s ON s.job_id = j.id \
+             WHERE s.run_id = '{run}' AND s.step_key = 'slow' AND j.state = 'running'"
+            ),
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(step_running, "worker A runs step slow: {}", a.logs());
+    a.kill_9().await;
+    assert_eq!(
+        count(
+            &ctx,
+            "SELECT count(*) AS n FROM audit_log WHERE action = 'job.noop'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&ctx, &format!("SELECT count(*) AS n FROM flow_steps WHERE run_id = '{run}' AND step_key = 'next' AND job_id IS NOT NULL")).await,
+        0,
+        "the next step was not started by the killed worker"
+    );
+
+    let b = Worker::spawn(&db).await;
+    let done = eventually(Duration::from_secs(90), || async {
+        text(
+            &ctx,
+            &format!("SELECT status AS s FROM flow_runs WHERE id = '{run}'"),
+        )
+        .await
+            != "running"
+    })
+    .await;
+    assert!(done, "the run ended: {}", b.logs());
+    assert_eq!(
+        text(
+            &ctx,
+            &format!("SELECT status AS s FROM flow_runs WHERE id = '{run}'")
+        )
+        .await,
+        "succeeded"
+    );
+    // Each step's side effect happened once; `slow` took two attempts (A's lost one, B's).
+    assert_eq!(
+        count(
+            &ctx,
+            "SELECT count(*) AS n FROM audit_log WHERE action = 'job.noop'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(&ctx, &format!("SELECT attempt::int8 AS n FROM flow_steps WHERE run_id = '{run}' AND step_key = 'slow'")).await,
+        2
+    );
+    // One job per step ever: nothing was enqueued twice.
+    assert_eq!(
+        count(&ctx, &format!(
+            "SELECT count(*) AS n FROM jobs_history h JOIN flow_steps s ON h.flow_step_id = s.id WHERE s.run_id = '{run}'"
+        ))
+        .await,
+        3
+    );
+}
