@@ -193,7 +193,9 @@ async fn secrets_never_reach_logs_or_error_bodies() {
     let access2 = rotated["data"]["accessToken"].as_str().unwrap().to_owned();
     secrets.push(access2.clone());
     secrets.push(rotated["data"]["refreshToken"].as_str().unwrap().to_owned());
-    // Replaying the rotated token revokes the session.
+    // Replaying the rotated token is refused. Within the refresh grace window (issue 17: two
+    // concurrent refreshes must not revoke) it does not revoke the session, so access2 stays
+    // valid; revoked sessions are covered by the logged-out session below.
     let r = call(
         &http,
         M::POST,
@@ -205,9 +207,9 @@ async fn secrets_never_reach_logs_or_error_bodies() {
     assert_eq!(r.status, 401);
     bodies.push(r.body);
 
-    // Bad tokens: tampered signature, garbage, a revoked session's token.
+    // Bad tokens: tampered signature, garbage.
     let tampered = format!("{}x", &access[..access.len() - 1]);
-    for token in [tampered.as_str(), "not-a-jwt", access2.as_str()] {
+    for token in [tampered.as_str(), "not-a-jwt"] {
         let r = call(&http, M::GET, url("/orders"), Some(token), None).await;
         assert_eq!(r.status, 401, "{}", r.body);
         bodies.push(r.body);
