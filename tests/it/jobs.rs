@@ -1029,7 +1029,12 @@ async fn a_sales_report_runs_in_the_background_and_its_result_downloads() {
     // still show one row per day and item.
     let from = t2 - chrono::Duration::hours(1);
     let to = from + chrono::Duration::hours(20);
-    let day = t1.date_naive().to_string();
+    // Reports group by the campus's local day (issue 17), and the fixture campus is in
+    // America/Mexico_City.
+    let day = t1
+        .with_timezone(&chrono_tz::America::Mexico_City)
+        .date_naive()
+        .to_string();
 
     let path = format!("/vendors/{vendor}/reports/sales");
     let body = json!({ "from": from, "to": to, "format": "csv" });
