@@ -17,6 +17,7 @@ use crate::kv::hub::{Hub, HubLimits};
 use crate::resilience::{Breakers, RateLimiter};
 use crate::service::credentials::{HasherSettings, PasswordHasher};
 use crate::service::events::RelayWaker;
+use crate::service::flow_engine::DefinitionCache;
 use crate::service::health::Readiness;
 use crate::service::job_hooks::JobHooks;
 use crate::store::Db;
@@ -52,6 +53,8 @@ pub struct Ctx {
     /// The flow hook the job engine calls in the transaction of flow-step jobs' terminal
     /// transitions (`service::job_hooks`); empty until flows register one.
     pub job_hooks: JobHooks,
+    /// Parsed flow definitions by (flow, version), bounded; shared with the flow hook.
+    pub flow_definitions: DefinitionCache,
 }
 
 impl Ctx {
@@ -68,8 +71,10 @@ impl Ctx {
         let relay_waker = RelayWaker::default();
         // Flows advance in the transaction that ends their steps' jobs (issue 13).
         let job_hooks = JobHooks::default();
+        let flow_definitions = DefinitionCache::default();
         job_hooks.set(Arc::new(crate::service::flow_engine::FlowHook::new(
             relay_waker.clone(),
+            flow_definitions.clone(),
         )));
         Ok(Self {
             db,
@@ -85,6 +90,7 @@ impl Ctx {
             relay_waker,
             hasher: PasswordHasher::new(HasherSettings::default()),
             job_hooks,
+            flow_definitions,
         })
     }
 }

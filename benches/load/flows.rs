@@ -40,6 +40,7 @@ async fn start_runs(ctx: &Ctx, flow: &itsur::store::flows::FlowRow, n: usize) ->
                 for _ in 0..k {
                     let run = itsur::service::flows::start_run_in(
                         conn,
+                        &ctx.flow_definitions,
                         flow,
                         json!({}),
                         None,

@@ -44,6 +44,7 @@ pub async fn fire_due(ctx: &Ctx, now: DateTime<Utc>) -> Result<usize> {
                 );
                 let run = super::flows::start_run_in(
                     conn,
+                    &ctx.flow_definitions,
                     &flow,
                     s.input.clone(),
                     None,

@@ -540,13 +540,16 @@ pub async fn list_versions(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<Vec<Ver
 /// `unique_key` already started one (a schedule tick fired twice). Also used by schedules.
 pub async fn start_run_in(
     conn: &mut AsyncPgConnection,
+    definitions: &flow_engine::DefinitionCache,
     flow: &FlowRow,
     input: Value,
     user_id: Option<Uuid>,
     trigger: &str,
     unique_key: Option<String>,
 ) -> Result<Option<RunRow>> {
-    let defs = flow_engine::definitions(conn, &[(flow.id, flow.version)]).await?;
+    let defs = definitions
+        .definitions(conn, &[(flow.id, flow.version)])
+        .await?;
     let def: Arc<Definition> = defs
         .get(&(flow.id, flow.version))
         .cloned()
@@ -624,9 +627,17 @@ pub async fn start_run(ctx: &Ctx, actor: &Actor, flow_id: Uuid, input: Value) ->
     let run = conn
         .transaction(async |conn| -> Result<RunRow> {
             let flow = visible_flow(conn, actor, flow_id).await?;
-            start_run_in(conn, &flow, input.clone(), Some(user), "api", None)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("a run without unique key was not inserted").into())
+            start_run_in(
+                conn,
+                &ctx.flow_definitions,
+                &flow,
+                input.clone(),
+                Some(user),
+                "api",
+                None,
+            )
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("a run without unique key was not inserted").into())
         })
         .await?;
     ctx.relay_waker.wake();
@@ -654,7 +665,10 @@ pub async fn get_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
         .await?
         .filter(|r| can_read_run(actor, r))
         .ok_or_else(run_not_found)?;
-    let defs = flow_engine::definitions(&mut conn, &[(run.flow_id, run.version)]).await?;
+    let defs = ctx
+        .flow_definitions
+        .definitions(&mut conn, &[(run.flow_id, run.version)])
+        .await?;
     let def = defs.get(&(run.flow_id, run.version)).cloned();
     let rows = store::load_all_steps(&mut conn, id).await?;
     let open: Vec<Uuid> = rows
@@ -879,7 +893,7 @@ pub async fn retry_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
             ))
             .into());
         }
-        let mut work = flow_engine::load_work(conn, vec![run]).await?;
+        let mut work = flow_engine::load_work(conn, &ctx.flow_definitions, vec![run]).await?;
         let Some(w) = work.first_mut() else {
             return Err(run_not_found().into());
         };

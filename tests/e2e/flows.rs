@@ -108,9 +108,16 @@ async fn a_worker_killed_mid_step_loses_nothing_and_starts_nothing_twice() {
         conn.transaction(async |conn| -> itsur::service::Result<Uuid> {
             let flow =
                 itsur::service::flows::save_new_flow(conn, campus.id, "k9", "", &def, None).await?;
-            let run =
-                itsur::service::flows::start_run_in(conn, &flow, json!({}), None, "api", None)
-                    .await?;
+            let run = itsur::service::flows::start_run_in(
+                conn,
+                &ctx.flow_definitions,
+                &flow,
+                json!({}),
+                None,
+                "api",
+                None,
+            )
+            .await?;
             Ok(run.unwrap().id)
         })
         .await
