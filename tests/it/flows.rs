@@ -811,10 +811,15 @@ async fn schedules_start_one_run_per_tick_however_many_workers_fire() {
 async fn app_with_smtp(
     smtp: &crate::support::smtp::SmtpServer,
 ) -> (Ctx, crate::support::TestDb, crate::support::TestRedis) {
+    app_with_smtp_url(&smtp.url).await
+}
+
+/// A context whose `send_email` node uses `SMTP_URL=url`.
+async fn app_with_smtp_url(url: &str) -> (Ctx, crate::support::TestDb, crate::support::TestRedis) {
     let db = crate::support::TestDb::new().await;
     let redis = crate::support::TestRedis::new();
     let mut config = crate::support::config_for(&db.url, Some(&redis));
-    config.smtp.url = Some(itsur::config::Secret::new(smtp.url.clone()));
+    config.smtp.url = Some(itsur::config::Secret::new(url.to_owned()));
     let ctx = Ctx::new(config).unwrap();
     ctx.readiness.refresh_now(&ctx).await;
     (ctx, db, redis)
@@ -874,8 +879,19 @@ async fn end_of_day_closes_vendors_reports_each_and_emails_the_admins() {
     assert_eq!(mails.len(), 1, "{mails:?}");
     assert_eq!(mails[0].to, std::slice::from_ref(&w.a.admin.email));
     assert_eq!(mails[0].from, "no-reply@itsur.invalid");
+    assert!(!mails[0].tls);
     assert!(
-        mails[0].data.contains("Subject: ITSUR Eats: end of day"),
+        mails[0]
+            .header("Subject")
+            .is_some_and(|s| s.starts_with("ITSUR Eats: end of day")),
+        "{}",
+        mails[0].data
+    );
+    assert_eq!(mails[0].header("To"), Some(w.a.admin.email.clone()));
+    assert!(
+        mails[0]
+            .header("From")
+            .is_some_and(|f| f.ends_with("<no-reply@itsur.invalid>")),
         "{}",
         mails[0].data
     );
@@ -1002,6 +1018,59 @@ async fn a_refused_email_fails_its_step_without_leaking_the_address() {
         1,
         "a 5xx is permanent: no retry"
     );
+}
+
+/// Runs a one-step `send_email` flow (one attempt) against `url`; returns the run.
+async fn email_once(url: &str) -> Value {
+    let (ctx, _db, _redis) = app_with_smtp_url(url).await;
+    let w = World::create(&ctx).await;
+    let api = Api::new(ctx.clone()).await;
+    let admin = api.login(&w.a.admin.email).await;
+    let tok = admin.access.as_str();
+    let flow = create(
+        &api,
+        tok,
+        "mail",
+        json!({"steps": [
+            {"id": "mail", "node": "send_email", "maxAttempts": 1,
+             "input": {"to": {"userIds": [w.a.student.id]}, "subject": "hi", "text": "there"}}
+        ]}),
+    )
+    .await;
+    let worker = Worker::start(&ctx, 2);
+    let id = start(&api, tok, flow, json!({})).await;
+    let r = wait_run(&api, tok, id, "an end", ended).await;
+    worker.stop().await;
+    r
+}
+
+/// TLS is verified, never skipped: a server whose certificate comes from a CA this process
+/// does not trust, or a server without STARTTLS when the URL requires it, gets nothing and
+/// the step fails. (Success over STARTTLS and implicit TLS, with the test CA trusted through
+/// `SSL_CERT_FILE`, is e2e `flows::email_goes_over_starttls_and_implicit_tls_with_its_headers`:
+/// the trust store is read from the environment, which a test can only set for a child.)
+#[actix_web::test]
+async fn email_is_never_sent_to_an_untrusted_server_or_in_the_clear() {
+    use crate::support::smtp::{SmtpServer, TlsMode};
+    let pki = match crate::support::tls::Pki::new() {
+        Ok(p) => p,
+        Err(reason) => {
+            crate::support::tls::skip("flows::email_is_never_sent_to_an_untrusted_server", &reason);
+            return;
+        }
+    };
+    for mode in [TlsMode::Implicit, TlsMode::StartTls] {
+        let smtp = SmtpServer::start_tls(&pki, mode).await;
+        let r = email_once(&smtp.url).await;
+        assert_eq!(r["status"], "failed", "{mode:?}: {r:#}");
+        assert!(smtp.mails().is_empty(), "{mode:?}");
+    }
+    let plain = SmtpServer::start().await;
+    let r = email_once(&format!("{}?tls=required", plain.url)).await;
+    assert_eq!(r["status"], "failed", "{r:#}");
+    let err = step(&r, "mail")["error"].as_str().unwrap().to_owned();
+    assert!(!err.contains('@'), "{err}");
+    assert!(plain.mails().is_empty(), "nothing went in the clear");
 }
 
 #[actix_web::test]

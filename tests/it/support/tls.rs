@@ -150,11 +150,13 @@ impl Pki {
         self.dir.path().join("other-ca.pem")
     }
 
-    fn cert(&self) -> PathBuf {
+    /// The server certificate for `DNS:localhost` (PEM).
+    pub fn cert(&self) -> PathBuf {
         self.dir.path().join("server.pem")
     }
 
-    fn key(&self) -> PathBuf {
+    /// The server certificate's private key (PEM).
+    pub fn key(&self) -> PathBuf {
         self.dir.path().join("server.key")
     }
 }
