@@ -5,7 +5,7 @@
 //! keep-alive connection per virtual client) and writes `bench/results/<scenario>.json`;
 //! the run ends with one Markdown table. See `bench/README.md` for what each scenario does.
 //!
-//! Usage: `cargo bench --bench load -- [orders|menu|jobs|realtime|sockets|report-isolation|console|all]`
+//! Usage: `cargo bench --bench load -- [orders|menu|jobs|realtime|sockets|report-isolation|console|flows|relay|all]`
 //! (settings: BENCH_DATABASE_URL admin URL, BENCH_REDIS_URL, BENCH_SECS).
 
 #![expect(

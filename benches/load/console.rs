@@ -53,7 +53,30 @@ async fn build(
              || substr(md5({g}::text), 4, 15))::uuid"
         )
     };
-    let chunk = 500_000i64;
+    // Bulk load: secondary indexes are dropped and rebuilt afterwards (one sort each instead of
+    // 5M random inserts into 6 B-trees), from their definitions in the catalog, so the result
+    // is exactly the migrated schema.
+    conn.batch_execute(
+        "SET maintenance_work_mem = '512MB'; SET max_parallel_maintenance_workers = 2",
+    )
+    .await
+    .unwrap();
+    let indexes: Vec<IndexRow> = diesel_async::RunQueryDsl::load(
+        diesel::sql_query(format!(
+            "SELECT i.indexname AS name, i.indexdef AS def FROM pg_indexes i \
+             JOIN pg_index x ON x.indexrelid = (quote_ident(i.schemaname) || '.' || quote_ident(i.indexname))::regclass \
+             WHERE i.schemaname = current_schema() AND i.tablename = '{finished_table}' AND NOT x.indisprimary"
+        )),
+        conn,
+    )
+    .await
+    .unwrap();
+    for ix in &indexes {
+        conn.batch_execute(&format!("DROP INDEX {}", ix.name))
+            .await
+            .unwrap();
+    }
+    let chunk = 1_000_000i64;
     let mut from = 1i64;
     while from <= finished {
         let to = (from + chunk - 1).min(finished);
@@ -79,9 +102,22 @@ async fn build(
             id = uuid7("x.ms", "g"),
         );
         conn.batch_execute(&sql).await.unwrap();
+        println!(
+            "console: {to} of {finished} finished jobs after {:.0?}",
+            t0.elapsed()
+        );
         from = to + 1;
     }
-    println!("console: {finished} finished jobs in {:.0?}", t0.elapsed());
+    let ti = Instant::now();
+    for ix in &indexes {
+        conn.batch_execute(&ix.def).await.unwrap();
+    }
+    println!(
+        "console: {finished} finished jobs in {:.0?} ({} indexes rebuilt in {:.0?})",
+        t0.elapsed(),
+        indexes.len(),
+        ti.elapsed()
+    );
     let t1 = Instant::now();
     let sql = format!(
         "INSERT INTO jobs (id, kind, queue, priority, state, payload, run_at, max_attempts, \
@@ -115,15 +151,15 @@ async fn build(
     if history[0].has_counts {
         // The engine's per-minute counters for the last hour, as its completer would have
         // written them (the bench inserts rows behind its back).
-        let _ = conn
-            .batch_execute(&format!(
+        conn.batch_execute(&format!(
                 "INSERT INTO job_counts_minute (minute, kind, queue, shard, completed, failed, dead) \
                  SELECT date_trunc('minute', finished_at), kind, queue, 0, \
                      count(*) FILTER (WHERE state = 'completed'), 0, count(*) FILTER (WHERE state = 'dead') \
                  FROM {finished_table} WHERE finished_at > now() - interval '1 hour' GROUP BY 1, 2, 3 \
                  ON CONFLICT DO NOTHING"
-            ))
-            .await;
+        ))
+        .await
+        .unwrap();
     }
     println!(
         "console: queued jobs, audit rows and events in {:.0?}",
@@ -133,6 +169,14 @@ async fn build(
     conn.batch_execute("VACUUM ANALYZE").await.unwrap();
     println!("console: VACUUM ANALYZE in {:.0?}", t2.elapsed());
     finished_table
+}
+
+#[derive(diesel::QueryableByName)]
+struct IndexRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    def: String,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -416,15 +460,23 @@ pub(super) async fn bench_console(rows: &mut Vec<Row>) {
             format!("p50 {p50:.1} ms, max {max:.1} ms"),
         ));
     }
+    let over = figures
+        .iter()
+        .filter(|f| f["max_ms"].as_f64().unwrap_or(0.0) >= 300.0)
+        .count();
     write_result(
         "console",
         json!({"finished_jobs": finished, "queued_jobs": queued, "audit_rows": 1_000_000,
                "outbox_events": 201_000, "runs_per_call": RUNS, "at": Utc::now()}),
-        json!({"calls": figures, "worst_max_ms": worst}),
+        json!({"calls": figures, "worst_max_ms": worst, "calls_over_300_ms": over}),
+    );
+    println!(
+        "console: slowest call {worst:.1} ms; {over} of {} calls reached 300 ms (issue 14's bound)",
+        figures.len()
     );
     rows.push((
         "console: slowest call (max of 15)".to_owned(),
-        format!("{worst:.1} ms"),
+        format!("{worst:.1} ms ({over} calls at or over 300 ms)"),
     ));
 }
 
