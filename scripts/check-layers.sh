@@ -8,7 +8,9 @@
 #   actix       only in http (not in cli, main.rs, lib.rs, ...)
 #   domain store kv resilience clients service app.rs
 #               never reach up into http, jobs, outbox, cli
-#   http        never uses jobs, outbox or diesel
+#   app         never uses service (service depends on app::Ctx: no circle)
+#   http        never uses jobs, outbox, store or diesel, and never names a store row
+#               type (`XRow`): use cases answer their own types, http maps them to DTOs
 #   jobs        never uses outbox or http
 #   outbox      never uses jobs or http
 set -euo pipefail
@@ -69,9 +71,20 @@ rule "domain/store/kv/resilience/clients/service/app.rs must not depend on http,
     "$(internal_re 'http|jobs|outbox|cli')" \
     "${lower[@]}"
 
+mapfile -t app < <(paths_of app)
+rule "src/app must not depend on service (service depends on app: no circle)" \
+    "$(internal_re 'service')" \
+    "${app[@]}"
+
 mapfile -t http < <(paths_of http)
 rule "src/http must not depend on jobs, outbox" \
     "$(internal_re 'jobs|outbox')" \
+    "${http[@]}"
+rule "src/http must not depend on store (go through service)" \
+    "$(internal_re 'store')" \
+    "${http[@]}"
+rule "src/http must not name store row types (*Row): map the service's types to DTOs" \
+    '(^|[^[:alnum:]_])[A-Z][[:alnum:]_]*Row\b' \
     "${http[@]}"
 rule "src/http must not use diesel (go through store/service)" \
     "$(crate_re 'diesel[a-z_]*')" \

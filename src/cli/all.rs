@@ -62,6 +62,7 @@ pub fn main(args: AllArgs) -> ExitCode {
             return Ok(());
         };
         tracing::info!(addr = %args.http.bind, "all: serving, working and relaying");
+        boot::start_relay_waker(&ctx, &shutdown);
         let options =
             crate::jobs::runner::WorkerOptions::from_args(&args.jobs, ctx.config.shutdown_timeout);
         let worker = shutdown.spawn(crate::jobs::runner::run(

@@ -1,5 +1,6 @@
 //! Start-up shared by the long-running roles: logging, runtime, waiting for Postgres with
-//! backoff, the context, the metrics upkeep task and the first readiness check.
+//! backoff, the context, the metrics upkeep task, the first readiness check and the relay
+//! waker.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::app::Ctx;
+use crate::app::relay_waker::RelayWaker;
 use crate::config::{CommonArgs, Config};
 use crate::shutdown::Shutdown;
 use crate::store::pool::wait_for_postgres;
@@ -88,6 +90,12 @@ pub async fn context(config: Config, shutdown: &Shutdown) -> anyhow::Result<Opti
         );
     }
     Ok(Some(ctx))
+}
+
+/// Starts the task that wakes the outbox relays after commits (`app::relay_waker`): every
+/// role that writes events (`serve`, `worker`, `all`) runs exactly one.
+pub fn start_relay_waker(ctx: &Ctx, shutdown: &Shutdown) {
+    shutdown.spawn(RelayWaker::run(ctx.clone(), shutdown.clone()));
 }
 
 /// Binds a TCP listener, naming the setting on failure.

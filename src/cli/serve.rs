@@ -41,6 +41,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
         let Some(ctx) = boot::context(config, &shutdown).await? else {
             return Ok(());
         };
+        boot::start_relay_waker(&ctx, &shutdown);
         shutdown.notify_ready();
         crate::http::server::run(listener, ctx, args.http.http_workers, shutdown.clone()).await?;
         shutdown.trigger();

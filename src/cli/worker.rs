@@ -41,10 +41,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             shutdown.clone(),
         ));
         // The worker writes outbox events (job progress and ends): it wakes the relays.
-        shutdown.spawn(crate::service::events::RelayWaker::run(
-            ctx.clone(),
-            shutdown.clone(),
-        ));
+        boot::start_relay_waker(&ctx, &shutdown);
         let options =
             crate::jobs::runner::WorkerOptions::from_args(&args.jobs, ctx.config.shutdown_timeout);
         if !args.jobs.no_cron {

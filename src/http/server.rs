@@ -1,7 +1,8 @@
 //! Runs the API on a bound listener until shutdown, then drains: readiness turns false at
 //! once (so nginx and probes stop sending), WebSockets are closed with 1012 (reconnect and
 //! resume elsewhere), in-flight requests finish within the drain budget, and only then does
-//! the server stop. Also starts the instance's Redis events subscription and relay waker.
+//! the server stop. Also starts the instance's Redis events subscription (the relay waker is
+//! started by the role, `cli::boot::start_relay_waker`).
 
 use std::any::Any;
 use std::net::TcpListener;
@@ -9,7 +10,6 @@ use std::net::TcpListener;
 use actix_web::dev::Extensions;
 
 use crate::app::Ctx;
-use crate::service::events::RelayWaker;
 use crate::shutdown::Shutdown;
 
 /// Serves [`super::app`] on `listener`; returns after a graceful stop.
@@ -22,13 +22,11 @@ pub async fn run(
     let drain = ctx.config.shutdown_timeout;
     let server = build(listener, ctx.clone(), workers)?;
     let handle = server.handle();
-    // The realtime side of this instance: its one Redis events subscription, and the task
-    // that wakes the relays after orders commit.
+    // The realtime side of this instance: its one Redis events subscription.
     shutdown.spawn(super::ws::gateway::run_subscriber(
         ctx.clone(),
         shutdown.clone(),
     ));
-    shutdown.spawn(RelayWaker::run(ctx.clone(), shutdown.clone()));
     tokio::spawn(async move {
         shutdown.cancelled().await;
         ctx.readiness.set_draining();

@@ -8,7 +8,46 @@ use crate::app::Ctx;
 use crate::domain::{Actor, DomainError, Role};
 use crate::store::audit;
 
-pub use crate::store::audit::AuditRow;
+use crate::store::audit::AuditRow;
+
+/// One audit entry as the use cases answer it (store rows stay below `service`).
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    /// Id.
+    pub id: i64,
+    /// Campus.
+    pub campus_id: Option<Uuid>,
+    /// Who.
+    pub actor_id: Option<Uuid>,
+    /// What (`order.placed`, …).
+    pub action: String,
+    /// Kind of target.
+    pub target_type: String,
+    /// Target id.
+    pub target_id: String,
+    /// Detail (never secrets).
+    pub detail: serde_json::Value,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<AuditRow> for AuditEntry {
+    fn from(r: AuditRow) -> Self {
+        Self {
+            id: r.id,
+            campus_id: r.campus_id,
+            actor_id: r.actor_id,
+            action: r.action,
+            target_type: r.target_type,
+            target_id: r.target_id,
+            detail: r.detail,
+            request_id: r.request_id,
+            created_at: r.created_at,
+        }
+    }
+}
 
 /// Filters of [`list_audit`].
 #[derive(Debug, Clone, Default)]
@@ -29,7 +68,7 @@ pub async fn list_audit(
     actor: &Actor,
     filter: AuditFilter,
     page: PageRequest,
-) -> Result<Page<AuditRow>> {
+) -> Result<Page<AuditEntry>> {
     let campus = match actor.role {
         Role::CampusAdmin => Some(
             actor
@@ -54,5 +93,6 @@ pub async fn list_audit(
         to: filter.to,
     };
     let (rows, total) = audit::list(&mut conn, &query, page.limit, page.offset).await?;
-    Ok(Page::new(rows, total, page))
+    let entries = rows.into_iter().map(AuditEntry::from).collect();
+    Ok(Page::new(entries, total, page))
 }

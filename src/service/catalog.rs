@@ -9,8 +9,71 @@ use crate::domain::{self, Actor, DomainError, access};
 use crate::store::{audit, campuses, menu_items, vendors};
 
 pub use crate::store::campuses::CampusRow;
-pub use crate::store::menu_items::MenuItemRow;
-pub use crate::store::vendors::VendorRow;
+use crate::store::menu_items::MenuItemRow;
+use crate::store::vendors::VendorRow;
+
+/// A vendor as the use cases answer it (store rows stay below `service`).
+#[derive(Debug, Clone)]
+pub struct Vendor {
+    /// Id.
+    pub id: Uuid,
+    /// Campus.
+    pub campus_id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Taking orders.
+    pub is_open: bool,
+}
+
+impl From<VendorRow> for Vendor {
+    fn from(v: VendorRow) -> Self {
+        Self {
+            id: v.id,
+            campus_id: v.campus_id,
+            name: v.name,
+            description: v.description,
+            is_open: v.is_open,
+        }
+    }
+}
+
+/// A menu item as the use cases answer it.
+#[derive(Debug, Clone)]
+pub struct MenuItem {
+    /// Id.
+    pub id: Uuid,
+    /// Vendor.
+    pub vendor_id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Price in cents.
+    pub price_cents: i64,
+    /// Units left.
+    pub stock: i32,
+    /// Orderable.
+    pub available: bool,
+    /// Last change.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<MenuItemRow> for MenuItem {
+    fn from(m: MenuItemRow) -> Self {
+        Self {
+            id: m.id,
+            vendor_id: m.vendor_id,
+            name: m.name,
+            description: m.description,
+            price_cents: m.price_cents,
+            stock: m.stock,
+            available: m.available,
+            updated_at: m.updated_at,
+        }
+    }
+}
 
 /// Every campus (public: the sign-up screen lists them).
 pub async fn list_campuses(ctx: &Ctx) -> Result<Vec<CampusRow>> {
@@ -19,7 +82,7 @@ pub async fn list_campuses(ctx: &Ctx) -> Result<Vec<CampusRow>> {
 }
 
 /// Vendors of a campus the actor belongs to (another campus answers 404).
-pub async fn list_vendors(ctx: &Ctx, actor: &Actor, campus_id: Uuid) -> Result<Vec<VendorRow>> {
+pub async fn list_vendors(ctx: &Ctx, actor: &Actor, campus_id: Uuid) -> Result<Vec<Vendor>> {
     if !access::can_read_campus(actor, campus_id.into()) {
         return Err(DomainError::NotFound { what: "campus" }.into());
     }
@@ -27,7 +90,8 @@ pub async fn list_vendors(ctx: &Ctx, actor: &Actor, campus_id: Uuid) -> Result<V
     campuses::find(&mut conn, campus_id)
         .await?
         .ok_or(DomainError::NotFound { what: "campus" })?;
-    Ok(vendors::list_by_campus(&mut conn, campus_id).await?)
+    let rows = vendors::list_by_campus(&mut conn, campus_id).await?;
+    Ok(rows.into_iter().map(Vendor::from).collect())
 }
 
 async fn visible_vendor(
@@ -46,11 +110,14 @@ pub async fn get_menu(
     ctx: &Ctx,
     actor: &Actor,
     vendor_id: Uuid,
-) -> Result<(VendorRow, Vec<MenuItemRow>)> {
+) -> Result<(Vendor, Vec<MenuItem>)> {
     let mut conn = ctx.db.read_conn().await?;
     let vendor = visible_vendor(&mut conn, actor, vendor_id).await?;
     let items = menu_items::list_by_vendor(&mut conn, vendor_id).await?;
-    Ok((vendor, items))
+    Ok((
+        vendor.into(),
+        items.into_iter().map(MenuItem::from).collect(),
+    ))
 }
 
 /// Opens or closes a vendor for orders (its staff, its campus admin, a platform admin);
@@ -60,12 +127,12 @@ pub async fn set_vendor_open(
     actor: &Actor,
     vendor_id: Uuid,
     is_open: bool,
-) -> Result<VendorRow> {
+) -> Result<Vendor> {
     let mut conn = ctx.db.conn().await?;
     let vendor = visible_vendor(&mut conn, actor, vendor_id).await?;
     access::can_manage_menu(actor, vendor.id.into(), vendor.campus_id.into())?;
     if vendor.is_open == is_open {
-        return Ok(vendor);
+        return Ok(vendor.into());
     }
     let row = vendors::set_open(&mut conn, vendor_id, is_open)
         .await?
@@ -88,7 +155,7 @@ pub async fn set_vendor_open(
         },
     )
     .await?;
-    Ok(row)
+    Ok(row.into())
 }
 
 /// Fields of a new menu item.
@@ -154,7 +221,7 @@ pub async fn create_menu_item(
     actor: &Actor,
     vendor_id: Uuid,
     input: NewMenuItem,
-) -> Result<MenuItemRow> {
+) -> Result<MenuItem> {
     check_fields(
         Some(&input.name),
         Some(input.price_cents),
@@ -189,7 +256,7 @@ pub async fn create_menu_item(
         },
     )
     .await?;
-    Ok(row)
+    Ok(row.into())
 }
 
 /// Updates a menu item (same permissions as creating one).
@@ -198,7 +265,7 @@ pub async fn update_menu_item(
     actor: &Actor,
     item_id: Uuid,
     patch: MenuItemPatch,
-) -> Result<MenuItemRow> {
+) -> Result<MenuItem> {
     check_fields(patch.name.as_deref(), patch.price_cents, patch.stock)?;
     let mut conn = ctx.db.conn().await?;
     let item = menu_items::find(&mut conn, item_id)
@@ -233,5 +300,5 @@ pub async fn update_menu_item(
         },
     )
     .await?;
-    Ok(row)
+    Ok(row.into())
 }

@@ -805,7 +805,7 @@ pub async fn list_audit(
     action: Option<&str>,
     before: Option<i64>,
     limit: Option<i64>,
-) -> Result<Keyset<audit::AuditRow, i64>> {
+) -> Result<Keyset<crate::service::audit::AuditEntry, i64>> {
     let campus = admin_scope(actor)?;
     let limit = check_limit(limit)?;
     let mut conn = ctx.db.read_conn().await?;
@@ -813,7 +813,7 @@ pub async fn list_audit(
         store::list_audit(&mut conn, campus, actor_filter, action, before, limit + 1).await?;
     let next = page_next(&mut rows, limit, |r| r.id);
     Ok(Keyset {
-        data: rows,
+        data: rows.into_iter().map(Into::into).collect(),
         next,
         window_exhausted: false,
     })
@@ -826,14 +826,14 @@ pub async fn list_outbox(
     dead: bool,
     before: Option<i64>,
     limit: Option<i64>,
-) -> Result<Keyset<crate::store::outbox::OutboxEventRow, i64>> {
+) -> Result<Keyset<crate::service::events::OutboxEvent, i64>> {
     let campus = admin_scope(actor)?;
     let limit = check_limit(limit)?;
     let mut conn = ctx.db.read_conn().await?;
     let mut rows = store::list_outbox(&mut conn, dead, campus, before, limit + 1).await?;
     let next = page_next(&mut rows, limit, |r| r.id);
     Ok(Keyset {
-        data: rows,
+        data: rows.into_iter().map(Into::into).collect(),
         next,
         window_exhausted: false,
     })

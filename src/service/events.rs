@@ -1,33 +1,81 @@
 //! Outbox events as the realtime side sees them: the envelope built from a row, the
 //! tenant-scoped replay behind WebSocket `resume`, the admin view of dead events (list,
-//! retry), and [`RelayWaker`], which wakes the relays after a commit.
+//! retry). Waking the relay after a commit is `app::relay_waker` (`ctx.relay_waker`).
 //!
 //! L2: depends on `store::outbox`, `kv::hub` (the envelope), `domain` and `app::Ctx`.
-//!
-//! ## Waking the relay
-//! `NOTIFY` inside the order transaction takes Postgres's database-wide notify lock during
-//! commit, which serialises every committing order (measured in docs/ARCHITECTURE.md). So the
-//! outbox insert fires nothing; after commit the service calls [`RelayWaker::wake`], and one
-//! task per process ([`RelayWaker::run`]) sends `pg_notify` on a pooled connection, coalescing
-//! a burst of commits into one notification per round trip. A wake-up lost to a crash between
-//! commit and notify costs at most the relay's poll interval.
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
-use tokio::sync::Notify;
 
 use super::{Page, PageRequest, Result};
 use crate::app::Ctx;
 use crate::domain::event::{EventRouting, Subscription, Tenant};
 use crate::domain::{Actor, DomainError, Role};
 use crate::kv::hub::EventEnvelope;
-use crate::shutdown::Shutdown;
 use crate::store::{audit, outbox, sessions};
 
-pub use crate::store::outbox::{OutboxEventRow, State as OutboxState};
+use crate::store::outbox::OutboxEventRow;
+pub use crate::store::outbox::State as OutboxState;
+
+/// An outbox event as admins see it (store rows stay below `service`).
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// Monotonic id (also the WebSocket event id).
+    pub id: i64,
+    /// `order`, …
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: uuid::Uuid,
+    /// The aggregate's version after the change.
+    pub aggregate_version: i32,
+    /// `order.created`, …
+    pub event_type: String,
+    /// Event body.
+    pub payload: serde_json::Value,
+    /// Routing: campus.
+    pub campus_id: Option<uuid::Uuid>,
+    /// Routing: vendor.
+    pub vendor_id: Option<uuid::Uuid>,
+    /// Routing: user.
+    pub user_id: Option<uuid::Uuid>,
+    /// Written (start of the writing transaction).
+    pub created_at: DateTime<Utc>,
+    /// When the last sink took it (None until then).
+    pub published_at: Option<DateTime<Utc>>,
+    /// Failed delivery attempts so far.
+    pub attempts: i32,
+    /// Not claimed before this time (backoff).
+    pub next_attempt_at: DateTime<Utc>,
+    /// Last failure, for admins.
+    pub last_error: Option<String>,
+    /// Given up after the last attempt; kept until an admin retries it.
+    pub dead_at: Option<DateTime<Utc>>,
+    /// Sinks that already took the event; a retry re-runs only the others.
+    pub sinks_done: Vec<String>,
+}
+
+impl From<OutboxEventRow> for OutboxEvent {
+    fn from(r: OutboxEventRow) -> Self {
+        Self {
+            id: r.id,
+            aggregate_type: r.aggregate_type,
+            aggregate_id: r.aggregate_id,
+            aggregate_version: r.aggregate_version,
+            event_type: r.event_type,
+            payload: r.payload,
+            campus_id: r.campus_id,
+            vendor_id: r.vendor_id,
+            user_id: r.user_id,
+            created_at: r.created_at,
+            published_at: r.published_at,
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+            last_error: r.last_error,
+            dead_at: r.dead_at,
+            sinks_done: r.sinks_done,
+        }
+    }
+}
 
 /// How far below a resume cursor the replay looks for events that committed (or were
 /// published) after a higher id: concurrent transactions take ids in one order and commit in
@@ -180,12 +228,13 @@ pub async fn list_outbox(
     actor: &Actor,
     state: OutboxState,
     page: PageRequest,
-) -> Result<Page<OutboxEventRow>> {
+) -> Result<Page<OutboxEvent>> {
     let campus = admin_campus(actor)?;
     let mut conn = ctx.db.read_conn().await?;
     let (rows, total) =
         outbox::list_by_state(&mut conn, state, campus, page.limit, page.offset).await?;
-    Ok(Page::new(rows, total, page))
+    let events = rows.into_iter().map(OutboxEvent::from).collect();
+    Ok(Page::new(events, total, page))
 }
 
 /// Brings a dead event back for another round of delivery (attempts reset; sinks that
@@ -195,7 +244,7 @@ pub async fn retry_dead_event(
     actor: &Actor,
     id: i64,
     request_id: Option<String>,
-) -> Result<OutboxEventRow> {
+) -> Result<OutboxEvent> {
     let campus = admin_campus(actor)?;
     let mut conn = ctx.db.conn().await?;
     let row = conn
@@ -234,7 +283,7 @@ pub async fn retry_dead_event(
         })
         .await?;
     ctx.relay_waker.wake();
-    Ok(row)
+    Ok(row.into())
 }
 
 /// Age of the oldest unpublished event, for `outbox_lag_seconds` (0 when none).
@@ -250,42 +299,4 @@ pub fn lag_seconds(oldest: Option<DateTime<Utc>>, now: DateTime<Utc>) -> f64 {
         let secs = ms as f64 / 1000.0;
         secs
     })
-}
-
-/// Wakes the relays after commits that wrote outbox events. Cloning shares the signal.
-#[derive(Clone, Default)]
-pub struct RelayWaker {
-    pending: Arc<Notify>,
-}
-
-impl RelayWaker {
-    /// Asks for one `pg_notify` soon; many calls before it is sent coalesce into one. Call it
-    /// after the transaction that wrote events has committed.
-    pub fn wake(&self) {
-        self.pending.notify_one();
-    }
-
-    /// Sends the coalesced notifications until shutdown (one task per process that writes
-    /// events: `serve` and `all`). A failure is logged and dropped: the relays' polling
-    /// fallback picks the events up.
-    pub async fn run(ctx: Ctx, shutdown: Shutdown) {
-        loop {
-            tokio::select! {
-                () = ctx.relay_waker.pending.notified() => {}
-                () = shutdown.cancelled() => return,
-            }
-            let sent = tokio::time::timeout(Duration::from_secs(2), async {
-                let mut conn = ctx.db.conn().await.map_err(|e| e.to_string())?;
-                outbox::notify_relay(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "relay wake-up not sent; relays poll"),
-                Err(_) => tracing::debug!("relay wake-up timed out; relays poll"),
-            }
-        }
-    }
 }

@@ -19,7 +19,6 @@ pub mod flow_engine;
 pub mod flow_nodes;
 pub mod flow_schedules;
 pub mod flows;
-pub mod health;
 pub mod imports;
 pub mod job_hooks;
 pub mod jobs;

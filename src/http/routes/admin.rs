@@ -12,7 +12,7 @@ use crate::http::error::FieldError;
 use crate::http::error::{ApiError, ProblemBody};
 use crate::http::extract::{Authed, PageParams, ReqId};
 use crate::service::audit;
-use crate::service::events::{self, OutboxEventRow, OutboxState};
+use crate::service::events::{self, OutboxState};
 
 /// Filters of the audit list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -74,8 +74,8 @@ pub async fn list_audit(
     Ok(HttpResponse::Ok().json(List::from_page(out, AuditEntry::from)))
 }
 
-impl From<audit::AuditRow> for AuditEntry {
-    fn from(r: audit::AuditRow) -> Self {
+impl From<audit::AuditEntry> for AuditEntry {
+    fn from(r: audit::AuditEntry) -> Self {
         Self {
             id: r.id,
             campus_id: r.campus_id,
@@ -136,8 +136,8 @@ pub struct OutboxEvent {
     pub sinks_done: Vec<String>,
 }
 
-impl From<OutboxEventRow> for OutboxEvent {
-    fn from(r: OutboxEventRow) -> Self {
+impl From<events::OutboxEvent> for OutboxEvent {
+    fn from(r: events::OutboxEvent) -> Self {
         Self {
             id: r.id,
             event_type: r.event_type,

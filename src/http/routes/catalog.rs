@@ -76,7 +76,7 @@ pub struct MenuResponse {
     pub items: Vec<MenuItemResponse>,
 }
 
-fn vendor_dto(v: catalog::VendorRow) -> VendorResponse {
+fn vendor_dto(v: catalog::Vendor) -> VendorResponse {
     VendorResponse {
         id: v.id,
         campus_id: v.campus_id,
@@ -86,7 +86,7 @@ fn vendor_dto(v: catalog::VendorRow) -> VendorResponse {
     }
 }
 
-fn item_dto(m: catalog::MenuItemRow) -> MenuItemResponse {
+fn item_dto(m: catalog::MenuItem) -> MenuItemResponse {
     MenuItemResponse {
         id: m.id,
         vendor_id: m.vendor_id,

@@ -125,6 +125,11 @@ impl TestServer {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
+        // As `itsur serve` does (`cli::boot::start_relay_waker`).
+        shutdown.spawn(itsur::app::relay_waker::RelayWaker::run(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
         let task = tokio::spawn(itsur::http::server::run(listener, ctx, 1, shutdown.clone()));
         Self {
             addr,

@@ -2,8 +2,17 @@
 //! handle, readiness state, the realtime event hub and the relay wake-up. Built once by
 //! `cli/` (or a test) and cloned cheaply.
 //!
-//! L2: depends on `store`, `kv`, `resilience`, `clients`, `config`, `telemetry` and
-//! `service::{health, events}` state.
+//! The process-wide state every role starts the same way lives here too, not in `service`:
+//! readiness ([`readiness`]), the relay wake-up ([`relay_waker`]) and the bounded password
+//! hasher ([`hasher`]).
+//!
+//! L2: depends on `store`, `kv`, `resilience`, `clients`, `config`, `telemetry`; never on
+//! `service` (which depends on `app`; `make check-layers` forbids the circle).
+
+pub mod flow_definitions;
+pub mod hasher;
+pub mod readiness;
+pub mod relay_waker;
 
 use std::sync::Arc;
 
@@ -15,12 +24,11 @@ use crate::config::Config;
 use crate::kv::Kv;
 use crate::kv::hub::{Hub, HubLimits};
 use crate::resilience::{Breakers, RateLimiter};
-use crate::service::credentials::{HasherSettings, PasswordHasher};
-use crate::service::events::RelayWaker;
-use crate::service::flow_engine::DefinitionCache;
-use crate::service::health::Readiness;
-use crate::service::job_hooks::JobHooks;
 use crate::store::Db;
+use flow_definitions::DefinitionCache;
+use hasher::{HasherSettings, PasswordHasher};
+use readiness::Readiness;
+use relay_waker::RelayWaker;
 
 /// Shared handles of one process. Cloning is cheap (pools and Arcs).
 #[derive(Clone)]
@@ -50,8 +58,8 @@ pub struct Ctx {
     pub relay_waker: RelayWaker,
     /// Bounded argon2: logins, registrations and imports queue for one of a few hashers.
     pub hasher: PasswordHasher,
-    /// The flow hook the job engine calls in the transaction of flow-step jobs' terminal
-    /// transitions (`service::job_hooks`); empty until flows register one.
+    /// What the job engine calls in the transaction of flow-step jobs' terminal transitions
+    /// (the flow engine; `service::job_hooks`).
     pub job_hooks: JobHooks,
     /// Parsed flow definitions by (flow, version), bounded; shared with the flow hook.
     pub flow_definitions: DefinitionCache,
@@ -70,12 +78,11 @@ impl Ctx {
         });
         let relay_waker = RelayWaker::default();
         // Flows advance in the transaction that ends their steps' jobs (issue 13).
-        let job_hooks = JobHooks::default();
         let flow_definitions = DefinitionCache::default();
-        job_hooks.set(Arc::new(crate::service::flow_engine::FlowHook::new(
-            relay_waker.clone(),
-            flow_definitions.clone(),
-        )));
+        let job_hooks = JobHooks {
+            relay_waker: relay_waker.clone(),
+            flow_definitions: flow_definitions.clone(),
+        };
         Ok(Self {
             db,
             limiter: RateLimiter::new(kv.clone()),
@@ -93,4 +100,16 @@ impl Ctx {
             flow_definitions,
         })
     }
+}
+
+/// The job engine's hook into the transaction of flow-step jobs' terminal transitions. Its
+/// `call` is implemented in `service::job_hooks` (it hands the jobs to the flow engine):
+/// `service` may depend on `app`, `app` never on `service`, so the handle is declared here
+/// and carried by [`Ctx`], and the behaviour lives with the use cases.
+#[derive(Clone)]
+pub struct JobHooks {
+    /// Woken when the flow engine wrote events.
+    pub(crate) relay_waker: RelayWaker,
+    /// The flow definitions the engine reads (the same cache as `Ctx::flow_definitions`).
+    pub(crate) flow_definitions: DefinitionCache,
 }

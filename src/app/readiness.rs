@@ -13,6 +13,11 @@
 //! Circuit breakers are listed too (`breakers`: name and state) but never change readiness:
 //! an open breaker is the process protecting itself from a failing provider, and pulling
 //! instances out of the load balancer would not bring the provider back.
+//!
+//! It lives in `app`, not `service`: every role carries it in `Ctx`, `cli::boot` warms it and
+//! each role marks it draining on shutdown.
+//!
+//! L2: depends on `store`, `resilience` and `app::Ctx`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::app::Ctx;
+use super::Ctx;
 use crate::resilience::breaker::BreakerStatus;
 use crate::store::migrations;
 
