@@ -7,6 +7,7 @@
 //! `OUTBOX_POLL_INTERVAL_MS`, `OUTBOX_POLL_ONLY`, `OUTBOX_MAX_ATTEMPTS`, `WEBHOOK_*`, `AMQP_*`,
 //! `NATS_*`.
 
+pub mod broker;
 pub mod nats;
 pub mod rabbitmq;
 pub mod relay;

@@ -13,22 +13,16 @@
 //! Env vars (through `config::NatsSettings`): `NATS_URL`, `NATS_SUBJECT_PREFIX`,
 //! `NATS_STREAM`, `NATS_TIMEOUT_MS`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
-use diesel_async::AsyncPgConnection;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-use tokio::sync::Mutex;
 
-use super::sinks::{Sink, SinkError};
+use super::broker::{Broker, LinkState, Outcome};
 use crate::config::NatsSettings;
 use crate::kv::hub::EventEnvelope;
-use crate::resilience::CircuitBreaker;
 
 /// Name of the NATS sink's circuit breaker (and its metrics label and `sinks_done` entry).
 pub const NATS_BREAKER: &str = "nats";
@@ -38,35 +32,50 @@ pub const EVENT_ID_HEADER: &str = "X-Itsur-Event-Id";
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// A connected client and its JetStream context.
-struct Link {
+pub struct Link {
     client: async_nats::Client,
     js: jetstream::Context,
 }
 
-/// Publishes to NATS JetStream with acks.
+/// Publishes to NATS JetStream with acks (driven by `broker::BrokerSink`).
 pub struct Nats {
     settings: NatsSettings,
-    breaker: Arc<CircuitBreaker>,
-    link: Mutex<Option<Link>>,
-}
-
-/// What became of one event.
-enum Outcome {
-    Acked,
-    /// JetStream refused this message: spends its attempt.
-    Rejected(String),
-    /// The server did not answer: the event waits.
-    Lost(String),
 }
 
 impl Nats {
-    /// A sink for `settings`; it connects on its first batch.
-    pub fn new(settings: NatsSettings, breaker: Arc<CircuitBreaker>) -> Self {
-        Self {
-            settings,
-            breaker,
-            link: Mutex::new(None),
-        }
+    /// The broker for `settings`.
+    pub fn new(settings: NatsSettings) -> Self {
+        Self { settings }
+    }
+}
+
+/// Sorts a publish error: the server's verdict on one message, or the server being away.
+fn classify(e: jetstream::context::PublishError) -> Outcome {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence => Outcome::Rejected(e.to_string()),
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::Other => Outcome::Lost(e.to_string()),
+    }
+}
+
+impl Broker for Nats {
+    type Link = Link;
+    const NAME: &'static str = NATS_BREAKER;
+    const LABEL: &'static str = "nats";
+    const ACKS: &'static str = "acks";
+
+    fn connect_timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// Acks have their own deadline (the context's timeout); this one bounds the rest.
+    fn publish_deadline(&self) -> Duration {
+        self.settings.timeout.saturating_mul(2)
     }
 
     /// Connects (the client then reconnects by itself) and makes sure the stream exists.
@@ -93,8 +102,17 @@ impl Nats {
         Ok(Link { client, js })
     }
 
-    /// Publishes `events` (all sent, then every ack awaited); one outcome per event.
-    async fn publish(&self, js: &jetstream::Context, events: &[&EventEnvelope]) -> Vec<Outcome> {
+    /// The client reconnects by itself; while it is away, do not queue a batch into it.
+    fn state(link: &Link) -> LinkState {
+        if link.client.connection_state() == State::Disconnected {
+            LinkState::Wait("disconnected (reconnecting)")
+        } else {
+            LinkState::Ready
+        }
+    }
+
+    /// Publishes `events` (all sent, then every ack awaited).
+    async fn publish(&self, link: &Link, events: &[&EventEnvelope]) -> Vec<Outcome> {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let body = match serde_json::to_vec(event) {
@@ -112,7 +130,12 @@ impl Nats {
                 .headers(headers)
                 .message_id(&id);
             let subject = format!("{}.{}", self.settings.subject_prefix, event.event);
-            pending.push(js.send_publish(subject, message).await.map_err(classify));
+            pending.push(
+                link.js
+                    .send_publish(subject, message)
+                    .await
+                    .map_err(classify),
+            );
         }
         let mut out = Vec::with_capacity(events.len());
         for p in pending {
@@ -126,90 +149,13 @@ impl Nats {
         }
         out
     }
-}
 
-/// Sorts a publish error: the server's verdict on one message, or the server being away.
-fn classify(e: jetstream::context::PublishError) -> Outcome {
-    match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded
-        | PublishErrorKind::WrongLastMessageId
-        | PublishErrorKind::WrongLastSequence => Outcome::Rejected(format!("nats: {e}")),
-        PublishErrorKind::StreamNotFound
-        | PublishErrorKind::TimedOut
-        | PublishErrorKind::BrokenPipe
-        | PublishErrorKind::MaxAckPending
-        | PublishErrorKind::Other => Outcome::Lost(format!("nats: {e}")),
-    }
-}
-
-impl Sink for Nats {
-    fn name(&self) -> &'static str {
-        NATS_BREAKER
-    }
-
-    fn deliver<'a>(
-        &'a self,
-        _tx: &'a mut AsyncPgConnection,
-        events: &'a [&'a EventEnvelope],
-    ) -> BoxFuture<'a, Vec<Result<(), SinkError>>> {
-        async move {
-            let unavailable = |m: String| vec![Err(SinkError::Unavailable(m)); events.len()];
-            let permit = match self.breaker.acquire().await {
-                Ok(p) => p,
-                Err(r) => {
-                    return unavailable(format!(
-                        "nats circuit breaker open; next trial in {:?}",
-                        r.retry_after
-                    ));
-                }
-            };
-            let mut link = self.link.lock().await;
-            if link.is_none() {
-                match tokio::time::timeout(self.settings.timeout, self.connect()).await {
-                    Ok(Ok(l)) => *link = Some(l),
-                    Ok(Err(e)) => {
-                        self.breaker.record(permit, false).await;
-                        return unavailable(format!("nats {e}"));
-                    }
-                    Err(_) => {
-                        self.breaker.record(permit, false).await;
-                        return unavailable("nats connect timed out".to_owned());
-                    }
-                }
-            }
-            let Some((client, js)) = link.as_ref().map(|l| (l.client.clone(), l.js.clone())) else {
-                self.breaker.record(permit, false).await;
-                return unavailable("nats not connected".to_owned());
-            };
-            // The client reconnects by itself; while it is away, do not queue a batch into it.
-            if client.connection_state() == State::Disconnected {
-                self.breaker.record(permit, false).await;
-                return unavailable("nats disconnected (reconnecting)".to_owned());
-            }
-            // Acks have their own deadline (the context's timeout); this one bounds the rest.
-            let deadline = self.settings.timeout.saturating_mul(2);
-            let outcomes = match tokio::time::timeout(deadline, self.publish(&js, events)).await {
-                Ok(o) => o,
-                Err(_) => {
-                    self.breaker.record(permit, false).await;
-                    return unavailable("nats acks timed out".to_owned());
-                }
-            };
-            let lost = outcomes.iter().any(|o| matches!(o, Outcome::Lost(_)));
-            if lost && outcomes.iter().all(|o| !matches!(o, Outcome::Acked)) {
-                // Nothing got through: reconnect (and re-check the stream) next time.
-                *link = None;
-            }
-            self.breaker.record(permit, !lost).await;
-            outcomes
-                .into_iter()
-                .map(|o| match o {
-                    Outcome::Acked => Ok(()),
-                    Outcome::Rejected(m) => Err(SinkError::Failed(m)),
-                    Outcome::Lost(m) => Err(SinkError::Unavailable(m)),
-                })
-                .collect()
-        }
-        .boxed()
+    /// Keeps the connection unless nothing got through (then reconnect, and re-check the
+    /// stream, next time); a missed ack deadline keeps it: the client reconnects by itself.
+    fn keep_link(outcomes: Option<&[Outcome]>) -> bool {
+        outcomes.is_none_or(|o| {
+            !o.iter().any(|o| matches!(o, Outcome::Lost(_)))
+                || o.iter().any(|o| matches!(o, Outcome::Acked))
+        })
     }
 }

@@ -17,11 +17,8 @@
 //!
 //! Env vars (through `config::AmqpSettings`): `AMQP_URL`, `AMQP_EXCHANGE`, `AMQP_TIMEOUT_MS`.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use diesel_async::AsyncPgConnection;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -30,12 +27,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use tokio::sync::Mutex;
 
-use super::sinks::{Sink, SinkError};
+use super::broker::{Broker, LinkState, Outcome};
 use crate::config::AmqpSettings;
 use crate::kv::hub::EventEnvelope;
-use crate::resilience::CircuitBreaker;
 
 /// Name of the RabbitMQ sink's circuit breaker (and its metrics label and `sinks_done` entry).
 pub const AMQP_BREAKER: &str = "amqp";
@@ -43,32 +38,35 @@ pub const AMQP_BREAKER: &str = "amqp";
 pub const EVENT_ID_HEADER: &str = "x-itsur-event-id";
 
 /// An open connection with its confirm-mode channel.
-struct Link {
+pub struct Link {
     conn: Connection,
     channel: Channel,
 }
 
-impl Link {
-    fn usable(&self) -> bool {
-        self.conn.status().connected() && self.channel.status().connected()
-    }
-}
-
-/// Publishes to RabbitMQ with publisher confirms.
+/// Publishes to RabbitMQ with publisher confirms (driven by `broker::BrokerSink`).
 pub struct RabbitMq {
     settings: AmqpSettings,
-    breaker: Arc<CircuitBreaker>,
-    link: Mutex<Option<Link>>,
 }
 
 impl RabbitMq {
-    /// A sink for `settings`; it connects on its first batch.
-    pub fn new(settings: AmqpSettings, breaker: Arc<CircuitBreaker>) -> Self {
-        Self {
-            settings,
-            breaker,
-            link: Mutex::new(None),
-        }
+    /// The broker for `settings`.
+    pub fn new(settings: AmqpSettings) -> Self {
+        Self { settings }
+    }
+}
+
+impl Broker for RabbitMq {
+    type Link = Link;
+    const NAME: &'static str = AMQP_BREAKER;
+    const LABEL: &'static str = "rabbitmq";
+    const ACKS: &'static str = "confirms";
+
+    fn connect_timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    fn publish_deadline(&self) -> Duration {
+        self.settings.timeout
     }
 
     /// Connects, declares the topology and turns on publisher confirms.
@@ -92,8 +90,17 @@ impl RabbitMq {
         Ok(Link { conn, channel })
     }
 
-    /// Publishes `events` and awaits every confirm; one result per event.
-    async fn publish(&self, channel: &Channel, events: &[&EventEnvelope]) -> Vec<Outcome> {
+    fn state(link: &Link) -> LinkState {
+        if link.conn.status().connected() && link.channel.status().connected() {
+            LinkState::Ready
+        } else {
+            LinkState::Reconnect
+        }
+    }
+
+    /// Publishes `events` on the confirm-mode channel and awaits every confirm.
+    async fn publish(&self, link: &Link, events: &[&EventEnvelope]) -> Vec<Outcome> {
+        let channel = &link.channel;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let body = match serde_json::to_vec(event) {
@@ -147,16 +154,12 @@ impl RabbitMq {
         out.resize_with(events.len(), || Outcome::Lost(reason.clone()));
         out
     }
-}
 
-/// What became of one event.
-enum Outcome {
-    /// Confirmed by the broker.
-    Acked,
-    /// The broker refused it (spends an attempt).
-    Rejected(String),
-    /// The connection failed before a confirm (the event waits, no attempt spent).
-    Lost(String),
+    /// A lost message or a missed confirm deadline means the channel cannot be trusted:
+    /// connect again for the next batch.
+    fn keep_link(outcomes: Option<&[Outcome]>) -> bool {
+        outcomes.is_some_and(|o| !o.iter().any(|o| matches!(o, Outcome::Lost(_))))
+    }
 }
 
 /// Message properties: persistent JSON with the outbox id as message id and header.
@@ -223,75 +226,4 @@ async fn declare_topology(channel: &Channel, exchange: &str) -> lapin::Result<()
             FieldTable::default(),
         )
         .await
-}
-
-impl Sink for RabbitMq {
-    fn name(&self) -> &'static str {
-        AMQP_BREAKER
-    }
-
-    fn deliver<'a>(
-        &'a self,
-        _tx: &'a mut AsyncPgConnection,
-        events: &'a [&'a EventEnvelope],
-    ) -> BoxFuture<'a, Vec<Result<(), SinkError>>> {
-        async move {
-            let unavailable = |m: String| vec![Err(SinkError::Unavailable(m)); events.len()];
-            let permit = match self.breaker.acquire().await {
-                Ok(p) => p,
-                Err(r) => {
-                    return unavailable(format!(
-                        "amqp circuit breaker open; next trial in {:?}",
-                        r.retry_after
-                    ));
-                }
-            };
-            let mut link = self.link.lock().await;
-            if !link.as_ref().is_some_and(Link::usable) {
-                *link = None;
-                match tokio::time::timeout(self.settings.timeout, self.connect()).await {
-                    Ok(Ok(l)) => *link = Some(l),
-                    Ok(Err(e)) => {
-                        self.breaker.record(permit, false).await;
-                        return unavailable(format!("rabbitmq {e}"));
-                    }
-                    Err(_) => {
-                        self.breaker.record(permit, false).await;
-                        return unavailable("rabbitmq connect timed out".to_owned());
-                    }
-                }
-            }
-            let Some(channel) = link.as_ref().map(|l| l.channel.clone()) else {
-                self.breaker.record(permit, false).await;
-                return unavailable("rabbitmq not connected".to_owned());
-            };
-            let outcomes =
-                match tokio::time::timeout(self.settings.timeout, self.publish(&channel, events))
-                    .await
-                {
-                    Ok(o) => o,
-                    Err(_) => {
-                        // Some may have been routed: they will be sent again (consumers
-                        // de-duplicate by outbox id).
-                        *link = None;
-                        self.breaker.record(permit, false).await;
-                        return unavailable("rabbitmq confirms timed out".to_owned());
-                    }
-                };
-            let broken = outcomes.iter().any(|o| matches!(o, Outcome::Lost(_)));
-            if broken {
-                *link = None;
-            }
-            self.breaker.record(permit, !broken).await;
-            outcomes
-                .into_iter()
-                .map(|o| match o {
-                    Outcome::Acked => Ok(()),
-                    Outcome::Rejected(m) => Err(SinkError::Failed(format!("rabbitmq: {m}"))),
-                    Outcome::Lost(m) => Err(SinkError::Unavailable(format!("rabbitmq: {m}"))),
-                })
-                .collect()
-        }
-        .boxed()
-    }
 }

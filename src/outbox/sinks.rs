@@ -5,8 +5,9 @@
 //!   (`itsur all` on one machine).
 //! - [`Webhook`]: an optional signed POST per event (`WEBHOOK_URL`, `WEBHOOK_SECRET`), behind
 //!   the `webhook` circuit breaker of `resilience`.
-//! - `rabbitmq::RabbitMq` / `nats::Nats`: the broker sinks (`AMQP_URL`, `NATS_URL`), each
-//!   behind its own circuit breaker (`amqp`, `nats`).
+//! - `rabbitmq::RabbitMq` / `nats::Nats`: the broker sinks (`AMQP_URL`, `NATS_URL`), driven
+//!   by `broker::BrokerSink` (connection, acks, bookkeeping), each behind its own circuit breaker
+//!   (`amqp`, `nats`).
 //! - [`EnqueuePush`]: `order.status_changed` to `ready` → a `send_push` job for the student,
 //!   written in the claim transaction (so it commits with the mark-published) under the
 //!   unique key `push:order-ready:<event id>` (so an event delivered twice makes one job).
@@ -29,6 +30,7 @@ use futures_util::{FutureExt, StreamExt};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::broker::BrokerSink;
 use crate::app::Ctx;
 use crate::config::WebhookSettings;
 use crate::kv::Kv;
@@ -81,14 +83,14 @@ pub fn default_sinks(ctx: &Ctx) -> Vec<Box<dyn Sink>> {
         }
     }
     if let Some(amqp) = &ctx.config.outbox.amqp {
-        sinks.push(Box::new(super::rabbitmq::RabbitMq::new(
-            amqp.clone(),
+        sinks.push(Box::new(BrokerSink::new(
+            super::rabbitmq::RabbitMq::new(amqp.clone()),
             ctx.breakers.get(super::rabbitmq::AMQP_BREAKER),
         )));
     }
     if let Some(nats) = &ctx.config.outbox.nats {
-        sinks.push(Box::new(super::nats::Nats::new(
-            nats.clone(),
+        sinks.push(Box::new(BrokerSink::new(
+            super::nats::Nats::new(nats.clone()),
             ctx.breakers.get(super::nats::NATS_BREAKER),
         )));
     }
