@@ -182,11 +182,7 @@ fn respond(req: &HttpRequest, asset: &Asset, cache_control: &'static str) -> Htt
 }
 
 fn not_found(what: &str) -> ApiError {
-    ApiError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "not-found",
-        format!("no such {what}"),
-    )
+    ApiError::not_found(format!("no such {what}"))
 }
 
 /// `GET /static/{hash}/{path}`: an embedded file, cacheable forever under this hash.

@@ -16,11 +16,11 @@
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite, time};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::Method;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use crate::app::Ctx;
 use crate::domain::Actor;
 
@@ -45,8 +45,8 @@ pub fn csrf_token(ctx: &Ctx, session_id: uuid::Uuid) -> Result<String, ApiError>
     Ok(hex::encode(mac.finalize().into_bytes()))
 }
 
-fn forbidden(code: &'static str, detail: &'static str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, code, detail)
+fn forbidden(code: Code, detail: &'static str) -> ApiError {
+    ApiError::new(code, detail)
 }
 
 /// True when the method cannot change state.
@@ -69,7 +69,7 @@ pub fn check_origin(req: &HttpRequest) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
             forbidden(
-                "origin-required",
+                Code::OriginRequired,
                 "a browser request needs an Origin header",
             )
         })?;
@@ -77,7 +77,7 @@ pub fn check_origin(req: &HttpRequest) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(forbidden(
-            "cross-origin",
+            Code::CrossOrigin,
             "the request comes from another origin",
         ))
     }
@@ -104,13 +104,13 @@ pub fn check_write(ctx: &Ctx, req: &HttpRequest, actor: &Actor) -> Result<(), Ap
         .headers()
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| forbidden("csrf-required", "missing X-CSRF-Token header"))?;
+        .ok_or_else(|| forbidden(Code::CsrfRequired, "missing X-CSRF-Token header"))?;
     let expected = csrf_token(ctx, actor.session_id.into_inner())?;
     if constant_time_eq(sent.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
         Err(forbidden(
-            "csrf-mismatch",
+            Code::CsrfMismatch,
             "X-CSRF-Token does not match the session",
         ))
     }

@@ -26,13 +26,13 @@ use std::time::Duration;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{Error, ResponseError, web};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use crate::app::Ctx;
 use crate::config::{Cidr, Quota};
 use crate::resilience::rate_limit::Decision;
@@ -152,11 +152,7 @@ pub async fn cors(
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight && !allowed {
-        let err = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "cors-origin",
-            "this origin may not call the API",
-        );
+        let err = ApiError::new(Code::CorsOrigin, "this origin may not call the API");
         return Ok(reject(req, &err));
     }
     let allow_origin = if wildcard && !cfg.allow_credentials {
@@ -228,8 +224,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload-too-large",
+        Code::PayloadTooLarge,
         format!("body exceeds the limit of {limit} bytes"),
     )
 }
@@ -508,16 +503,15 @@ pub async fn rate_limit(
             metrics::counter!(RATE_LIMIT_REJECTIONS_TOTAL, "bucket" => bucket).increment(1);
             tracing::debug!(bucket, "rate limited");
             let retry = seconds_ceil(d.retry_after.unwrap_or(d.reset)).max(1);
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
+            let err = ApiError::retry_after(
+                Code::RateLimited,
                 format!(
                     "too many requests ({bucket} limit: {} per {}s); retry in {retry}s",
                     d.limit,
                     quota.period.as_secs()
                 ),
+                retry,
             );
-            err.retry_after = Some(retry);
             let mut res = reject(req, &err);
             set_rate_headers(res.headers_mut(), &d);
             return Ok(res);

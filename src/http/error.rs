@@ -7,11 +7,114 @@ use std::fmt;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::dev::ResourceDef;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, error, web};
 use serde::Serialize;
 
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Where the problem types are documented: a problem's `type` is this base plus its code.
+pub const PROBLEM_TYPE_BASE: &str = "https://itsur.dev/problems/";
+
+/// Declares [`Code`]: one row per problem type, `Variant = "code", STATUS, "Title";` with the
+/// row's doc comment as its documentation (what the OpenAPI document lists), in the spirit
+/// of meilisearch's `make_error_codes!`. Adding a problem type is adding a row here.
+macro_rules! error_codes {
+    ($( $(#[doc = $doc:literal])+ $variant:ident = $code:literal, $status:ident, $title:literal; )+) => {
+        /// Every problem type the API answers with. The only place a status code is chosen:
+        /// an [`ApiError`] is built from a code, and its status, title and `type` URI follow.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $( $(#[doc = $doc])+ $variant, )+
+        }
+
+        impl Code {
+            /// Every code, in table order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The machine-readable code: the suffix of the problem `type` URI.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $code,)+ }
+            }
+
+            /// The HTTP status this problem is answered with.
+            pub const fn status(self) -> StatusCode {
+                match self { $(Self::$variant => StatusCode::$status,)+ }
+            }
+
+            /// Short summary of the problem type (the problem `title`).
+            pub const fn title(self) -> &'static str {
+                match self { $(Self::$variant => $title,)+ }
+            }
+
+            /// When the problem happens and what a client can do about it.
+            pub const fn description(self) -> &'static str {
+                match self { $(Self::$variant => concat!($($doc),+).trim_ascii(),)+ }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// A field of the body, query string, path or a header is invalid; `errors` names each
+    /// field (`items[0].quantity`) and what is wrong with it.
+    Validation = "validation", BAD_REQUEST, "Invalid request";
+    /// The request could not be read (a broken body, a missing part).
+    BadRequest = "bad-request", BAD_REQUEST, "Bad request";
+    /// `GET /ws` without a WebSocket upgrade.
+    WebsocketRequired = "websocket-required", BAD_REQUEST, "WebSocket upgrade required";
+    /// No valid access token: missing, expired, revoked, or wrong credentials at login.
+    Unauthenticated = "unauthenticated", UNAUTHORIZED, "Authentication required";
+    /// The actor may not do this (role, tenant or state rules).
+    Forbidden = "forbidden", FORBIDDEN, "Forbidden";
+    /// A cross-origin browser request that CORS does not allow.
+    CorsOrigin = "cors-origin", FORBIDDEN, "Origin not allowed";
+    /// A cookie-authenticated write without an `Origin` header.
+    OriginRequired = "origin-required", FORBIDDEN, "Origin header required";
+    /// A cookie-authenticated write from another origin.
+    CrossOrigin = "cross-origin", FORBIDDEN, "Cross-origin request";
+    /// A cookie-authenticated write without `X-CSRF-Token` (see `/auth/web/session`).
+    CsrfRequired = "csrf-required", FORBIDDEN, "CSRF token required";
+    /// A cookie-authenticated write whose `X-CSRF-Token` is not the session's.
+    CsrfMismatch = "csrf-mismatch", FORBIDDEN, "CSRF token mismatch";
+    /// No such resource, or one outside the actor's tenant, or no such route.
+    NotFound = "not-found", NOT_FOUND, "Not found";
+    /// The path exists but not with this method; `Allow` lists the methods it has.
+    MethodNotAllowed = "method-not-allowed", METHOD_NOT_ALLOWED, "Method not allowed";
+    /// The request conflicts with the resource's state (a duplicate, a reused
+    /// `Idempotency-Key` with another body, a transition from the wrong status).
+    Conflict = "conflict", CONFLICT, "Conflict";
+    /// `If-Match` names a version that is no longer current: read again and retry.
+    PreconditionFailed = "precondition-failed", PRECONDITION_FAILED, "Precondition failed";
+    /// The body is larger than this route accepts (or a CSV import has too many rows).
+    PayloadTooLarge = "payload-too-large", PAYLOAD_TOO_LARGE, "Payload too large";
+    /// The body's `Content-Type` is not the one this route reads.
+    UnsupportedMediaType = "unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type";
+    /// Too many requests from this client, user or route class; wait `Retry-After` seconds.
+    RateLimited = "rate-limited", TOO_MANY_REQUESTS, "Too many requests";
+    /// Too many open WebSocket connections for this user; close one first.
+    TooManyConnections = "too-many-connections", TOO_MANY_REQUESTS, "Too many connections";
+    /// The server cannot answer now (busy, past its deadline, a dependency down); retry
+    /// after `Retry-After` seconds.
+    Unavailable = "unavailable", SERVICE_UNAVAILABLE, "Service unavailable";
+    /// A bug or an unexpected failure; the body carries only the request id's context, the
+    /// cause is in the server log.
+    Internal = "internal", INTERNAL_SERVER_ERROR, "Internal error";
+}
+
+impl Code {
+    /// The problem `type` URI, which is also where the problem is documented.
+    pub fn type_uri(self) -> String {
+        format!("{PROBLEM_TYPE_BASE}{}", self.as_str())
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One invalid field of a request.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -25,25 +128,26 @@ pub struct FieldError {
 /// An RFC 9457 problem, ready to be rendered.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
+    /// The problem type; it decides the HTTP status and title.
+    pub code: Code,
     /// Human-readable explanation (never a secret or an internal cause for 5xx).
     pub detail: String,
     /// Field errors for validation failures.
     pub errors: Vec<FieldError>,
     /// Seconds a client should wait (429, 503).
     pub retry_after: Option<u64>,
-    /// Short machine-readable code, rendered as the problem `type` suffix.
-    pub code: &'static str,
+    /// Methods the path does have (405 `Allow`).
+    pub allow: Option<String>,
 }
 
 /// The problem+json body.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProblemBody {
-    /// URI reference identifying the problem type.
+    /// URI reference identifying the problem type (`https://itsur.dev/problems/<code>`,
+    /// codes in `ProblemCode`).
     #[serde(rename = "type")]
     pub kind: String,
-    /// Short summary of the problem type (the status reason).
+    /// Short summary of the problem type.
     pub title: String,
     /// HTTP status code.
     pub status: u16,
@@ -55,74 +159,86 @@ pub struct ProblemBody {
 }
 
 impl ApiError {
-    /// A problem with a status, code and detail.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    /// A problem of type `code` with a detail.
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
         Self {
-            status,
+            code,
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
-            code,
+            allow: None,
         }
+    }
+
+    /// The HTTP status of the problem (from its code).
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     /// 400 with field errors.
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let mut e = Self::new(
-            StatusCode::BAD_REQUEST,
-            "validation",
-            "the request has invalid fields",
-        );
+        let mut e = Self::new(Code::Validation, "the request has invalid fields");
         e.errors = errors;
         e
     }
 
     /// 404.
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", detail)
+        Self::new(Code::NotFound, detail)
+    }
+
+    /// A problem that asks the client to wait `retry_after` seconds (429, 503).
+    pub fn retry_after(code: Code, detail: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(code, detail);
+        e.retry_after = Some(retry_after);
+        e
     }
 
     /// 503 with Retry-After.
     pub fn unavailable(detail: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail);
-        e.retry_after = Some(retry_after);
-        e
+        Self::retry_after(Code::Unavailable, detail, retry_after)
     }
 
     /// 500: the cause is logged here, once; the body only says "internal error".
     pub fn internal(cause: &anyhow::Error) -> Self {
         tracing::error!(error = format!("{cause:#}"), "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(Code::Internal, "internal error")
     }
 }
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.detail)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status().as_u16(),
+            self.code,
+            self.detail
+        )
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.status
+        self.status()
     }
 
     fn error_response(&self) -> HttpResponse {
+        let status = self.status();
         let body = ProblemBody {
-            kind: format!("https://itsur.dev/problems/{}", self.code),
-            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: self.status.as_u16(),
+            kind: self.code.type_uri(),
+            title: self.code.title().to_owned(),
+            status: status.as_u16(),
             detail: self.detail.clone(),
             errors: self.errors.clone(),
         };
-        let mut res = HttpResponse::build(self.status);
+        let mut res = HttpResponse::build(status);
         res.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         if let Some(secs) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(allow) = &self.allow {
+            res.insert_header((header::ALLOW, allow.clone()));
         }
         // Problems can leave without passing `http::edge::security_headers` (an error past
         // the request deadline), so they carry the static ones themselves.
@@ -148,18 +264,15 @@ pub fn json_error_handler(err: error::JsonPayloadError, _req: &HttpRequest) -> a
     use error::JsonPayloadError as J;
     let api = match &err {
         J::OverflowKnownLength { length, limit } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
+            Code::PayloadTooLarge,
             format!("body of {length} bytes exceeds the limit of {limit} bytes"),
         ),
         J::Overflow { limit } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
+            Code::PayloadTooLarge,
             format!("body exceeds the limit of {limit} bytes"),
         ),
         J::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
+            Code::UnsupportedMediaType,
             "expected Content-Type: application/json",
         ),
         J::Deserialize(e) => {
@@ -171,12 +284,10 @@ pub fn json_error_handler(err: error::JsonPayloadError, _req: &HttpRequest) -> a
             };
             api
         }
-        J::Serialize(_) | J::Payload(_) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "the body could not be read",
-        ),
-        _ => ApiError::new(StatusCode::BAD_REQUEST, "bad-request", err.to_string()),
+        J::Serialize(_) | J::Payload(_) => {
+            ApiError::new(Code::BadRequest, "the body could not be read")
+        }
+        _ => ApiError::new(Code::BadRequest, err.to_string()),
     };
     api.into()
 }
@@ -210,8 +321,50 @@ pub fn extractor_config(json_limit: usize) -> impl FnOnce(&mut web::ServiceConfi
     }
 }
 
-/// The default service: unknown routes are 404 problems (not actix's empty 404).
+/// The documented paths and the methods each answers, so that a known path asked with
+/// another method is a 405 with `Allow` (RFC 9110 §15.5.6), not a 404. Built from the
+/// OpenAPI document by `http::app` (`openapi::known_routes`).
+pub struct KnownRoutes(Vec<(ResourceDef, String)>);
+
+impl KnownRoutes {
+    /// From `(path template, methods)` pairs; templates use `{name}` parameters.
+    pub fn new<'a>(routes: impl IntoIterator<Item = (&'a str, Vec<&'static str>)>) -> Self {
+        Self(
+            routes
+                .into_iter()
+                .map(|(path, methods)| (ResourceDef::new(path), methods.join(", ")))
+                .collect(),
+        )
+    }
+
+    /// The `Allow` value for `path`, when some documented route has that path.
+    pub fn allow(&self, path: &str) -> Option<String> {
+        let mut methods: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(def, _)| def.is_match(path))
+            .flat_map(|(_, allow)| allow.split(", "))
+            .collect();
+        methods.sort_unstable();
+        methods.dedup();
+        (!methods.is_empty()).then(|| methods.join(", "))
+    }
+}
+
+/// The default service: a known path with another method is a 405 problem with `Allow`;
+/// anything else is a 404 problem (not actix's empty 404).
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allow = req
+        .app_data::<web::Data<KnownRoutes>>()
+        .and_then(|known| known.allow(req.path()));
+    if let Some(allow) = allow {
+        let mut e = ApiError::new(
+            Code::MethodNotAllowed,
+            format!("{} {} is not allowed; allowed: {allow}", req.method(), req.path()),
+        );
+        e.allow = Some(allow);
+        return Err(e);
+    }
     Err(ApiError::not_found(format!(
         "no route for {} {}",
         req.method(),
@@ -225,27 +378,73 @@ impl From<crate::service::Error> for ApiError {
         use crate::service::Error as S;
         match e {
             S::Domain(D::NotFound { what }) => Self::not_found(format!("{what} not found")),
-            S::Domain(D::Forbidden { reason }) => {
-                Self::new(StatusCode::FORBIDDEN, "forbidden", reason)
-            }
-            S::Domain(D::Conflict { reason }) => {
-                Self::new(StatusCode::CONFLICT, "conflict", reason)
-            }
+            S::Domain(D::Forbidden { reason }) => Self::new(Code::Forbidden, reason),
+            S::Domain(D::Conflict { reason }) => Self::new(Code::Conflict, reason),
             S::Domain(D::Invalid { field_errors }) => Self::validation(
                 field_errors
                     .into_iter()
                     .map(|(field, message)| FieldError { field, message })
                     .collect(),
             ),
-            S::Unauthenticated(why) => Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", why),
-            S::PreconditionFailed(why) => {
-                Self::new(StatusCode::PRECONDITION_FAILED, "precondition-failed", why)
-            }
+            S::Unauthenticated(why) => Self::new(Code::Unauthenticated, why),
+            S::PreconditionFailed(why) => Self::new(Code::PreconditionFailed, why),
             S::Unavailable {
                 retry_after,
                 reason,
             } => Self::unavailable(reason, retry_after),
             S::Internal(cause) => Self::internal(&cause),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_code_is_unique_and_an_error_status() {
+        let mut seen = HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.as_str()), "{code} is listed twice");
+            let status = code.status();
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{code} maps to {status}"
+            );
+            assert!(!code.title().is_empty(), "{code} has no title");
+            assert!(!code.description().is_empty(), "{code} has no description");
+            assert!(
+                code.as_str()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{code} is not kebab-case (it ends a URI)"
+            );
+        }
+    }
+
+    #[test]
+    fn a_problem_carries_its_codes_status_title_and_type() {
+        let res = ApiError::new(Code::Conflict, "taken").error_response();
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert_eq!(
+            res.headers().get(header::CONTENT_TYPE).unwrap(),
+            PROBLEM_JSON
+        );
+        assert_eq!(Code::Conflict.type_uri(), "https://itsur.dev/problems/conflict");
+    }
+
+    #[test]
+    fn known_routes_answer_allow_for_their_paths_only() {
+        let known = KnownRoutes::new([
+            ("/orders", vec!["GET", "POST"]),
+            ("/orders/{id}", vec!["GET"]),
+            ("/orders/{id}/status", vec!["POST"]),
+        ]);
+        assert_eq!(known.allow("/orders").as_deref(), Some("GET, POST"));
+        assert_eq!(known.allow("/orders/abc").as_deref(), Some("GET"));
+        assert_eq!(known.allow("/orders/abc/status").as_deref(), Some("POST"));
+        assert_eq!(known.allow("/nothing"), None);
     }
 }

@@ -43,6 +43,7 @@ pub fn app(
     let json_limit = ctx.config.edge.json_body_limit;
     App::new()
         .app_data(web::Data::new(ctx))
+        .app_data(web::Data::new(openapi::known_routes()))
         .configure(error::extractor_config(json_limit))
         .configure(health::routes)
         .configure(openapi::routes)

@@ -125,3 +125,79 @@ async fn openapi_lists_every_registered_route() {
         }
     }
 }
+
+/// Issue 16 item 5 and issue 17 item 9: every error response is documented as
+/// `application/problem+json`, every operation lists the problems any request can meet, and
+/// `ProblemCode` lists the error-code table.
+#[actix_web::test]
+async fn errors_are_documented_as_problems_with_the_code_table() {
+    let t = TestApp::new().await;
+    let api = Api::new(t.ctx.clone()).await;
+    let doc = api.get("/openapi.json", None).await.body;
+
+    let codes: Vec<&str> = doc["components"]["schemas"]["ProblemCode"]["enum"]
+        .as_array()
+        .expect("ProblemCode enum")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for code in ["validation", "not-found", "method-not-allowed", "rate-limited", "internal"] {
+        assert!(codes.contains(&code), "{code} missing from {codes:?}");
+    }
+
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            for shared in ["400", "429", "500", "503"] {
+                assert!(
+                    responses.contains_key(shared),
+                    "{method} {path} does not document {shared}"
+                );
+            }
+            if op.get("requestBody").is_some() {
+                for shared in ["413", "415"] {
+                    assert!(
+                        responses.contains_key(shared),
+                        "{method} {path} reads a body but does not document {shared}"
+                    );
+                }
+            }
+            for (status, response) in responses {
+                if !(status.starts_with('4') || status.starts_with('5')) {
+                    continue;
+                }
+                let types: Vec<&String> = response["content"]
+                    .as_object()
+                    .map(|c| c.keys().collect())
+                    .unwrap_or_default();
+                assert_eq!(
+                    types,
+                    ["application/problem+json"],
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+}
+
+/// Issue 17 item 9: a documented path asked with an undeclared method answers 405 with
+/// `Allow`, as a problem; an unknown path stays 404.
+#[actix_web::test]
+async fn an_undeclared_method_on_a_known_path_is_405_with_allow() {
+    let t = TestApp::new().await;
+    let api = Api::new(t.ctx.clone()).await;
+
+    let res = api.delete("/orders", None).await;
+    res.assert_problem(405);
+    assert_eq!(res.header("allow"), Some("GET, POST"));
+    assert_eq!(res.body["type"], "https://itsur.dev/problems/method-not-allowed");
+
+    let id = uuid::Uuid::now_v7();
+    let res = api
+        .send(actix_web::test::TestRequest::put().uri(&format!("/orders/{id}")))
+        .await;
+    res.assert_problem(405);
+    assert!(res.header("allow").is_some_and(|a| a.contains("GET")), "{:?}", res.header("allow"));
+
+    api.delete("/no/such/path", None).await.assert_problem(404);
+}

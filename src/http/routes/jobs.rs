@@ -1,6 +1,5 @@
 //! `/jobs*`, report and import submission (202 + job), `/admin/workers`, `/admin/jobs/{id}/retry`.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -10,7 +9,7 @@ use uuid::Uuid;
 
 use crate::app::Ctx;
 use crate::http::dto::{Data, List, data};
-use crate::http::error::{ApiError, ProblemBody};
+use crate::http::error::{ApiError, Code, ProblemBody};
 use crate::http::extract::{Authed, JsonBody, PageParams};
 use crate::service::imports::{self, MAX_CSV_BYTES, MAX_ROWS};
 use crate::service::jobs::{self, JobView, WorkerView};
@@ -102,15 +101,13 @@ async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
+                Code::BadRequest,
                 format!("body could not be read: {e}"),
             )
         })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
+                Code::PayloadTooLarge,
                 format!("body exceeds the limit of {limit} bytes"),
             ));
         }
@@ -143,8 +140,7 @@ pub async fn import_users(
         });
     if !csv_type {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
+            Code::UnsupportedMediaType,
             "expected Content-Type: text/csv",
         ));
     }
@@ -158,8 +154,7 @@ pub async fn import_users(
     // Like the byte limit, the row limit is a size limit: 413 before anything is stored.
     if imports::count_rows(&csv) > MAX_ROWS {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
+            Code::PayloadTooLarge,
             format!("the CSV has more than {MAX_ROWS} rows; split it into several imports"),
         ));
     }

@@ -13,14 +13,13 @@ pub mod protocol;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
 use self::protocol::{BEARER_PROTOCOL_PREFIX, SUBPROTOCOL};
 use crate::app::Ctx;
 use crate::domain::event::Subscription;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, Code};
 use crate::http::extract::bearer_token;
 use crate::http::{cookie, edge};
 use crate::kv::hub::{Admission, Rejected};
@@ -129,11 +128,7 @@ pub async fn connect(
     let actor = service::auth::authenticate(&ctx, &token).await?;
     let topics = topics_of(&ctx, &actor, query.topics.as_deref()).await?;
     let subscription = Subscription::for_actor(&actor).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this account has no tenant to follow",
-        )
+        ApiError::new(Code::Forbidden, "this account has no tenant to follow")
     })?;
     let subscriber = ctx
         .hub
@@ -143,21 +138,14 @@ pub async fn connect(
         })
         .map_err(|r| match r {
             Rejected::TooManyForIp | Rejected::TooManyForUser => {
-                let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too-many-connections",
-                    r.to_string(),
-                );
-                e.retry_after = Some(5);
-                e
+                ApiError::retry_after(Code::TooManyConnections, r.to_string(), 5)
             }
             Rejected::ShuttingDown => ApiError::unavailable(r.to_string(), 1),
         })?;
     let (res, session, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])
         .map_err(|_| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "websocket-required",
+                Code::WebsocketRequired,
                 "GET /ws expects a WebSocket upgrade",
             )
         })?;
