@@ -5,9 +5,9 @@
 
 use std::fmt;
 
+use actix_web::dev::ResourceDef;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::dev::ResourceDef;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, error, web};
 use serde::Serialize;
 
@@ -360,7 +360,11 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(allow) = allow {
         let mut e = ApiError::new(
             Code::MethodNotAllowed,
-            format!("{} {} is not allowed; allowed: {allow}", req.method(), req.path()),
+            format!(
+                "{} {} is not allowed; allowed: {allow}",
+                req.method(),
+                req.path()
+            ),
         );
         e.allow = Some(allow);
         return Err(e);
@@ -432,7 +436,10 @@ mod tests {
             res.headers().get(header::CONTENT_TYPE).unwrap(),
             PROBLEM_JSON
         );
-        assert_eq!(Code::Conflict.type_uri(), "https://itsur.dev/problems/conflict");
+        assert_eq!(
+            Code::Conflict.type_uri(),
+            "https://itsur.dev/problems/conflict"
+        );
     }
 
     #[test]

@@ -32,6 +32,11 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         let value = web::Json::<serde_json::Value>::from_request(req, payload);
         Box::pin(async move {
             let web::Json(value) = value.await?;
+            // Postgres text cannot hold U+0000: refuse it here, for every body, with the
+            // field's path, instead of a 500 from the store (issue 17 item 6).
+            if let Some(field) = nul_path(&value) {
+                return Err(nul_error(field).into());
+            }
             serde_path_to_error::deserialize::<_, T>(value)
                 .map(Self)
                 .map_err(|e| {
@@ -46,6 +51,57 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 })
         })
     }
+}
+
+/// The 400 for a NUL character in `field`.
+pub fn nul_error(field: String) -> ApiError {
+    let mut api = ApiError::validation(vec![FieldError {
+        field,
+        message: "must not contain a NUL character (U+0000)".to_owned(),
+    }]);
+    api.detail = "the request contains a NUL character".to_owned();
+    api
+}
+
+/// The path (`items[0].note`, as `serde_path_to_error` writes it; `body` for the document
+/// itself) of the first string or key in `value` that contains U+0000.
+pub fn nul_path(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn walk(value: &Value, path: &mut String) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(fields) => fields.iter().any(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.replace('\0', "\\u0000"));
+                let found = key.contains('\0') || walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then(|| {
+        if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        }
+    })
 }
 
 impl<T> JsonBody<T> {
@@ -220,5 +276,34 @@ impl PageParams {
         } else {
             Err(ApiError::validation(errors))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::nul_path;
+
+    #[test]
+    fn nul_path_names_the_field_like_serde_path_to_error() {
+        assert_eq!(nul_path(&json!({"a": "ok", "b": [1, "x"]})), None);
+        assert_eq!(nul_path(&json!("a\u{0}b")).as_deref(), Some("body"));
+        assert_eq!(
+            nul_path(&json!({"email": "a\u{0}@b"})).as_deref(),
+            Some("email")
+        );
+        assert_eq!(
+            nul_path(&json!({"items": [{"note": "ok"}, {"note": "x\u{0}"}]})).as_deref(),
+            Some("items[1].note")
+        );
+        assert_eq!(
+            nul_path(&json!([[1], ["\u{0}"]])).as_deref(),
+            Some("[1][0]")
+        );
+        assert_eq!(
+            nul_path(&json!({"a": {"k\u{0}": 1}})).as_deref(),
+            Some("a.k\\u0000")
+        );
     }
 }

@@ -5,11 +5,11 @@
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage};
+use actix_web::{Error, HttpMessage, ResponseError, web};
 use tracing::Instrument;
 
 use crate::telemetry::{HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL};
@@ -71,4 +71,54 @@ pub async fn request_context(
         res.headers_mut().insert(REQUEST_ID, v);
     }
     Ok(res)
+}
+
+/// Refuses a U+0000 anywhere in the path or the query string with a 400 naming the query
+/// parameter (or `path`): Postgres text cannot hold it, and every handler would otherwise
+/// pass it on (issue 17 item 6). JSON bodies are checked by `extract::JsonBody`.
+pub async fn reject_nul(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    if let Some(field) = nul_in_uri(req.path(), req.query_string()) {
+        let err = super::extract::nul_error(field);
+        return Ok(req.into_response(err.error_response()));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// The field holding a NUL: `path`, or the name of the query parameter.
+fn nul_in_uri(path: &str, query: &str) -> Option<String> {
+    // The path is still percent-encoded here; a NUL can only arrive as `%00`.
+    if path.contains("%00") {
+        return Some("path".to_owned());
+    }
+    if !query.contains("%00") {
+        return None;
+    }
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query).ok()?;
+    pairs
+        .into_inner()
+        .into_iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        .map(|(k, _)| k.replace('\0', "\\u0000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nul_in_uri;
+
+    #[test]
+    fn a_nul_in_the_uri_names_its_parameter() {
+        assert_eq!(nul_in_uri("/jobs", "type=report&limit=5"), None);
+        assert_eq!(
+            nul_in_uri("/jobs", "type=re%00port").as_deref(),
+            Some("type")
+        );
+        assert_eq!(
+            nul_in_uri("/jobs", "a=1&t%00=x").as_deref(),
+            Some("t\\u0000")
+        );
+        assert_eq!(nul_in_uri("/flows/a%00b", "").as_deref(), Some("path"));
+    }
 }

@@ -58,8 +58,9 @@ pub fn app(
         .configure(ws::routes)
         .configure(assets::routes)
         .default_service(web::to(error::not_found))
-        // Innermost first: limits, then admission (shedding, body size, deadline), CORS,
+        // Innermost first: NUL characters in the URI, limits, then admission (shedding, body size, deadline), CORS,
         // security headers; the request context (id, span, metrics) stays outermost.
+        .wrap(actix_web::middleware::from_fn(middleware::reject_nul))
         .wrap(actix_web::middleware::from_fn(edge::rate_limit))
         .wrap(actix_web::middleware::from_fn(edge::admission))
         .wrap(actix_web::middleware::from_fn(edge::cors))

@@ -116,10 +116,10 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
 fn document_problems(op: &mut Operation) {
     for (status, response) in &mut op.responses.responses {
         let is_error = status.starts_with('4') || status.starts_with('5') || status == "default";
-        if let (true, RefOr::T(response)) = (is_error, response) {
-            if let Some(content) = response.content.shift_remove("application/json") {
-                response.content.insert(PROBLEM_JSON.to_owned(), content);
-            }
+        if let (true, RefOr::T(response)) = (is_error, response)
+            && let Some(content) = response.content.shift_remove("application/json")
+        {
+            response.content.insert(PROBLEM_JSON.to_owned(), content);
         }
     }
     let shared = SHARED.iter();
@@ -135,12 +135,10 @@ fn document_problems(op: &mut Operation) {
 
 /// A problem response of `code`'s status.
 fn problem_response(code: Code) -> Response {
-    let mut response = ResponseBuilder::new()
-        .description(code.title())
-        .content(
-            PROBLEM_JSON,
-            Content::new(Some(Ref::from_schema_name("ProblemBody"))),
-        );
+    let mut response = ResponseBuilder::new().description(code.title()).content(
+        PROBLEM_JSON,
+        Content::new(Some(Ref::from_schema_name("ProblemBody"))),
+    );
     if matches!(code, Code::RateLimited | Code::Unavailable) {
         let mut retry_after = Header::new(ObjectBuilder::new().schema_type(Type::Integer).build());
         retry_after.description = Some("Seconds to wait before retrying".to_owned());

@@ -610,3 +610,80 @@ async fn shape_errors_name_the_field_that_is_wrong() {
         assert_eq!(res.field_errors(), [field], "{body}: {}", res.text());
     }
 }
+
+/// Issue 17 item 6: a NUL character (U+0000) in any JSON string, query parameter or path
+/// reached Postgres, which cannot store it, and answered 500. Now a 400 naming the field,
+/// for login and register too, before anything touches the database.
+#[actix_web::test]
+async fn nul_characters_are_a_400_naming_the_field() {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let a = &world.a;
+    let student = api.login(&a.student.email).await;
+    let item = a.items[0].id;
+
+    let cases = [
+        (
+            "/auth/login",
+            None,
+            json!({ "email": format!("{}\u{0}", a.student.email), "password": "whatever-it-is" }),
+            "email",
+        ),
+        (
+            "/auth/register",
+            None,
+            json!({ "email": "nul@a.edu", "password": "long-enough-pw", "displayName": "Nul\u{0}Name" }),
+            "displayName",
+        ),
+        (
+            "/auth/web/login",
+            None,
+            json!({ "email": "x@a.edu", "password": "pass\u{0}word" }),
+            "password",
+        ),
+        (
+            "/orders",
+            student.token(),
+            json!({ "vendorId": a.vendor.id, "items": [{ "menuItemId": item, "quantity": 1 }], "note": "no\u{0}onions" }),
+            "note",
+        ),
+    ];
+    for (path, token, body, field) in cases {
+        let res = api.post(path, token, &body).await;
+        res.assert_problem(400);
+        assert_eq!(res.field_errors(), [field], "{path}: {}", res.text());
+    }
+    // Nothing was stored on the way.
+    let orders = api.get("/orders", student.token()).await;
+    assert_eq!(orders.status, 200, "{}", orders.text());
+    assert_eq!(
+        orders.data().as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        orders.text()
+    );
+
+    // A query parameter and a path segment.
+    let res = api.get("/jobs?type=sales%00report", student.token()).await;
+    res.assert_problem(400);
+    assert_eq!(res.field_errors(), ["type"], "{}", res.text());
+    let res = api.get("/campuses/a%00b/vendors", student.token()).await;
+    res.assert_problem(400);
+    assert_eq!(res.field_errors(), ["path"], "{}", res.text());
+
+    // A CSV import (not JSON) names the line.
+    let admin = api.login(&a.admin.email).await;
+    let csv = "email,display_name,role,password\nx@a.edu,X\u{0},student,long-enough-pw\n";
+    let res = api
+        .send(
+            TestRequest::post()
+                .uri("/admin/users/import")
+                .insert_header(("Authorization", format!("Bearer {}", admin.access)))
+                .insert_header(("Content-Type", "text/csv"))
+                .set_payload(csv),
+        )
+        .await;
+    res.assert_problem(400);
+    assert_eq!(res.field_errors(), ["body (line 2)"], "{}", res.text());
+}

@@ -141,7 +141,13 @@ async fn errors_are_documented_as_problems_with_the_code_table() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
-    for code in ["validation", "not-found", "method-not-allowed", "rate-limited", "internal"] {
+    for code in [
+        "validation",
+        "not-found",
+        "method-not-allowed",
+        "rate-limited",
+        "internal",
+    ] {
         assert!(codes.contains(&code), "{code} missing from {codes:?}");
     }
 
@@ -190,14 +196,21 @@ async fn an_undeclared_method_on_a_known_path_is_405_with_allow() {
     let res = api.delete("/orders", None).await;
     res.assert_problem(405);
     assert_eq!(res.header("allow"), Some("GET, POST"));
-    assert_eq!(res.body["type"], "https://itsur.dev/problems/method-not-allowed");
+    assert_eq!(
+        res.body["type"],
+        "https://itsur.dev/problems/method-not-allowed"
+    );
 
     let id = uuid::Uuid::now_v7();
     let res = api
         .send(actix_web::test::TestRequest::put().uri(&format!("/orders/{id}")))
         .await;
     res.assert_problem(405);
-    assert!(res.header("allow").is_some_and(|a| a.contains("GET")), "{:?}", res.header("allow"));
+    assert!(
+        res.header("allow").is_some_and(|a| a.contains("GET")),
+        "{:?}",
+        res.header("allow")
+    );
 
     api.delete("/no/such/path", None).await.assert_problem(404);
 }

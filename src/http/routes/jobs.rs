@@ -99,12 +99,8 @@ pub async fn request_sales_report(
 async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
-                Code::BadRequest,
-                format!("body could not be read: {e}"),
-            )
-        })?;
+        let chunk = chunk
+            .map_err(|e| ApiError::new(Code::BadRequest, format!("body could not be read: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::new(
                 Code::PayloadTooLarge,
@@ -151,6 +147,12 @@ pub async fn import_users(
             message: "the CSV must be UTF-8".to_owned(),
         }])
     })?;
+    if let Some(at) = csv.find('\0') {
+        let line = csv[..at].matches('\n').count() + 1;
+        return Err(crate::http::extract::nul_error(format!(
+            "body (line {line})"
+        )));
+    }
     // Like the byte limit, the row limit is a size limit: 413 before anything is stored.
     if imports::count_rows(&csv) > MAX_ROWS {
         return Err(ApiError::new(

@@ -127,9 +127,8 @@ pub async fn connect(
     }
     let actor = service::auth::authenticate(&ctx, &token).await?;
     let topics = topics_of(&ctx, &actor, query.topics.as_deref()).await?;
-    let subscription = Subscription::for_actor(&actor).ok_or_else(|| {
-        ApiError::new(Code::Forbidden, "this account has no tenant to follow")
-    })?;
+    let subscription = Subscription::for_actor(&actor)
+        .ok_or_else(|| ApiError::new(Code::Forbidden, "this account has no tenant to follow"))?;
     let subscriber = ctx
         .hub
         .subscribe(Admission {
