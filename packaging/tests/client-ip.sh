@@ -24,12 +24,7 @@ need_tool python3 python3
 need_tool curl curl
 need_tool psql postgresql-client
 BIN="$(itsur_bin)"
-if [[ -z ${DATABASE_URL:-} ]]; then
-    say "DATABASE_URL unset: asking scripts/services.sh for Postgres and Redis"
-    env_lines="$("$REPO_ROOT/scripts/services.sh" env)" || fail "scripts/services.sh could not provide Postgres/Redis"
-    eval "$env_lines"
-fi
-[[ -n ${REDIS_URL:-} ]] || say "REDIS_URL unset: the instance uses its in-process limiter"
+need_services
 
 make_tmp
 SERVE_PID="" NGINX_PID="" DB=""
@@ -66,16 +61,7 @@ PY
 say "shipped TRUSTED_PROXIES=$TRUSTED (env file and unit agree)"
 
 # ------------------------------------------------------------ database --
-create_db itsur_clientip
-export DATABASE_URL
-DATABASE_URL="$(pg_with_db "$DATABASE_URL" "$DB")"
-export JWT_SECRET="client-ip-test-secret-0123456789abcdefgh"
-export REDIS_PREFIX="itsur-clientip-$RANDOM$RANDOM" LOG_FORMAT=json RUST_LOG=info ITSUR_ENV=prod
-unset DATABASE_READ_URL BIND_ADDR METRICS_BIND
-"$BIN" migrate >"$TMP/migrate.log" 2>&1 || {
-    cat "$TMP/migrate.log" >&2
-    fail "itsur migrate failed"
-}
+migrated_db itsur_clientip
 "$BIN" seed --demo >"$TMP/seed.log" 2>&1 || {
     cat "$TMP/seed.log" >&2
     fail "itsur seed --demo failed"
@@ -95,16 +81,7 @@ wait_http "http://127.0.0.1:$PORT/health/ready" 60 "$SERVE_PID" || {
     fail "itsur serve did not become ready"
 }
 
-P_NGX="$(free_port)"
-render_nginx "$PACKAGING/nginx/itsur.conf" "$TMP/nginx" "$P_NGX" "$PORT" >/dev/null
-nginx -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" -g 'daemon off;' &
-NGINX_PID=$!
-BASE="https://127.0.0.1:$TLS_PORT"
-for ((i = 0; i < 100; i++)); do
-    curl -fsS -o /dev/null --max-time 1 --cacert "$TLS_CA" "$BASE/health/live" 2>/dev/null && break
-    kill -0 "$NGINX_PID" 2>/dev/null || fail "nginx did not start (see $TMP/nginx/logs/error.log)"
-    sleep 0.1
-done
+start_nginx "$PORT"
 say "nginx on $BASE in front of itsur serve on 127.0.0.1:$PORT"
 
 # req CLIENT_ADDR METHOD PATH [curl args...] -> status in $CODE, headers in $TMP/h

@@ -125,6 +125,54 @@ drop_db() {
         say "could not drop database $DB"
 }
 
+# need_services: DATABASE_URL (and REDIS_URL) from the environment, else from
+# scripts/services.sh (which finds or starts Postgres and Redis); says so when REDIS_URL stays
+# unset (the instances then use their in-process fallbacks).
+need_services() {
+    if [[ -z ${DATABASE_URL:-} ]]; then
+        say "DATABASE_URL unset: asking scripts/services.sh for Postgres and Redis"
+        local env_lines
+        env_lines="$("$REPO_ROOT/scripts/services.sh" env)" || fail "scripts/services.sh could not provide Postgres/Redis"
+        eval "$env_lines"
+    fi
+    [[ -n ${REDIS_URL:-} ]] || say "REDIS_URL unset: the instances use their in-process fallbacks"
+}
+
+# migrated_db PREFIX: a database of the test's own (see create_db; drop_db in the cleanup),
+# exported as DATABASE_URL with the settings every instance of the test shares (a JWT
+# secret, a random Redis prefix, JSON logs, ITSUR_ENV=prod, no inherited addresses), then
+# `itsur migrate` ($BIN) run on it.
+migrated_db() {
+    create_db "$1"
+    export DATABASE_URL
+    DATABASE_URL="$(pg_with_db "$DATABASE_URL" "$DB")"
+    export JWT_SECRET="$TEST_NAME-test-secret-0123456789abcdefgh"
+    export REDIS_PREFIX="itsur-$TEST_NAME-$RANDOM$RANDOM" LOG_FORMAT=json RUST_LOG=info ITSUR_ENV=prod
+    unset DATABASE_READ_URL BIND_ADDR METRICS_BIND
+    "$BIN" migrate >"$TMP/migrate.log" 2>&1 || {
+        cat "$TMP/migrate.log" >&2
+        fail "itsur migrate failed"
+    }
+}
+
+# start_nginx UPSTREAM_PORT... : the shipped packaging/nginx/itsur.conf (see render_nginx)
+# in front of itsur instances on 127.0.0.1:UPSTREAM_PORT..., run in the background from
+# $TMP/nginx until it answers /health/ready over TLS. Sets NGINX_PID (for the script's
+# cleanup), BASE (https://127.0.0.1:$TLS_PORT), TLS_PORT and TLS_CA.
+start_nginx() {
+    local i
+    render_nginx "$PACKAGING/nginx/itsur.conf" "$TMP/nginx" "$(free_port)" "$@" >/dev/null
+    nginx -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" -g 'daemon off;' &
+    NGINX_PID=$!
+    BASE="https://127.0.0.1:$TLS_PORT"
+    for ((i = 0; i < 100; i++)); do
+        curl -fsS -o /dev/null --max-time 1 --cacert "$TLS_CA" "$BASE/health/ready" 2>/dev/null && return 0
+        kill -0 "$NGINX_PID" 2>/dev/null || fail "nginx did not start (see $TMP/nginx/logs/error.log)"
+        sleep 0.1
+    done
+    fail "nginx on $BASE did not answer /health/ready (see $TMP/nginx/logs/error.log)"
+}
+
 # render_nginx SRC DIR LISTEN_PORT UPSTREAM_PORT... : a runnable copy of an nginx conf of
 # packaging/nginx/ under DIR (prefix, logs, temp paths, pid all inside DIR): nginx listens
 # on 127.0.0.1:LISTEN_PORT and balances over 127.0.0.1:UPSTREAM_PORT...; everything else

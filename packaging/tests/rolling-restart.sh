@@ -28,12 +28,7 @@ need_tool python3 python3
 need_tool curl curl
 need_tool psql postgresql-client
 BIN="$(itsur_bin)"
-if [[ -z ${DATABASE_URL:-} ]]; then
-    say "DATABASE_URL unset: asking scripts/services.sh for Postgres and Redis"
-    env_lines="$("$REPO_ROOT/scripts/services.sh" env)" || fail "scripts/services.sh could not provide Postgres/Redis"
-    eval "$env_lines"
-fi
-[[ -n ${REDIS_URL:-} ]] || say "REDIS_URL unset: the instances use their in-process fallbacks"
+need_services
 
 make_tmp
 declare -A PID PORT
@@ -54,16 +49,7 @@ cleanup() {
 trap cleanup EXIT
 
 # ------------------------------------------------------------ database --
-create_db itsur_roll
-export DATABASE_URL
-DATABASE_URL="$(pg_with_db "$DATABASE_URL" "$DB")"
-export JWT_SECRET="rolling-restart-secret-0123456789abcdefgh" # 40 bytes, any value
-export REDIS_PREFIX="itsur-roll-$RANDOM$RANDOM" LOG_FORMAT=json RUST_LOG=info ITSUR_ENV=prod
-unset DATABASE_READ_URL BIND_ADDR METRICS_BIND
-"$BIN" migrate >"$TMP/migrate.log" 2>&1 || {
-    cat "$TMP/migrate.log" >&2
-    fail "itsur migrate failed"
-}
+migrated_db itsur_roll
 say "database $DB created and migrated"
 
 # ------------------------------------------------------------ instances --
@@ -94,17 +80,9 @@ done
 say "instances ready: a=127.0.0.1:${PORT[a]} b=127.0.0.1:${PORT[b]}"
 
 # ----------------------------------------------------------------- nginx --
-P_NGX="$(free_port)"
-render_nginx "$PACKAGING/nginx/itsur.conf" "$TMP/nginx" "$P_NGX" "${PORT[a]}" "${PORT[b]}" >/dev/null
-nginx -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" -g 'daemon off;' &
-NGINX_PID=$!
 # itsur.conf serves the API over TLS (a self-signed certificate made by render_nginx); its
 # plain-HTTP port only redirects.
-for ((i = 0; i < 100; i++)); do
-    curl -fsS -o /dev/null --max-time 1 --cacert "$TLS_CA" "https://127.0.0.1:$TLS_PORT/health/ready" 2>/dev/null && break
-    kill -0 "$NGINX_PID" 2>/dev/null || fail "nginx did not start"
-    sleep 0.1
-done
+start_nginx "${PORT[a]}" "${PORT[b]}"
 say "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') on https://127.0.0.1:$TLS_PORT, upstream itsur_api = both instances"
 
 # ------------------------------------------------------------------ load --

@@ -98,6 +98,28 @@ async fn text(ctx: &Ctx, sql: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Saves `def` as flow `name` of `campus` and starts a run of it in one transaction.
+async fn save_and_start(ctx: &Ctx, campus: Uuid, name: &str, def: &serde_json::Value) -> Uuid {
+    let def = itsur::service::flows::validate_definition(def).unwrap();
+    let mut conn = ctx.db.conn().await.unwrap();
+    conn.transaction(async |conn| -> itsur::service::Result<Uuid> {
+        let flow = itsur::service::flows::save_new_flow(conn, campus, name, "", &def, None).await?;
+        let run = itsur::service::flows::start_run_in(
+            conn,
+            &ctx.flow_definitions,
+            &flow,
+            json!({}),
+            None,
+            "api",
+            None,
+        )
+        .await?;
+        Ok(run.unwrap().id)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_step_loses_nothing_and_starts_nothing_twice() {
     let db = TestDb::new().await;
@@ -108,27 +130,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_starts_nothing_twice() {
         {"id": "next", "node": "noop", "dependsOn": ["slow"], "input": {"audit": true}},
         {"id": "last", "node": "noop", "dependsOn": ["next"], "input": {"audit": true}}
     ]});
-    let def = itsur::service::flows::validate_definition(&def).unwrap();
-    let run = {
-        let mut conn = ctx.db.conn().await.unwrap();
-        conn.transaction(async |conn| -> itsur::service::Result<Uuid> {
-            let flow =
-                itsur::service::flows::save_new_flow(conn, campus.id, "k9", "", &def, None).await?;
-            let run = itsur::service::flows::start_run_in(
-                conn,
-                &ctx.flow_definitions,
-                &flow,
-                json!({}),
-                None,
-                "api",
-                None,
-            )
-            .await?;
-            Ok(run.unwrap().id)
-        })
-        .await
-        .unwrap()
-    };
+    let run = save_and_start(&ctx, campus.id, "k9", &def).await;
     let mut a = Worker::spawn(&db).await;
     let step_running = eventually(Duration::from_secs(30), || async {
         count(
@@ -216,28 +218,7 @@ async fn email_through_worker(url: &str, ca: &std::path::Path) -> (String, Strin
         "input": {"to": {"userIds": [user.id]}, "subject": "Your order is ready", "text": "Pick it up.\n.\nThanks."},
         "maxAttempts": 1
     }]});
-    let def = itsur::service::flows::validate_definition(&def).unwrap();
-    let run = {
-        let mut conn = ctx.db.conn().await.unwrap();
-        conn.transaction(async |conn| -> itsur::service::Result<Uuid> {
-            let flow =
-                itsur::service::flows::save_new_flow(conn, campus.id, "mail", "", &def, None)
-                    .await?;
-            let run = itsur::service::flows::start_run_in(
-                conn,
-                &ctx.flow_definitions,
-                &flow,
-                json!({}),
-                None,
-                "api",
-                None,
-            )
-            .await?;
-            Ok(run.unwrap().id)
-        })
-        .await
-        .unwrap()
-    };
+    let run = save_and_start(&ctx, campus.id, "mail", &def).await;
     let ca = ca.display().to_string();
     let worker = Worker::spawn_with(
         &db,
