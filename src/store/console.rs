@@ -107,9 +107,18 @@ fn like_pattern(text: &str) -> String {
     p
 }
 
-/// The same queries on `jobs` and `jobs_history` (identical column names).
+/// The same queries on `jobs` and `jobs_history` (identical column names): the hot and the
+/// finished half of every console list, count and bulk batch.
 macro_rules! job_queries {
-    ($table:ident, $indexed:ident, $filtered:ident, $summary:ident) => {
+    (
+        $table:ident,
+        $indexed:ident,
+        $filtered:ident,
+        $summary:ident,
+        $floor:ident,
+        $newest_ids:ident,
+        $count_upto:ident
+    ) => {
         /// The rows matching the indexed part of `f` (campus, states) below `before`.
         fn $indexed<'a>(
             f: &'a JobFilter,
@@ -182,15 +191,73 @@ macro_rules! job_queries {
                 .load(conn)
                 .await
         }
+
+        /// The id of the `window`-th newest row matching the indexed part of `f` below
+        /// `before`; None when there are fewer.
+        async fn $floor(
+            conn: &mut AsyncPgConnection,
+            f: &JobFilter,
+            before: Option<Uuid>,
+            window: i64,
+        ) -> QueryResult<Option<Uuid>> {
+            $indexed(f, before)
+                .order($table::id.desc())
+                .offset(window - 1)
+                .limit(1)
+                .select($table::id)
+                .first(conn)
+                .await
+                .optional()
+        }
+
+        /// Up to `limit` ids matching `f` below `before`, newest first.
+        async fn $newest_ids(
+            conn: &mut AsyncPgConnection,
+            f: &JobFilter,
+            before: Option<Uuid>,
+            limit: i64,
+        ) -> QueryResult<Vec<Uuid>> {
+            $filtered(f, before)
+                .order($table::id.desc())
+                .limit(limit)
+                .select($table::id)
+                .load(conn)
+                .await
+        }
+
+        /// How many rows match `f`, counting no further than `cap + 1`.
+        async fn $count_upto(
+            conn: &mut AsyncPgConnection,
+            f: &JobFilter,
+            cap: i64,
+        ) -> QueryResult<usize> {
+            let ids: Vec<Uuid> = $filtered(f, None)
+                .select($table::id)
+                .limit(cap + 1)
+                .load(conn)
+                .await?;
+            Ok(ids.len())
+        }
     };
 }
 
-job_queries!(jobs, hot_indexed, hot_filtered, hot_summaries);
+job_queries!(
+    jobs,
+    hot_indexed,
+    hot_filtered,
+    hot_summaries,
+    hot_floor,
+    hot_newest_ids,
+    hot_count_upto
+);
 job_queries!(
     jobs_history,
     history_indexed,
     history_filtered,
-    history_summaries
+    history_summaries,
+    history_floor,
+    history_newest_ids,
+    history_count_upto
 );
 
 /// One keyset page.
@@ -215,26 +282,12 @@ async fn window_floor(
     window: i64,
 ) -> QueryResult<Option<Uuid>> {
     let hot = if f.wants_hot() {
-        hot_indexed(f, before)
-            .order(jobs::id.desc())
-            .offset(window - 1)
-            .limit(1)
-            .select(jobs::id)
-            .first(conn)
-            .await
-            .optional()?
+        hot_floor(conn, f, before, window).await?
     } else {
         None
     };
     let history = if f.wants_history() {
-        history_indexed(f, before)
-            .order(jobs_history::id.desc())
-            .offset(window - 1)
-            .limit(1)
-            .select(jobs_history::id)
-            .first(conn)
-            .await
-            .optional()?
+        history_floor(conn, f, before, window).await?
     } else {
         None
     };
@@ -301,20 +354,10 @@ pub async fn count_jobs(
 ) -> QueryResult<(i64, bool)> {
     let mut n = 0usize;
     if f.wants_hot() {
-        let ids: Vec<Uuid> = hot_filtered(f, None)
-            .select(jobs::id)
-            .limit(cap + 1)
-            .load(conn)
-            .await?;
-        n += ids.len();
+        n += hot_count_upto(conn, f, cap).await?;
     }
     if f.wants_history() && i64::try_from(n).unwrap_or(i64::MAX) <= cap {
-        let ids: Vec<Uuid> = history_filtered(f, None)
-            .select(jobs_history::id)
-            .limit(cap + 1)
-            .load(conn)
-            .await?;
-        n += ids.len();
+        n += history_count_upto(conn, f, cap).await?;
     }
     let n = i64::try_from(n).unwrap_or(i64::MAX);
     Ok((n.min(cap), n <= cap))
@@ -329,24 +372,12 @@ pub async fn batch_ids(
     limit: i64,
 ) -> QueryResult<Vec<Uuid>> {
     let mut ids: Vec<Uuid> = if f.wants_hot() {
-        hot_filtered(f, before)
-            .order(jobs::id.desc())
-            .limit(limit)
-            .select(jobs::id)
-            .load(conn)
-            .await?
+        hot_newest_ids(conn, f, before, limit).await?
     } else {
         Vec::new()
     };
     if f.wants_history() {
-        ids.extend(
-            history_filtered(f, before)
-                .order(jobs_history::id.desc())
-                .limit(limit)
-                .select(jobs_history::id)
-                .load::<Uuid>(conn)
-                .await?,
-        );
+        ids.extend(history_newest_ids(conn, f, before, limit).await?);
     }
     ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
     ids.truncate(usize::try_from(limit).unwrap_or(0));
