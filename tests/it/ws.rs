@@ -58,14 +58,59 @@ async fn rig() -> Rig {
     rig_with(|_| {}).await
 }
 
+/// Places an order of one `item` as `s` through the API; its id.
+async fn place(http: &Http, s: &Session, vendor: Uuid, item: Uuid) -> Uuid {
+    let res = http
+        .post("/orders", s.token(), &order_body(vendor, item, 1))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    res.id()
+}
+
 impl Rig {
     async fn place(&self, s: &Session, vendor: Uuid, item: Uuid) -> Uuid {
-        let res = self
-            .http
-            .post("/orders", s.token(), &order_body(vendor, item, 1))
-            .await;
-        assert_eq!(res.status, 201, "{}", res.text());
-        res.id()
+        place(&self.http, s, vendor, item).await
+    }
+
+    /// Publishes synthetic `order.created` events for `student` (campus and vendor A) with a
+    /// `blob_kib` KiB body straight onto the events channel, `batch` at a time, each batch
+    /// read by `fast`, until the hub has dropped one of its two sockets. Ids run from
+    /// `first + 1` and must stay below `max`; returns the last id published and the ids
+    /// `fast` received.
+    async fn flood(
+        &self,
+        fast: &mut WsClient,
+        student: &Session,
+        (first, max): (i64, i64),
+        batch: usize,
+        blob_kib: usize,
+    ) -> (i64, Vec<i64>) {
+        let a = &self.world.a;
+        let redis = redis::Client::open(self.redis.url.as_str()).unwrap();
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        let blob = "x".repeat(blob_kib * 1024);
+        let mut next_id = first;
+        let mut received = Vec::new();
+        while self.ctx.hub.len() == 2 {
+            assert!(next_id < max, "the slow client was never dropped");
+            let mut pipe = redis::pipe();
+            for _ in 0..batch {
+                next_id += 1;
+                let event = json!({
+                    "id": next_id, "event": "order.created", "aggregateType": "order",
+                    "aggregateId": Uuid::now_v7(), "version": 1, "createdAt": "2026-01-01T00:00:00Z",
+                    "data": { "blob": blob },
+                    "routing": { "campusId": a.campus.id, "vendorId": a.vendor.id, "userId": student.user_id },
+                });
+                pipe.cmd("PUBLISH")
+                    .arg(format!("{}:events", self.redis.prefix))
+                    .arg(event.to_string())
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap();
+            received.extend(ids(&fast.events(batch).await));
+        }
+        (next_id, received)
     }
 
     async fn transition(&self, s: &Session, order: Uuid, to: &str) {
@@ -281,30 +326,9 @@ async fn a_slow_reader_is_disconnected_while_others_keep_up() {
     assert_eq!(r.ctx.hub.len(), 2);
 
     // Big synthetic events straight onto the channel, paced by the fast client.
-    let redis = redis::Client::open(r.redis.url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let blob = "x".repeat(16 * 1024);
-    let mut next_id = 1_000_000_i64;
-    let mut received = Vec::new();
-    while r.ctx.hub.len() == 2 {
-        assert!(next_id < 1_010_000, "the slow client was never dropped");
-        let mut pipe = redis::pipe();
-        for _ in 0..20 {
-            next_id += 1;
-            let event = json!({
-                "id": next_id, "event": "order.created", "aggregateType": "order",
-                "aggregateId": Uuid::now_v7(), "version": 1, "createdAt": "2026-01-01T00:00:00Z",
-                "data": { "blob": blob },
-                "routing": { "campusId": a.campus.id, "vendorId": a.vendor.id, "userId": student.user_id },
-            });
-            pipe.cmd("PUBLISH")
-                .arg(format!("{}:events", r.redis.prefix))
-                .arg(event.to_string())
-                .ignore();
-        }
-        let () = pipe.query_async(&mut conn).await.unwrap();
-        received.extend(ids(&fast.events(20).await));
-    }
+    let (next_id, received) = r
+        .flood(&mut fast, &student, (1_000_000, 1_010_000), 20, 16)
+        .await;
     assert_eq!(
         received,
         (1_000_001..=next_id).collect::<Vec<_>>(),
@@ -341,29 +365,9 @@ async fn a_slow_readers_close_frame_is_not_stuck_behind_the_kernel_send_buffer()
     let mut fast = r.connect(&staff).await;
     assert_eq!(r.ctx.hub.len(), 2);
 
-    let redis = redis::Client::open(r.redis.url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let blob = "x".repeat(4 * 1024);
-    let mut next_id = 2_000_000_i64;
-    while r.ctx.hub.len() == 2 {
-        assert!(next_id < 2_050_000, "the slow client was never dropped");
-        let mut pipe = redis::pipe();
-        for _ in 0..16 {
-            next_id += 1;
-            let event = json!({
-                "id": next_id, "event": "order.created", "aggregateType": "order",
-                "aggregateId": Uuid::now_v7(), "version": 1, "createdAt": "2026-01-01T00:00:00Z",
-                "data": { "blob": blob },
-                "routing": { "campusId": a.campus.id, "vendorId": a.vendor.id, "userId": student.user_id },
-            });
-            pipe.cmd("PUBLISH")
-                .arg(format!("{}:events", r.redis.prefix))
-                .arg(event.to_string())
-                .ignore();
-        }
-        let () = pipe.query_async(&mut conn).await.unwrap();
-        fast.events(16).await;
-    }
+    let (next_id, _) = r
+        .flood(&mut fast, &student, (2_000_000, 2_050_000), 16, 4)
+        .await;
     let published = next_id - 2_000_000;
     let (bytes, code) = slow.bytes_until_close(WAIT).await;
     eprintln!(
@@ -494,17 +498,10 @@ async fn sockets_survive_a_redis_outage_and_catch_up_after_it() {
         }
     };
     assert!(eventually(WAIT, || async { count().await == 0 }).await);
+    let (vendor, item) = (world.a.vendor.id, world.a.items[0].id);
     let mut placed = Vec::new();
     for _ in 0..3 {
-        let res = http
-            .post(
-                "/orders",
-                student.token(),
-                &order_body(world.a.vendor.id, world.a.items[0].id, 1),
-            )
-            .await;
-        assert_eq!(res.status, 201, "{}", res.text());
-        placed.push(res.id());
+        placed.push(place(&http, &student, vendor, item).await);
     }
     assert_eq!(relay.drain().await.unwrap().published, 3);
     // Nobody heard them live; the socket is still open.
@@ -514,15 +511,9 @@ async fn sockets_survive_a_redis_outage_and_catch_up_after_it() {
     let caught_up = ws.events(3).await;
     assert_eq!(caught_up.iter().map(order_of).collect::<Vec<_>>(), placed);
     // And live delivery works again.
-    let res = http
-        .post(
-            "/orders",
-            student.token(),
-            &order_body(world.a.vendor.id, world.a.items[0].id, 1),
-        )
-        .await;
+    let id = place(&http, &student, vendor, item).await;
     relay.drain().await.unwrap();
-    assert_eq!(order_of(&ws.event().await), res.id());
+    assert_eq!(order_of(&ws.event().await), id);
 }
 
 /// Issue 17 item 11: a Redis that hangs instead of dying (SIGSTOP of a private
