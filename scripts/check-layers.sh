@@ -6,7 +6,7 @@
 #
 #   domain      pure: no diesel, actix, redis, bb8, tokio, reqwest
 #   actix       only in http (not in cli, main.rs, lib.rs, ...)
-#   domain store kv resilience clients service app.rs
+#   domain store kv realtime resilience clients service app
 #               never reach up into http, jobs, outbox, cli
 #   app         never uses service (service depends on app::Ctx: no circle)
 #   http        never uses jobs, outbox, store or diesel, and never names a store row
@@ -66,8 +66,8 @@ rule "actix is allowed in src/http only" \
     "$(crate_re 'actix[a-z_]*')" \
     "${not_http[@]}"
 
-mapfile -t lower < <(paths_of domain store kv resilience clients service app)
-rule "domain/store/kv/resilience/clients/service/app.rs must not depend on http, jobs, outbox, cli" \
+mapfile -t lower < <(paths_of domain store kv realtime resilience clients service app)
+rule "domain/store/kv/realtime/resilience/clients/service/app must not depend on http, jobs, outbox, cli" \
     "$(internal_re 'http|jobs|outbox|cli')" \
     "${lower[@]}"
 

@@ -6,7 +6,8 @@
 //! L4  cli                      clap + one thin shell per subcommand
 //! L3  http | jobs | outbox     the roles; they never import each other
 //! L2  app::Ctx + service       use cases shared by every role
-//! L1  store | kv → resilience → clients   adapters (Postgres, Redis, outbound HTTP)
+//! L1  store | kv → resilience → clients   adapters (Postgres, Redis, outbound HTTP);
+//!     realtime                 the in-process event hub (no I/O)
 //! L0  domain                   pure business model, no I/O
 //! leaf utilities: config, telemetry, shutdown (usable from every layer but domain)
 //! ```
@@ -22,6 +23,7 @@ pub mod http;
 pub mod jobs;
 pub mod kv;
 pub mod outbox;
+pub mod realtime;
 pub mod resilience;
 pub mod service;
 pub mod shutdown;

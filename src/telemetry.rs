@@ -37,7 +37,7 @@ pub const DB_REPLICA_UP: &str = "db_replica_up";
 /// Counter: reads served by the primary because the read replica was down.
 pub const DB_READ_FALLBACK_TOTAL: &str = "db_read_fallback_total";
 
-/// Gauges exported at zero from the start (`kv::hub`, `outbox::relay`, `jobs::runner`).
+/// Gauges exported at zero from the start (`realtime::hub`, `outbox::relay`, `jobs::runner`).
 const ZERO_AT_START_GAUGES: [&str; 5] = [
     "active_socket_connections",
     "outbox_pending",

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::clients::Clients;
 use crate::config::Config;
 use crate::kv::Kv;
-use crate::kv::hub::{Hub, HubLimits};
+use crate::realtime::hub::{Hub, HubLimits};
 use crate::resilience::{Breakers, RateLimiter};
 use crate::store::Db;
 use flow_definitions::DefinitionCache;

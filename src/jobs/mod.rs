@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::app::Ctx;
+use crate::domain::event::{Event, EventRouting, JobUpdate, NewEvent};
 use diesel_async::AsyncConnection;
 
 use crate::store::jobs::JobRow;
@@ -105,29 +106,33 @@ pub struct JobCx {
     last_progress: Mutex<Option<Instant>>,
 }
 
-/// The outbox event of a job's progress or end, routed to its owner (and its campus's
-/// admins). The version orders events across attempts: `attempt × 1000 + step`, where step
-/// is the percentage for progress and 999 for the end.
-pub(crate) fn job_event(
+/// The outbox event of a job's progress, routed to its owner (and its campus's admins).
+/// The version orders events across attempts: `attempt × 1000 + step`, where step is the
+/// percentage (the job's end, written by the engine in SQL as `job.status_changed`, uses
+/// 999).
+pub(crate) fn progress_event(
     job: &JobRow,
-    event: &str,
-    step: i32,
-    status: &str,
-    message: Option<&str>,
-) -> crate::store::outbox::NewOutboxEventRow {
-    crate::store::outbox::NewOutboxEventRow {
-        aggregate_type: "job".to_owned(),
+    pct: i32,
+    message: &str,
+) -> serde_json::Result<crate::store::outbox::NewOutboxEventRow> {
+    let event = Event::JobProgress(JobUpdate {
+        job_id: job.id,
+        kind: job.kind.clone(),
+        status: "progress".to_owned(),
+        progress: pct.min(100),
+        message: Some(message.to_owned()),
+        attempt: job.attempt,
+    });
+    crate::store::outbox::NewOutboxEventRow::from_event(&NewEvent {
+        event,
         aggregate_id: job.id,
-        aggregate_version: job.attempt.saturating_mul(1000).saturating_add(step),
-        event_type: event.to_owned(),
-        payload: serde_json::json!({
-            "jobId": job.id, "type": job.kind, "status": status,
-            "progress": step.min(100), "message": message, "attempt": job.attempt,
-        }),
-        campus_id: job.campus_id,
-        vendor_id: None,
-        user_id: job.owner_id,
-    }
+        version: job.attempt.saturating_mul(1000).saturating_add(pct),
+        routing: EventRouting {
+            campus_id: job.campus_id.map(Into::into),
+            vendor_id: None,
+            user_id: job.owner_id.map(Into::into),
+        },
+    })
 }
 
 /// Progress is persisted at most this often (the last update of a job always is).
@@ -184,6 +189,13 @@ impl JobCx {
         let pct = i16::from(pct.min(100));
         let job = &self.job;
         let worker = self.worker_id;
+        let event = match progress_event(job, i32::from(pct), message) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::debug!(job.id = %job.id, error = %e, "progress not recorded");
+                return;
+            }
+        };
         // The progress and its `job.progress` event commit together; the relay routes the
         // event to the job's owner over WebSockets.
         let written = conn
@@ -198,17 +210,7 @@ impl JobCx {
                 )
                 .await?;
                 if held {
-                    crate::store::outbox::insert_event(
-                        conn,
-                        &job_event(
-                            job,
-                            "job.progress",
-                            i32::from(pct),
-                            "progress",
-                            Some(message),
-                        ),
-                    )
-                    .await?;
+                    crate::store::outbox::insert_event(conn, &event).await?;
                 }
                 Ok(held)
             })

@@ -18,7 +18,6 @@
 //! the next caller tries again, so recovery needs no restart. [`Kv::ping`] (health checks)
 //! always tries for real.
 
-pub mod hub;
 pub mod keys;
 pub mod pubsub;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 
-use super::hub::EventEnvelope;
 use super::{Kv, KvUnavailable};
+use crate::domain::event::EventEnvelope;
 
 /// Publishes `events` in one pipelined round trip. An error means Redis is unavailable; some
 /// of the events may still have been published (delivery is at-least-once).

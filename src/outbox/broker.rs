@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Mutex;
 
 use super::sinks::{Sink, SinkError};
-use crate::kv::hub::EventEnvelope;
+use crate::domain::event::EventEnvelope;
 use crate::resilience::CircuitBreaker;
 
 /// What became of one event at the broker.

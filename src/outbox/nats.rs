@@ -22,7 +22,7 @@ use async_nats::jetstream::{self, stream};
 
 use super::broker::{Broker, LinkState, Outcome};
 use crate::config::NatsSettings;
-use crate::kv::hub::EventEnvelope;
+use crate::domain::event::EventEnvelope;
 
 /// Name of the NATS sink's circuit breaker (and its metrics label and `sinks_done` entry).
 pub const NATS_BREAKER: &str = "nats";

@@ -30,7 +30,7 @@ use lapin::{
 
 use super::broker::{Broker, LinkState, Outcome};
 use crate::config::AmqpSettings;
-use crate::kv::hub::EventEnvelope;
+use crate::domain::event::EventEnvelope;
 
 /// Name of the RabbitMQ sink's circuit breaker (and its metrics label and `sinks_done` entry).
 pub const AMQP_BREAKER: &str = "amqp";

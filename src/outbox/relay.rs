@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use super::sinks::{Sink, SinkError, default_sinks};
 use crate::app::Ctx;
-use crate::kv::hub::EventEnvelope;
+use crate::domain::event::EventEnvelope;
 use crate::service::events;
 use crate::shutdown::Shutdown;
 use crate::store::{StoreError, listen, outbox};

@@ -33,8 +33,10 @@ use sha2::Sha256;
 use super::broker::BrokerSink;
 use crate::app::Ctx;
 use crate::config::WebhookSettings;
+use crate::domain::OrderStatus;
+use crate::domain::event::{Event, EventEnvelope};
 use crate::kv::Kv;
-use crate::kv::hub::{EventEnvelope, Hub};
+use crate::realtime::hub::{Hub, LiveEvent};
 use crate::resilience::CircuitBreaker;
 
 /// Why a sink did not take an event.
@@ -103,10 +105,14 @@ pub struct EnqueuePush;
 impl EnqueuePush {
     /// The `send_push` job for `event`, if the event calls for one.
     pub fn job_for(event: &EventEnvelope) -> Option<crate::store::jobs::NewJob> {
-        if event.event != "order.status_changed" || event.data["to"] != "ready" {
+        // Other events, and a payload that is not the typed one, call for no push.
+        let Ok(Event::OrderStatusChanged(changed)) = event.typed() else {
+            return None;
+        };
+        if changed.to != OrderStatus::Ready {
             return None;
         }
-        let user: uuid::Uuid = event.data["userId"].as_str()?.parse().ok()?;
+        let user = changed.user_id;
         let order = event.aggregate_id;
         let short = order.simple().to_string();
         let short = short
@@ -128,7 +134,7 @@ impl EnqueuePush {
             max_attempts: 8,
             timeout_secs: 60,
             owner_id: Some(user),
-            campus_id: event.data["campusId"].as_str().and_then(|c| c.parse().ok()),
+            campus_id: Some(changed.campus_id),
         })
     }
 }
@@ -227,7 +233,8 @@ impl Sink for HubPublish {
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Vec<Result<(), SinkError>>> {
         for event in events {
-            self.hub.dispatch(Arc::new((*event).clone()));
+            self.hub
+                .dispatch(Arc::new(LiveEvent::from((*event).clone())));
         }
         std::future::ready(vec![Ok(()); events.len()]).boxed()
     }

@@ -2,16 +2,16 @@
 //! tenant-scoped replay behind WebSocket `resume`, the admin view of dead events (list,
 //! retry). Waking the relay after a commit is `app::relay_waker` (`ctx.relay_waker`).
 //!
-//! L2: depends on `store::outbox`, `kv::hub` (the envelope), `domain` and `app::Ctx`.
+//! L2: depends on `store::outbox`, `domain::event` (the envelope), `domain` and `app::Ctx`.
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 
 use super::{Page, PageRequest, Result};
 use crate::app::Ctx;
+use crate::domain::event::EventEnvelope;
 use crate::domain::event::{EventRouting, Subscription, Tenant};
 use crate::domain::{Actor, DomainError, Role};
-use crate::kv::hub::EventEnvelope;
 use crate::store::{audit, outbox, sessions};
 
 use crate::store::outbox::OutboxEventRow;
@@ -97,7 +97,6 @@ pub fn envelope(row: &OutboxEventRow) -> EventEnvelope {
             vendor_id: row.vendor_id.map(Into::into),
             user_id: row.user_id.map(Into::into),
         },
-        text_frame: Default::default(),
     }
 }
 

@@ -21,9 +21,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
+use crate::domain::event::{
+    Event, EventRouting, FlowRunStatusChanged, FlowStepStatusChanged, NewEvent,
+};
 use crate::domain::flow::{
     Definition, FailurePolicy, MAX_FAN_OUT, RefContext, RefPath, RunStatus, StepResult, lookup,
     referenced_steps, resolve, step_state as st,
@@ -200,7 +203,7 @@ struct Writes {
     /// Step rows (by id) that got a job or changed: state, counters, job, input.
     step_updates: Vec<StepUpdate>,
     runs: Vec<RunUpdate>,
-    events: Vec<NewOutboxEventRow>,
+    events: Vec<NewEvent>,
     /// Runs that ended, for metrics: (flow name, status, seconds).
     ended: Vec<(String, String, f64)>,
 }
@@ -388,7 +391,13 @@ pub(crate) async fn settle(
     enqueue_jobs(conn, &writes.jobs).await?;
     store::update_runs(conn, &writes.runs).await?;
     if !writes.events.is_empty() {
-        crate::store::outbox::insert_events(conn, &writes.events).await?;
+        let rows = writes
+            .events
+            .iter()
+            .map(NewOutboxEventRow::from_event)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+        crate::store::outbox::insert_events(conn, &rows).await?;
     }
     for (flow, status, secs) in writes.ended {
         metrics::counter!("flow_runs_finished_total", "flow" => flow.clone(), "status" => status)
@@ -566,11 +575,13 @@ fn collect(w: &mut RunWork, writes: &mut Writes) {
         let row = w.steps.get(&key);
         writes.events.push(run_event(
             &w.run,
-            "flow_step.status_changed",
-            json!({
-                "runId": w.run.id, "flowId": w.run.flow_id, "step": key, "status": state,
-                "error": row.and_then(|r| r.error.clone()),
-                "items": row.and_then(|r| r.items_total),
+            Event::FlowStepStatusChanged(FlowStepStatusChanged {
+                run_id: w.run.id,
+                flow_id: w.run.flow_id,
+                step: key,
+                status: state,
+                error: row.and_then(|r| r.error.clone()),
+                items: row.and_then(|r| r.items_total),
             }),
         ));
     }
@@ -579,11 +590,14 @@ fn collect(w: &mut RunWork, writes: &mut Writes) {
         w.run.event_seq += 1;
         writes.events.push(run_event(
             &w.run,
-            "flow_run.status_changed",
-            json!({
-                "runId": w.run.id, "flowId": w.run.flow_id, "flow": w.run.flow_name,
-                "version": w.run.version, "status": w.run.status,
-                "stepsRemaining": w.run.steps_remaining, "stepsFailed": w.run.steps_failed,
+            Event::FlowRunStatusChanged(FlowRunStatusChanged {
+                run_id: w.run.id,
+                flow_id: w.run.flow_id,
+                flow: w.run.flow_name.clone(),
+                version: w.run.version,
+                status: w.run.status.clone(),
+                steps_remaining: Some(w.run.steps_remaining),
+                steps_failed: Some(w.run.steps_failed),
             }),
         ));
         if finished {
@@ -605,17 +619,23 @@ fn collect(w: &mut RunWork, writes: &mut Writes) {
 
 /// An outbox event of a run, routed to its campus and its starter; the version is the run's
 /// event counter, so clients order step and run events of one run.
-pub(crate) fn run_event(run: &RunRow, event: &str, payload: Value) -> NewOutboxEventRow {
-    NewOutboxEventRow {
-        aggregate_type: "flow_run".to_owned(),
+pub(crate) fn run_event(run: &RunRow, event: Event) -> NewEvent {
+    NewEvent {
+        event,
         aggregate_id: run.id,
-        aggregate_version: run.event_seq,
-        event_type: event.to_owned(),
-        payload,
-        campus_id: Some(run.campus_id),
-        vendor_id: None,
-        user_id: run.user_id,
+        version: run.event_seq,
+        routing: EventRouting {
+            campus_id: Some(run.campus_id.into()),
+            vendor_id: None,
+            user_id: run.user_id.map(Into::into),
+        },
     }
+}
+
+/// The outbox row of [`run_event`].
+pub(crate) fn run_event_row(run: &RunRow, event: Event) -> QueryResult<NewOutboxEventRow> {
+    NewOutboxEventRow::from_event(&run_event(run, event))
+        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
 }
 
 /// Enqueues step jobs in the caller's transaction, one statement for the batch.

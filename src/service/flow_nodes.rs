@@ -6,7 +6,6 @@
 use chrono::{Duration, NaiveTime, TimeZone, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use serde_json::json;
 use uuid::Uuid;
 
 use super::nodes::{
@@ -16,7 +15,9 @@ use super::nodes::{
 use super::reports::{Format, SalesReportSpec};
 use super::{Error, Result};
 use crate::app::Ctx;
+use crate::domain::event::{Event, EventRouting, NewEvent, VendorClosed};
 use crate::domain::{Actor, DomainError, OrderStatus, Role};
+use crate::store::outbox::NewOutboxEventRow;
 use crate::store::schema::{orders, users, vendors};
 
 /// Closes every open vendor of the campus (an event to each vendor's board) and lists one
@@ -49,19 +50,27 @@ pub async fn close_vendors(ctx: &Ctx, input: &CloseVendorsInput) -> Result<Close
             .returning(vendors::id)
             .get_results(conn)
             .await?;
-            let events: Vec<_> = closed
+            let events = closed
                 .iter()
-                .map(|v| crate::store::outbox::NewOutboxEventRow {
-                    aggregate_type: "vendor".to_owned(),
-                    aggregate_id: *v,
-                    aggregate_version: 0,
-                    event_type: "vendor.closed".to_owned(),
-                    payload: json!({"vendorId": v, "campusId": campus_id, "isOpen": false, "reason": "end of day"}),
-                    campus_id: Some(campus_id),
-                    vendor_id: Some(*v),
-                    user_id: None,
+                .map(|v| {
+                    NewOutboxEventRow::from_event(&NewEvent {
+                        event: Event::VendorClosed(VendorClosed {
+                            vendor_id: *v,
+                            campus_id,
+                            is_open: false,
+                            reason: "end of day".to_owned(),
+                        }),
+                        aggregate_id: *v,
+                        version: 0,
+                        routing: EventRouting {
+                            campus_id: Some(campus_id.into()),
+                            vendor_id: Some((*v).into()),
+                            user_id: None,
+                        },
+                    })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::from)?;
             crate::store::outbox::insert_events(conn, &events).await?;
             let all: Vec<Uuid> = vendors::table
                 .filter(vendors::campus_id.eq(campus_id))

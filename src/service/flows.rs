@@ -11,12 +11,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::flow_engine::{self, RunWork};
 use super::{Page, PageRequest, Result};
 use crate::app::Ctx;
+use crate::domain::event::{Event, FlowRunStatusChanged};
 use crate::domain::flow::{Definition, FieldErrors, RunStatus, step_state as st};
 use crate::domain::{Actor, DomainError, Role, access};
 use crate::store::flows::{
@@ -850,12 +851,18 @@ pub async fn cancel_run(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<RunView> {
             run.event_seq += 1;
             crate::store::outbox::insert_event(
                 conn,
-                &flow_engine::run_event(
+                &flow_engine::run_event_row(
                     &run,
-                    "flow_run.status_changed",
-                    json!({"runId": run.id, "flowId": run.flow_id, "flow": run.flow_name,
-                           "version": run.version, "status": run.status}),
-                ),
+                    Event::FlowRunStatusChanged(FlowRunStatusChanged {
+                        run_id: run.id,
+                        flow_id: run.flow_id,
+                        flow: run.flow_name.clone(),
+                        version: run.version,
+                        status: run.status.clone(),
+                        steps_remaining: None,
+                        steps_failed: None,
+                    }),
+                )?,
             )
             .await?;
             store::update_runs(

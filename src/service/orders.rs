@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::{Error, Page, PageRequest, Result};
 use crate::app::Ctx;
-use crate::domain::{self, Actor, DomainError, EventType, OrderStatus, Role, access};
+use crate::domain::event::{Event, EventRouting, NewEvent, OrderCreated, OrderStatusChanged};
+use crate::domain::{self, Actor, DomainError, OrderStatus, Role, access};
 use crate::store::{audit, idempotency, menu_items, orders, outbox, vendors};
 
 /// How long an idempotency key replays its first response.
@@ -95,6 +96,48 @@ pub enum Placed {
     New(OrderView),
     /// The first response to this idempotency key, replayed.
     Replayed(OrderView),
+}
+
+/// The outbox row of an event about `view`'s order, routed to its campus, vendor and
+/// student, at the order's version.
+fn order_event(view: &OrderView, event: Event) -> Result<outbox::NewOutboxEventRow> {
+    let new = NewEvent {
+        event,
+        aggregate_id: view.id,
+        version: view.version,
+        routing: EventRouting {
+            campus_id: Some(view.campus_id.into()),
+            vendor_id: Some(view.vendor_id.into()),
+            user_id: Some(view.user_id.into()),
+        },
+    };
+    Ok(outbox::NewOutboxEventRow::from_event(&new).map_err(anyhow::Error::from)?)
+}
+
+/// `order.created` carries the order as placed.
+fn created_event(view: &OrderView) -> OrderCreated {
+    OrderCreated {
+        id: view.id,
+        campus_id: view.campus_id,
+        vendor_id: view.vendor_id,
+        user_id: view.user_id,
+        status: view.status.clone(),
+        total_cents: view.total_cents,
+        note: view.note.clone(),
+        version: view.version,
+        items: view
+            .items
+            .iter()
+            .map(|i| domain::event::OrderLine {
+                menu_item_id: i.menu_item_id,
+                name: i.name.clone(),
+                unit_price_cents: i.unit_price_cents,
+                quantity: i.quantity,
+            })
+            .collect(),
+        created_at: view.created_at,
+        updated_at: view.updated_at,
+    }
 }
 
 fn view(order: orders::OrderRow, items: Vec<orders::OrderItemRow>) -> OrderView {
@@ -342,20 +385,8 @@ async fn insert_order(
     )
     .await?;
     let view = view(order, items);
-    outbox::insert_event(
-        conn,
-        &outbox::NewOutboxEventRow {
-            aggregate_type: "order".to_owned(),
-            aggregate_id: order_id,
-            aggregate_version: 1,
-            event_type: EventType::OrderCreated.as_str().to_owned(),
-            payload: serde_json::to_value(&view).map_err(anyhow::Error::from)?,
-            campus_id: Some(view.campus_id),
-            vendor_id: Some(view.vendor_id),
-            user_id: Some(view.user_id),
-        },
-    )
-    .await?;
+    let created = Event::OrderCreated(created_event(&view));
+    outbox::insert_event(conn, &order_event(&view, created)?).await?;
     audit::insert(
         conn,
         &audit::NewAuditRow {
@@ -480,28 +511,16 @@ pub async fn transition_order(
                     Error::PreconditionFailed("order changed concurrently".to_owned())
                 })?;
             let view = view(updated, items);
-            outbox::insert_event(
-                conn,
-                &outbox::NewOutboxEventRow {
-                    aggregate_type: "order".to_owned(),
-                    aggregate_id: order_id,
-                    aggregate_version: view.version,
-                    event_type: EventType::OrderStatusChanged.as_str().to_owned(),
-                    payload: serde_json::json!({
-                        "orderId": order_id,
-                        "vendorId": view.vendor_id,
-                        "campusId": view.campus_id,
-                        "userId": view.user_id,
-                        "from": from.as_str(),
-                        "to": to.as_str(),
-                        "version": view.version,
-                    }),
-                    campus_id: Some(view.campus_id),
-                    vendor_id: Some(view.vendor_id),
-                    user_id: Some(view.user_id),
-                },
-            )
-            .await?;
+            let changed = Event::OrderStatusChanged(OrderStatusChanged {
+                order_id,
+                vendor_id: view.vendor_id,
+                campus_id: view.campus_id,
+                user_id: view.user_id,
+                from,
+                to,
+                version: view.version,
+            });
+            outbox::insert_event(conn, &order_event(&view, changed)?).await?;
             audit::insert(
                 conn,
                 &audit::NewAuditRow {

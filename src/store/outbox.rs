@@ -15,6 +15,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::outbox_events;
+use crate::domain::event::NewEvent;
 
 /// The `LISTEN`/`NOTIFY` channel that wakes relays (per database, so per test database too).
 pub const RELAY_CHANNEL: &str = "itsur_outbox";
@@ -79,6 +80,24 @@ pub struct NewOutboxEventRow {
     pub vendor_id: Option<Uuid>,
     /// Routing: user.
     pub user_id: Option<Uuid>,
+}
+
+impl NewOutboxEventRow {
+    /// The row of a typed event (`domain::event`): its name, aggregate kind and payload
+    /// follow from the event.
+    pub fn from_event(e: &NewEvent) -> serde_json::Result<Self> {
+        let t = e.event.event_type();
+        Ok(Self {
+            aggregate_type: t.aggregate().as_str().to_owned(),
+            aggregate_id: e.aggregate_id,
+            aggregate_version: e.version,
+            event_type: t.as_str().to_owned(),
+            payload: e.event.payload()?,
+            campus_id: e.routing.campus_id.map(|c| c.into_inner()),
+            vendor_id: e.routing.vendor_id.map(|v| v.into_inner()),
+            user_id: e.routing.user_id.map(|u| u.into_inner()),
+        })
+    }
 }
 
 /// Which events a reader may see, by routing key (`domain::event::Subscription` in store

@@ -1473,6 +1473,61 @@ async fn progress_and_the_end_of_a_job_are_events_for_its_owner() {
     assert_eq!(last.3["status"], "completed");
 }
 
+/// The job engine writes `job.status_changed` inside its SQL (`jsonb_build_object` in
+/// `store::jobs`, for the end and for a retry); what it writes must be the domain's typed
+/// payload (`domain::event::JobUpdate`), which consumers deserialize.
+#[actix_web::test]
+async fn the_job_events_the_engine_builds_in_sql_are_the_typed_domain_payload() {
+    use itsur::domain::event::{Event, EventType, JobUpdate};
+    use itsur::store::schema::outbox_events as o;
+    let t = TestApp::new().await;
+    let w = World::create(&t.ctx).await;
+    let worker = Worker::start(&t.ctx, options(), Registry::standard());
+    let mut job = noop(json!({ "failAttempts": [1] }));
+    job.owner_id = Some(w.a.staff.id);
+    job.max_attempts = 2;
+    let id = enqueue(&t.ctx, &job).await.id;
+    wait_job(&t.ctx, id, "waiting for retry 2", waiting_retry(1)).await;
+    make_due(&t.ctx, id).await;
+    wait_job(&t.ctx, id, "completed", in_state("completed")).await;
+    worker.stop().await;
+
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    let rows: Vec<(String, Value)> = o::table
+        .filter(o::aggregate_id.eq(id))
+        .order(o::id.asc())
+        .select((o::event_type, o::payload))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let updates: Vec<JobUpdate> = rows
+        .iter()
+        .map(|(name, payload)| {
+            let t = EventType::parse(name).unwrap();
+            assert_eq!(t, EventType::JobStatusChanged, "{name}");
+            match Event::from_payload(t, payload) {
+                Ok(Event::JobStatusChanged(u)) => u,
+                other => panic!("{payload} is not a JobUpdate: {other:?}"),
+            }
+        })
+        .collect();
+    let expected = |status: &str, message: Option<&str>, attempt| JobUpdate {
+        job_id: id,
+        kind: kind::NOOP.to_owned(),
+        status: status.to_owned(),
+        progress: 100,
+        message: message.map(str::to_owned),
+        attempt,
+    };
+    assert_eq!(
+        updates,
+        [
+            expected("queued", Some("asked to fail attempt 1"), 1),
+            expected("completed", None, 2),
+        ]
+    );
+}
+
 #[actix_web::test]
 async fn the_file_of_a_cancelled_import_goes_with_the_job() {
     let t = TestApp::new().await;

@@ -11,7 +11,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use itsur::app::Ctx;
-use itsur::kv::hub::EventEnvelope;
+use itsur::domain::event::EventEnvelope;
 use itsur::outbox::relay::{self, Relay};
 use itsur::outbox::sinks::{Sink, SinkError};
 use itsur::shutdown::Shutdown;

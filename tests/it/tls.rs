@@ -9,7 +9,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use itsur::config::Secret;
-use itsur::kv::hub::EventEnvelope;
+use itsur::domain::event::EventEnvelope;
 use itsur::kv::pubsub::{self, EventFeed, FeedItem};
 use itsur::kv::{self, Kv};
 use itsur::shutdown::Shutdown;

@@ -25,7 +25,7 @@ use super::protocol::{
 use crate::app::Ctx;
 use crate::domain::Actor;
 use crate::domain::event::{Subscription, Tenant};
-use crate::kv::hub::{EventEnvelope, Subscriber};
+use crate::realtime::hub::{LiveEvent, Subscriber};
 use crate::service::events::{self, ReplayRequest};
 
 /// Counter: closed connections by `reason`.
@@ -366,13 +366,14 @@ impl Conn {
             if req.include_late {
                 complete &= page.cursor_known;
             }
-            for event in &page.events {
+            let (more, next_after) = (page.more, page.next_after);
+            for event in page.events {
                 if self.sent.first_time(event.id) {
-                    self.send_frame(event, "replay").await?;
+                    self.send_frame(&LiveEvent::from(event), "replay").await?;
                     replayed += 1;
                 }
             }
-            if !page.more {
+            if !more {
                 break;
             }
             if replayed >= REPLAY_MAX {
@@ -380,7 +381,7 @@ impl Conn {
                 break;
             }
             req = ReplayRequest {
-                after: page.next_after,
+                after: next_after,
                 include_late: false,
                 limit: REPLAY_PAGE,
             };
@@ -388,18 +389,14 @@ impl Conn {
         Ok(Some((replayed, complete)))
     }
 
-    async fn send_event(
-        &mut self,
-        event: &Arc<EventEnvelope>,
-        via: &'static str,
-    ) -> Result<(), End> {
+    async fn send_event(&mut self, event: &Arc<LiveEvent>, via: &'static str) -> Result<(), End> {
         if !self.sent.first_time(event.id) {
             return Ok(());
         }
         self.send_frame(event, via).await
     }
 
-    async fn send_frame(&mut self, event: &EventEnvelope, via: &'static str) -> Result<(), End> {
+    async fn send_frame(&mut self, event: &LiveEvent, via: &'static str) -> Result<(), End> {
         // Topics narrow the stream; the cursor still moves past what they filter out.
         if !self.topics.is_empty()
             && !self
@@ -413,7 +410,7 @@ impl Conn {
         // realtime bench had JSON encoding per socket as the top user-space cost).
         let frame = event
             .text_frame
-            .get_or_init(|| ServerMessage::Event(EventFrame::from(event)).to_json());
+            .get_or_init(|| ServerMessage::Event(EventFrame::from(&event.envelope)).to_json());
         self.send(Out::Text(frame)).await?;
         metrics::counter!(WS_EVENTS_SENT_TOTAL, "via" => via).increment(1);
         Ok(())

@@ -1,5 +1,5 @@
 //! The instance's ONE Redis subscription: events published by any relay arrive here and are
-//! routed to this instance's sockets through the hub (`kv::hub`). When Redis drops, the
+//! routed to this instance's sockets through the hub (`realtime::hub`). When Redis drops, the
 //! sockets stay open; the loop resubscribes with backoff and then signals a gap, so every
 //! connection catches up from its own cursor (events published meanwhile are replayed from
 //! the outbox table). Without Redis there is nothing to subscribe to: the relay of the same
@@ -76,7 +76,7 @@ async fn pump(ctx: &Ctx, feed: &mut EventFeed, shutdown: &Shutdown) -> Option<St
         tokio::select! {
             item = feed.next() => match item {
                 Some(FeedItem::Event(event)) => {
-                    ctx.hub.dispatch(Arc::new(event));
+                    ctx.hub.dispatch(Arc::new(event.into()));
                 }
                 Some(FeedItem::Malformed(why)) => {
                     tracing::warn!(error = %why, "ignoring a malformed message on the events channel");

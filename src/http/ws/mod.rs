@@ -18,11 +18,11 @@ use serde::Deserialize;
 
 use self::protocol::{BEARER_PROTOCOL_PREFIX, SUBPROTOCOL};
 use crate::app::Ctx;
-use crate::domain::event::Subscription;
+use crate::domain::event::{AggregateType, Subscription};
 use crate::http::error::{ApiError, Code};
 use crate::http::extract::bearer_token;
 use crate::http::{cookie, edge};
-use crate::kv::hub::{Admission, Rejected};
+use crate::realtime::hub::{Admission, Rejected};
 use crate::service;
 
 /// Query parameters of the upgrade.
@@ -62,7 +62,7 @@ async fn topics_of(
             })?;
         service::flows::get_run(ctx, actor, id).await?;
         out.push(conn::Topic {
-            aggregate_type: "flow_run",
+            aggregate_type: AggregateType::FlowRun.as_str(),
             id,
         });
     }

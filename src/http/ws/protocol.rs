@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::kv::hub::EventEnvelope;
+use crate::domain::event::EventEnvelope;
 
 /// Sub-protocol the server selects when the client offers it (`Sec-WebSocket-Protocol`).
 /// A browser passing its token as a sub-protocol offers `itsur.v1, bearer.<token>`; the
@@ -169,7 +169,6 @@ mod tests {
             created_at: chrono::DateTime::UNIX_EPOCH,
             data: serde_json::json!({"to": "ready"}),
             routing: Default::default(),
-            text_frame: Default::default(),
         };
         let v: serde_json::Value =
             serde_json::from_str(&ServerMessage::Event(EventFrame::from(&e)).to_json()).unwrap();

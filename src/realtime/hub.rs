@@ -4,7 +4,8 @@
 //!
 //! Two producers feed it: the gateway's Redis subscriber (one per `serve` instance) and, when
 //! no Redis is configured (`itsur all` on one machine), the relay's in-process sink. Both
-//! roles reach it through `app::Ctx`, so `http` and `outbox` never import each other.
+//! roles reach it through `app::Ctx`, so `http` and `outbox` never import each other; it
+//! lives in `realtime` (not `kv`: there is no Redis in it) below both.
 //!
 //! Memory is bounded per subscriber: each has a queue of `queue` events; a subscriber whose
 //! queue is full is dropped from the registry at once and its `overflowed` token fires, so
@@ -18,43 +19,41 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::domain::event::{EventRouting, Subscription, Tenant};
+use crate::domain::event::{EventEnvelope, EventRouting, Subscription, Tenant};
 use crate::domain::{CampusId, UserId, VendorId};
 
 /// Gauge: open realtime connections of this process.
 pub const ACTIVE_SOCKET_CONNECTIONS: &str = "active_socket_connections";
 
-/// An outbox event on its way to clients: the JSON published on the Redis events channel,
-/// and what the hub hands to subscribers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventEnvelope {
-    /// The outbox id: the client's resume cursor and dedup key.
-    pub id: i64,
-    /// Event name, e.g. `order.status_changed`.
-    pub event: String,
-    /// Aggregate kind, e.g. `order`.
-    pub aggregate_type: String,
-    /// The aggregate's id.
-    pub aggregate_id: Uuid,
-    /// The aggregate's version after the change: consumers drop stale updates with it.
-    pub version: i32,
-    /// When the change was written.
-    pub created_at: DateTime<Utc>,
-    /// The event body.
-    pub data: serde_json::Value,
-    /// Who may receive it.
-    pub routing: EventRouting,
-    /// The text frame clients receive, encoded once per event by the gateway and shared by
-    /// every socket it goes to (not published: it is derived from the fields above).
-    #[serde(skip)]
+/// An event as the hub delivers it: the envelope and its WebSocket text frame, encoded
+/// once by the first socket that sends it and shared by every other (the realtime bench had
+/// JSON encoding per socket as the top user-space cost). Derefs to the envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEvent {
+    /// The event.
+    pub envelope: EventEnvelope,
+    /// Its text frame, encoded lazily (not part of the event: derived from it).
     pub text_frame: FrameCache,
+}
+
+impl From<EventEnvelope> for LiveEvent {
+    fn from(envelope: EventEnvelope) -> Self {
+        Self {
+            envelope,
+            text_frame: FrameCache::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = EventEnvelope;
+
+    fn deref(&self) -> &EventEnvelope {
+        &self.envelope
+    }
 }
 
 /// A lazily encoded frame, cheap to clone ([`ByteString`] is reference counted). Equality and
@@ -118,7 +117,7 @@ pub enum Rejected {
 struct Entry {
     subscription: Subscription,
     ip: IpAddr,
-    tx: mpsc::Sender<Arc<EventEnvelope>>,
+    tx: mpsc::Sender<Arc<LiveEvent>>,
     overflowed: CancellationToken,
 }
 
@@ -299,7 +298,7 @@ impl Hub {
 
     /// Queues `event` for every subscriber it reaches; returns how many took it. A
     /// subscriber whose queue is full is removed and its `overflowed` token cancelled.
-    pub fn dispatch(&self, event: Arc<EventEnvelope>) -> usize {
+    pub fn dispatch(&self, event: Arc<LiveEvent>) -> usize {
         let mut reg = self.shared.lock();
         let mut delivered = 0;
         let mut slow = Vec::new();
@@ -366,19 +365,19 @@ fn gauge(open: usize) {
 pub struct Subscriber {
     id: u64,
     hub: Arc<Shared>,
-    rx: mpsc::Receiver<Arc<EventEnvelope>>,
+    rx: mpsc::Receiver<Arc<LiveEvent>>,
     overflowed: CancellationToken,
     gaps: watch::Receiver<u64>,
 }
 
 impl Subscriber {
     /// The next queued event; None once the subscriber was dropped from the hub.
-    pub async fn recv(&mut self) -> Option<Arc<EventEnvelope>> {
+    pub async fn recv(&mut self) -> Option<Arc<LiveEvent>> {
         self.rx.recv().await
     }
 
     /// A queued event, if one is waiting.
-    pub fn try_recv(&mut self) -> Option<Arc<EventEnvelope>> {
+    pub fn try_recv(&mut self) -> Option<Arc<LiveEvent>> {
         self.rx.try_recv().ok()
     }
 
@@ -418,6 +417,8 @@ impl Drop for Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
+    use uuid::Uuid;
 
     fn sub(user: UserId, tenant: Tenant) -> Subscription {
         Subscription { user, tenant }
@@ -431,8 +432,8 @@ mod tests {
         })
     }
 
-    fn event(id: i64, routing: EventRouting) -> Arc<EventEnvelope> {
-        Arc::new(EventEnvelope {
+    fn event(id: i64, routing: EventRouting) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent::from(EventEnvelope {
             id,
             event: "order.created".to_owned(),
             aggregate_type: "order".to_owned(),
@@ -441,8 +442,7 @@ mod tests {
             created_at: Utc::now(),
             data: serde_json::json!({}),
             routing,
-            text_frame: Default::default(),
-        })
+        }))
     }
 
     fn ip(last: u8) -> IpAddr {
