@@ -1,8 +1,8 @@
 //! Runs the API on a bound listener until shutdown, then drains: readiness turns false at
 //! once (so nginx and probes stop sending), WebSockets are closed with 1012 (reconnect and
 //! resume elsewhere), in-flight requests finish within the drain budget, and only then does
-//! the server stop. Also starts the instance's Redis events subscription (the relay waker is
-//! started by the role, `cli::boot::start_relay_waker`).
+//! the server stop. Also starts the instance's Redis events subscription and its socket-count
+//! report (the relay waker is started by the role, `cli::boot::start_relay_waker`).
 
 use std::any::Any;
 use std::net::TcpListener;
@@ -24,6 +24,11 @@ pub async fn run(
     let handle = server.handle();
     // The realtime side of this instance: its one Redis events subscription.
     shutdown.spawn(super::ws::gateway::run_subscriber(
+        ctx.clone(),
+        shutdown.clone(),
+    ));
+    // Its socket count, summed with the other instances' by the console overview.
+    shutdown.spawn(crate::service::console::report_sockets(
         ctx.clone(),
         shutdown.clone(),
     ));

@@ -35,6 +35,12 @@ impl Keys {
         format!("{}:breaker:{name}", self.prefix)
     }
 
+    /// Sockets open per `serve` instance (a hash: instance id → `<count> <ms>`):
+    /// `<prefix>:sockets`.
+    pub fn sockets(&self) -> String {
+        format!("{}:sockets", self.prefix)
+    }
+
     /// The pub/sub channel carrying outbox events to every gateway instance.
     pub fn events_channel(&self) -> String {
         format!("{}:events", self.prefix)

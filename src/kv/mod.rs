@@ -20,6 +20,7 @@
 
 pub mod keys;
 pub mod pubsub;
+pub mod sockets;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct Kv {
     epoch: Instant,
     /// Whether this process's events subscription (the gateway's) is live; shared by clones.
     events_feed_up: Arc<AtomicBool>,
+    /// This process's id in shared per-instance records ([`sockets`]); shared by clones.
+    instance: Arc<str>,
 }
 
 impl Kv {
@@ -118,7 +121,13 @@ impl Kv {
             down_until_ms: Arc::new(AtomicU64::new(0)),
             events_feed_up: Arc::new(AtomicBool::new(false)),
             epoch: Instant::now(),
+            instance: Arc::from(uuid::Uuid::now_v7().to_string()),
         })
+    }
+
+    /// This process's id in shared per-instance records (a UUIDv7 made at start-up).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     fn now_ms(&self) -> u64 {

@@ -649,8 +649,12 @@ pub struct Overview {
     pub workers: WorkerFigures,
     /// Circuit breakers (shared through Redis).
     pub breakers: Vec<BreakerView>,
-    /// WebSocket connections open on the instance that answered.
+    /// WebSocket connections open across the fleet (`socketsScope` = `fleet`: every `serve`
+    /// instance reports its count through Redis every 5 s, `kv::sockets`), or on the instance
+    /// that answered (`instance`: no Redis, or Redis unreachable).
     pub sockets_open: i64,
+    /// `fleet` or `instance`: what `socketsOpen` counts.
+    pub sockets_scope: String,
 }
 
 /// The overview: throughput of the last hour, queues, outbox, workers, breakers, sockets.
@@ -716,6 +720,7 @@ pub async fn overview(ctx: &Ctx, actor: &Actor) -> Result<Overview> {
             .to_owned(),
         })
         .collect();
+    let (sockets_open, sockets_scope) = sockets_open(ctx).await;
     let window = secs_between(since, at).max(1.0);
     let (done, failed) = throughput.iter().fold((0i64, 0i64), |(c, f), r| {
         (c + r.completed, f + r.failed.unwrap_or(0) + r.dead)
@@ -743,8 +748,47 @@ pub async fn overview(ctx: &Ctx, actor: &Actor) -> Result<Overview> {
             running: workers.running,
         },
         breakers,
-        sockets_open: i64::try_from(ctx.hub.len()).unwrap_or(i64::MAX),
+        sockets_open,
+        sockets_scope: sockets_scope.to_owned(),
     })
+}
+
+/// Sockets open across the fleet, or on this instance when Redis cannot say: (count, scope).
+async fn sockets_open(ctx: &Ctx) -> (i64, &'static str) {
+    let own = ctx.hub.len();
+    if let Some(kv) = &ctx.kv {
+        match crate::kv::sockets::fleet_total(kv, own).await {
+            Ok(n) => return (n, "fleet"),
+            Err(e) => {
+                tracing::debug!(error = %e, "fleet socket count unavailable; showing this instance's")
+            }
+        }
+    }
+    (i64::try_from(own).unwrap_or(i64::MAX), "instance")
+}
+
+/// Reports this instance's open sockets through Redis every `kv::sockets::REPORT_EVERY`
+/// until shutdown, then removes its entry, so the overview can sum the fleet (issue 14).
+/// Returns at once without Redis. Run by every role that serves WebSockets.
+pub async fn report_sockets(ctx: Ctx, shutdown: crate::shutdown::Shutdown) {
+    let Some(kv) = ctx.kv.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(crate::kv::sockets::REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = crate::kv::sockets::report(&kv, ctx.hub.len()).await {
+            tracing::debug!(error = %e, "socket count not reported; the overview falls back");
+        }
+    }
+    if let Err(e) = crate::kv::sockets::forget(&kv).await {
+        // Harmless: the entry stops counting once it is older than `kv::sockets::FRESH`.
+        tracing::debug!(error = %e, "socket count entry left to expire");
+    }
 }
 
 /// A cron schedule with its next run and the outcome of its last tick.

@@ -499,3 +499,44 @@ async fn overview_queues_and_cron_report_the_hot_set() {
     assert_eq!(res.status, 200, "{}", res.text());
     assert!(res.body["page"]["next"].is_null());
 }
+
+/// Issue 14: "sockets open" counts the fleet. Two `serve` instances share a database and a
+/// Redis prefix, with one socket each: instance A's overview says 2 once B has reported (every
+/// 5 s), and 1 again once B has shut down (it removes its entry on the way out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_counts_the_sockets_of_every_instance() {
+    use crate::support::ws::WsClient;
+    use crate::support::{TestDb, TestRedis, TestServer, ctx_for, eventually};
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let a_ctx = ctx_for(&db.url, Some(&redis));
+    let b_ctx = ctx_for(&db.url, Some(&redis));
+    let world = World::create(&a_ctx).await;
+    let a = TestServer::start(a_ctx.clone());
+    let b = TestServer::start(b_ctx.clone());
+    let api = Api::new(a_ctx.clone()).await;
+    let root = api.login(&world.platform_admin.email).await;
+    let student = api.login(&world.a.student.email).await;
+    let _on_a = WsClient::connect(a.addr, &student.access).await;
+    let _on_b = WsClient::connect(b.addr, &student.access).await;
+    let sockets = || async {
+        let res = api.get("/admin/console/overview", root.token()).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.data()["socketsScope"], "fleet", "{}", res.text());
+        res.data()["socketsOpen"].as_i64().unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || async { sockets().await == 2 }).await,
+        "B's socket was never counted: {}",
+        sockets().await
+    );
+    b.shutdown.trigger();
+    assert!(
+        eventually(Duration::from_secs(20), || async { sockets().await == 1 }).await,
+        "B's entry outlived it: {}",
+        sockets().await
+    );
+    drop(a);
+}

@@ -174,7 +174,7 @@ function renderOverview(body, o) {
       stat('Outbox lag', age(o.outbox.lagSecs), 'stat-lag'),
       stat('Dead events', num(o.outbox.dead), 'stat-dead-events'),
       stat('Workers alive', `${o.workers.alive} (${o.workers.running}/${o.workers.slots} slots)`, 'stat-workers'),
-      stat('Sockets open', num(o.socketsOpen), 'stat-sockets'),
+      stat(o.socketsScope === 'fleet' ? 'Sockets open (all instances)' : 'Sockets open (this instance)', num(o.socketsOpen), 'stat-sockets'),
       stat('Breakers open', openBreakers.length ? openBreakers.map((b) => b.name).join(', ') : 'none', 'stat-breakers')),
     h('h3', {}, 'Jobs per minute, last hour'),
     throughputChart(o),
