@@ -29,6 +29,7 @@ use uuid::Uuid;
 use super::registry::Registry;
 use super::{JobCx, JobError, Output, StopReason};
 use crate::app::Ctx;
+use crate::resilience::backoff::Reconnect;
 use crate::shutdown::Shutdown;
 use crate::store::jobs::{self as store, End, EndState, Requeue, Terminal, WorkerRow};
 
@@ -354,7 +355,7 @@ async fn claim_loop(
 ) -> Buffer {
     let mut buffer: Buffer = VecDeque::new();
     let mut conn: Option<AsyncPgConnection> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Reconnect::new(Duration::from_millis(100), Reconnect::CAP);
     let max = w.options.max_in_flight();
     let mut cursor = store::ClaimCursor::START;
     let mut last_full_scan = Instant::now();
@@ -408,11 +409,10 @@ async fn claim_loop(
                 match session(&w.ctx).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis(), "claim connection failed");
-                        if !shutdown.sleep(backoff).await {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis(), "claim connection failed");
+                        if !backoff.wait(shutdown).await {
                             break;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 }
@@ -439,7 +439,7 @@ async fn claim_loop(
                 Ok(jobs) => {
                     metrics::histogram!("jobs_claim_seconds")
                         .record(started.elapsed().as_secs_f64());
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     full_claim = jobs.len() == want;
                     // A short claim reached the end: the next one starts from the front
                     // again (jobs that sort before the cursor may have arrived).
@@ -459,11 +459,10 @@ async fn claim_loop(
                 }
                 Err(e) => {
                     conn = None;
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis(), "claiming jobs failed");
-                    if !shutdown.sleep(backoff).await {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis(), "claiming jobs failed");
+                    if !backoff.wait(shutdown).await {
                         break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             }

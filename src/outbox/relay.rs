@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use super::sinks::{Sink, SinkError, default_sinks};
 use crate::app::Ctx;
 use crate::domain::event::EventEnvelope;
+use crate::resilience::backoff::Reconnect;
 use crate::service::events;
 use crate::shutdown::Shutdown;
 use crate::store::{StoreError, listen, outbox};
@@ -265,23 +266,20 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown) {
         ));
     }
     shutdown.spawn(housekeeping(ctx.clone(), shutdown.clone()));
-    let mut errors: u32 = 0;
+    let mut backoff = Reconnect::default();
     while !shutdown.is_triggered() {
         match relay.publish_batch().await {
             // A full batch: more may be due right now.
             Ok(report)
                 if i64::try_from(report.claimed).unwrap_or(i64::MAX) >= settings.batch_size =>
             {
-                errors = 0;
+                backoff.reset();
                 continue;
             }
-            Ok(_) => errors = 0,
+            Ok(_) => backoff.reset(),
             Err(e) => {
-                errors = errors.saturating_add(1);
-                let delay =
-                    Duration::from_millis(250u64 << errors.min(5)).min(Duration::from_secs(5));
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "outbox batch failed");
-                if !shutdown.sleep(delay).await {
+                tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis(), "outbox batch failed");
+                if !backoff.wait(&shutdown).await {
                     break;
                 }
                 continue;

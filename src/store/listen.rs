@@ -1,6 +1,7 @@
 //! `LISTEN` on a dedicated, non-pooled connection (a LISTEN on a pooled connection would go
 //! back to the pool with it), turned into wake-ups on a [`tokio::sync::Notify`]. The
-//! connection is re-opened with backoff whenever it dies, and checked with a `SELECT 1` every
+//! connection is re-opened with the shared reconnect backoff (`resilience::backoff::Reconnect`)
+//! whenever it dies, and checked with a `SELECT 1` every
 //! [`HEALTH_EVERY`] because a black-holed connection never ends its notification stream.
 //!
 //! After every (re)connect the listener wakes its owner once: notifications sent while it
@@ -14,6 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use crate::config::Secret;
+use crate::resilience::backoff::Reconnect;
 use crate::shutdown::Shutdown;
 
 /// How often the listening connection proves it is alive.
@@ -57,31 +59,40 @@ where
             .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')),
         "channel names are interpolated into LISTEN"
     );
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Reconnect::default();
     while !shutdown.is_triggered() {
-        let outcome = tokio::select! {
+        let (connected, error) = tokio::select! {
             o = listen_once(&url, channels, &on) => o,
             () = shutdown.cancelled() => return,
         };
-        match outcome {
-            Ok(()) => delay = Duration::from_millis(250),
-            Err(e) => {
-                tracing::warn!(channels = ?channels, error = %e, retry_in_ms = delay.as_millis(), "LISTEN connection lost")
-            }
+        if connected {
+            // It worked for a while: the next reconnect starts with the shortest wait.
+            backoff.reset();
         }
-        if !shutdown.sleep(delay).await {
+        tracing::warn!(channels = ?channels, error = %error, retry_in_ms = backoff.peek().as_millis(), "LISTEN connection lost");
+        if !backoff.wait(&shutdown).await {
             return;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
-/// One connection's life: connect, LISTEN, forward notifications until it fails.
-async fn listen_once<F>(
+/// One connection's life: connect, LISTEN, forward notifications until it fails. Returns
+/// whether it got to listen, and why it ended.
+async fn listen_once<F>(url: &Secret<String>, channels: &[&'static str], on: &F) -> (bool, String)
+where
+    F: Fn(Notification<'_>) + Send + Sync,
+{
+    let mut connected = false;
+    let Err(error) = listen_until_lost(url, channels, on, &mut connected).await;
+    (connected, error)
+}
+
+async fn listen_until_lost<F>(
     url: &Secret<String>,
     channels: &[&'static str],
     on: &F,
-) -> Result<(), String>
+    connected: &mut bool,
+) -> Result<std::convert::Infallible, String>
 where
     F: Fn(Notification<'_>) + Send + Sync,
 {
@@ -94,6 +105,7 @@ where
         .await
         .map_err(|e| e.to_string())?;
     tracing::debug!(channels = ?channels, "listening");
+    *connected = true;
     on(Notification::Connected);
     loop {
         {

@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use super::PgPool;
 use super::connect::{self, Connector};
 use crate::config::{Config, Secret};
+use crate::resilience::backoff::Reconnect;
 
 /// Logs connection errors once each, with their cause chain; never the URL (it may hold a
 /// password).
@@ -73,7 +74,8 @@ fn establish(
 }
 
 /// Waits until Postgres accepts a connection and answers `SELECT 1`, logging one line per
-/// failed attempt with exponential backoff (250 ms doubling to 5 s). Returns false when
+/// failed attempt with the shared reconnect backoff (`resilience::backoff::Reconnect`: 250 ms
+/// doubling to 5 s). Returns false when
 /// `give_up` resolves first (shutdown during start-up).
 pub async fn wait_for_postgres(
     url: &Secret<String>,
@@ -81,7 +83,7 @@ pub async fn wait_for_postgres(
     give_up: impl Future<Output = ()>,
 ) -> bool {
     let wait = async {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = Reconnect::default();
         let mut attempt: u32 = 1;
         loop {
             let outcome = tokio::time::timeout(attempt_timeout, async {
@@ -104,9 +106,9 @@ pub async fn wait_for_postgres(
                 Ok(Err(e)) => e,
                 Err(_) => format!("no answer within {attempt_timeout:?}"),
             };
+            let delay = backoff.fail();
             tracing::warn!(attempt, retry_in_ms = delay.as_millis(), error = %error, "waiting for postgres");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
             attempt = attempt.saturating_add(1);
         }
     };

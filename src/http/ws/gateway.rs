@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::app::Ctx;
 use crate::kv::pubsub::{EventFeed, FeedItem};
+use crate::resilience::backoff::Reconnect;
 use crate::shutdown::Shutdown;
 
 /// Deadline for connecting and subscribing.
@@ -33,7 +34,7 @@ pub async fn run_subscriber(ctx: Ctx, shutdown: Shutdown) {
     let Some(kv) = ctx.kv.clone() else {
         return;
     };
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Reconnect::new(Reconnect::FIRST, RETRY_CAP);
     let mut subscribed_before = false;
     loop {
         let opened = tokio::select! {
@@ -44,7 +45,7 @@ pub async fn run_subscriber(ctx: Ctx, shutdown: Shutdown) {
             Ok(mut feed) => {
                 metrics::gauge!(WS_FEED_UP).set(1.0);
                 kv.set_events_feed_up(true);
-                delay = Duration::from_millis(250);
+                backoff.reset();
                 if subscribed_before {
                     tracing::info!("redis events subscription restored; connections catch up");
                     ctx.hub.signal_gap();
@@ -59,13 +60,12 @@ pub async fn run_subscriber(ctx: Ctx, shutdown: Shutdown) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "cannot subscribe to redis events");
+                tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis(), "cannot subscribe to redis events");
             }
         }
-        if !shutdown.sleep(delay).await {
+        if !backoff.wait(&shutdown).await {
             return;
         }
-        delay = (delay * 2).min(RETRY_CAP);
     }
 }
 
