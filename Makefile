@@ -4,7 +4,8 @@
 #
 #   make run                  build, start services, seed demo data once, run `itsur all`
 #                             on BIND_ADDR (default 127.0.0.1:8080)
-#   make test [TEST_ARGS=..]  cargo test against the dev services, then the browser suite
+#   make test [TEST_ARGS=..]  cargo test against the dev services, then the browser suite and
+#                             schemathesis (BROWSER_TESTS=0 / SCHEMATHESIS=0 skip them)
 #   make lint                 fmt check, clippy -D warnings, layer rules, no libpq/OpenSSL/aws-lc
 #   make static               statically linked, stripped release binary
 #   make deb                  Debian package (cargo-deb) around the static binary
@@ -20,6 +21,8 @@ CARGO ?= cargo
 TEST_ARGS ?=
 # 0: `make test` skips the browser suite (tests/browser/run.sh).
 BROWSER_TESTS ?= 1
+# 0: `make test` skips schemathesis over /openapi.json (scripts/schemathesis.sh).
+SCHEMATHESIS ?= 1
 STATIC_TARGET := x86_64-unknown-linux-gnu
 # Where cargo writes its output: CARGO_TARGET_DIR or build.target-dir when set, else
 # target/ (asked from cargo once, when a recipe needs it).
@@ -35,7 +38,7 @@ DEV_BIN = $(TARGET_DIR)/debug/itsur
 # or BIND_ADDR in the environment.
 BIND_ADDR ?= 127.0.0.1:8080
 
-.PHONY: help build run test test-browser test-packaging bench lint settings-table check-layers check-no-c-deps fmt static deb \
+.PHONY: help build run test test-browser test-schemathesis test-packaging bench lint settings-table check-layers check-no-c-deps fmt static deb \
         services services-stop clean-local
 
 help: ## list the targets
@@ -67,13 +70,21 @@ run: build ## start services, seed demo data if empty, run `itsur all` on BIND_A
 	echo "run: itsur all on http://$$BIND_ADDR (DATABASE_URL=$$(redact "$$DATABASE_URL") REDIS_URL=$$(redact "$${REDIS_URL:-}"))" >&2
 	exec $(DEV_BIN) all
 
-test: ## cargo test --all-targets, then the browser suite (BROWSER_TESTS=0 skips it); extra cargo args in TEST_ARGS
+test: ## cargo test --all-targets, then the browser suite and schemathesis (BROWSER_TESTS=0, SCHEMATHESIS=0 skip them); extra cargo args in TEST_ARGS
 	@env_lines="$$(scripts/services.sh env)"
 	eval "$$env_lines"
 	export TEST_DATABASE_URL TEST_REDIS_URL
 	set -x
 	$(CARGO) test --locked --all-targets $(TEST_ARGS)
 	if [[ "$(BROWSER_TESTS)" != 0 ]]; then ITSUR_BIN="$(DEV_BIN)" tests/browser/run.sh; fi
+	if [[ "$(SCHEMATHESIS)" != 0 ]]; then ITSUR_BIN="$(DEV_BIN)" scripts/schemathesis.sh; else echo "SKIP schemathesis: SCHEMATHESIS=0"; fi
+
+test-schemathesis: ## only schemathesis over /openapi.json for student, vendor staff and admin (scripts/schemathesis.sh)
+	@env_lines="$$(scripts/services.sh env)"
+	eval "$$env_lines"
+	export TEST_DATABASE_URL TEST_REDIS_URL
+	$(CARGO) build --locked --bin itsur
+	ITSUR_BIN="$(DEV_BIN)" scripts/schemathesis.sh
 
 test-browser: ## only the browser suite (Chromium + playwright-core): tests/browser/run.sh [FILES=...]
 	@env_lines="$$(scripts/services.sh env)"
@@ -85,7 +96,7 @@ test-browser: ## only the browser suite (Chromium + playwright-core): tests/brow
 test-packaging: build ## systemd/nginx/TLS/client-ip/Makefile/compose/prometheus/debian/k8s checks and the rolling restart
 	ITSUR_BIN='$(DEV_BIN)' packaging/tests/run-all.sh
 
-bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=orders|menu|jobs|jobs-churn|jobs-xmin|realtime|sockets|report-isolation|console|flows|relay); figures in bench/results/
+bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=orders|menu|jobs|jobs-churn|jobs-xmin|realtime|sockets|report-isolation|console|flows|relay|logins); figures in bench/results/
 	@env_lines="$$(scripts/services.sh env)"
 	eval "$$env_lines"
 	export BENCH_DATABASE_URL="$$TEST_DATABASE_URL" BENCH_REDIS_URL="$$TEST_REDIS_URL"

@@ -5,7 +5,7 @@
 //! keep-alive connection per virtual client) and writes `bench/results/<scenario>.json`;
 //! the run ends with one Markdown table. See `bench/README.md` for what each scenario does.
 //!
-//! Usage: `cargo bench --bench load -- [orders|menu|jobs|realtime|sockets|report-isolation|console|flows|relay|all]`
+//! Usage: `cargo bench --bench load -- [orders|menu|jobs|realtime|sockets|report-isolation|console|flows|relay|logins|all]`
 //! (settings: BENCH_DATABASE_URL admin URL, BENCH_REDIS_URL, BENCH_SECS).
 
 #![expect(
@@ -1204,6 +1204,98 @@ async fn bench_sockets(rows: &mut Vec<Row>) {
     ));
 }
 
+/// A login storm (issue 17 item 1): 1,000 logins of distinct students, 64 at a time, each an
+/// argon2id verification (19 MiB). Figures: logins/s, latency percentiles, 503s (hasher
+/// queue past `PASSWORD_HASH_TIMEOUT_MS`), and the server's RSS before, right after and
+/// after settling — the goal is RSS ≤ 100 MiB after the storm.
+async fn bench_logins(rows: &mut Vec<Row>) {
+    const LOGINS: usize = 1000;
+    const CONCURRENCY: usize = 64;
+    let w = seed("itsur_bench_logins").await;
+    let server = Server::start("serve", &w.db, &[]);
+    server.wait_ready().await;
+    let rss_before = server.rss_kib();
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (next, base) = (next.clone(), server.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap();
+            let mut s = Stats::default();
+            let mut unavailable = 0_u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= LOGINS {
+                    return (s, unavailable);
+                }
+                let body = json!({ "email": format!("s{}@bench.edu", i % STUDENTS), "password": "bench-password" });
+                let t = Instant::now();
+                match http.post(format!("{base}/auth/login")).json(&body).send().await {
+                    Ok(r) => {
+                        let status = r.status();
+                        let _ = r.bytes().await;
+                        s.latencies_us.push(t.elapsed().as_micros() as u64);
+                        if status.is_success() {
+                            s.ok += 1;
+                        } else {
+                            s.non_2xx += 1;
+                            unavailable += u64::from(status.as_u16() == 503);
+                        }
+                    }
+                    Err(_) => s.errors += 1,
+                }
+            }
+        }));
+    }
+    let mut all = Stats::default();
+    let mut unavailable = 0;
+    for t in tasks {
+        let (s, u) = t.await.unwrap();
+        all.latencies_us.extend(s.latencies_us);
+        all.ok += s.ok;
+        all.non_2xx += s.non_2xx;
+        all.errors += s.errors;
+        unavailable += u;
+    }
+    all.elapsed = start.elapsed();
+    all.latencies_us.sort_unstable();
+    let rss_after = server.rss_kib();
+    // Memory the storm leaves behind once idle (the issue saw it stay at 1.8 GiB).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_idle = server.rss_kib();
+    let mut figures = all.json();
+    figures["logins_per_s"] = json!(all.ok as f64 / all.elapsed.as_secs_f64());
+    figures["unavailable_503"] = json!(unavailable);
+    figures["rss_before_kib"] = json!(rss_before);
+    figures["rss_after_kib"] = json!(rss_after);
+    figures["rss_idle_kib"] = json!(rss_idle);
+    write_result(
+        "logins",
+        json!({"logins": LOGINS, "concurrency": CONCURRENCY, "argon2": "id, m=19456 KiB, t=2, p=1"}),
+        figures,
+    );
+    rows.push((
+        format!("logins: {LOGINS} logins, {CONCURRENCY} at a time"),
+        format!(
+            "{:.0} logins/s, p50 {:.0} ms, p99 {:.0} ms, {} ok, {} 503, {} other errors; RSS {} → {} MiB ({} MiB idle 5 s later)",
+            all.ok as f64 / all.elapsed.as_secs_f64(),
+            all.pct(0.5),
+            all.pct(0.99),
+            all.ok,
+            unavailable,
+            all.non_2xx - unavailable + all.errors,
+            rss_before / 1024,
+            rss_after / 1024,
+            rss_idle / 1024
+        ),
+    ));
+}
+
 fn main() {
     // `cargo bench` passes --bench; anything else (a test run) must not start the load.
     if !std::env::args().any(|a| a == "--bench") {
@@ -1251,6 +1343,9 @@ fn main() {
         }
         if want("relay") {
             relay::bench_relay(&mut rows).await;
+        }
+        if want("logins") {
+            bench_logins(&mut rows).await;
         }
     });
     println!("\n| scenario | figures |\n|---|---|");

@@ -83,6 +83,10 @@ impl Ctx {
             relay_waker: relay_waker.clone(),
             flow_definitions: flow_definitions.clone(),
         };
+        let hasher = PasswordHasher::new(HasherSettings {
+            concurrency: config.password_hash.concurrency,
+            queue_timeout: config.password_hash.queue_timeout,
+        });
         Ok(Self {
             db,
             limiter: RateLimiter::new(kv.clone()),
@@ -95,7 +99,7 @@ impl Ctx {
             readiness: Readiness::default(),
             hub,
             relay_waker,
-            hasher: PasswordHasher::new(HasherSettings::default()),
+            hasher,
             job_hooks,
             flow_definitions,
         })

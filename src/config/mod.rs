@@ -18,6 +18,7 @@
 //! | job worker | `jobs.rs` | [`JobArgs`] → `jobs::runner::WorkerOptions` |
 //! | push providers | `push.rs` | [`PushArgs`] → [`PushConfig`] (`Config::push`) |
 //! | SMTP (e-mail node) | `smtp.rs` | [`SmtpArgs`] → [`SmtpConfig`] (`Config::smtp`) |
+//! | password hashing | `passwords.rs` | [`PasswordHashArgs`] → [`PasswordHashConfig`] (`Config::password_hash`) |
 //! | circuit breakers | `breaker.rs` | [`BreakerArgs`] → [`BreakerConfig`] (`Config::breaker`) |
 //!
 //! Adding a setting: add the `#[arg(long, env = "…")]` field (with a `///` help line — it
@@ -35,6 +36,7 @@ mod edge;
 mod http;
 mod jobs;
 mod outbox;
+mod passwords;
 mod push;
 mod redis;
 mod retention;
@@ -55,6 +57,7 @@ pub use self::edge::{Cidr, CorsConfig, EdgeArgs, EdgeConfig, Quota, QuotaSetting
 pub use self::http::{DEFAULT_BIND, HttpArgs, MIN_JWT_SECRET_BYTES};
 pub use self::jobs::JobArgs;
 pub use self::outbox::{OutboxArgs, OutboxSettings, WebhookSettings};
+pub use self::passwords::{PasswordHashArgs, PasswordHashConfig};
 pub use self::push::{DEFAULT_FCM_BASE_URL, DEFAULT_ONESIGNAL_BASE_URL, PushArgs, PushConfig};
 pub use self::redis::{RedisArgs, RedisConfig};
 pub use self::retention::RetentionArgs;
@@ -169,6 +172,10 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub smtp: SmtpArgs,
 
+    /// Bounds of password hashing (logins, registrations, imports).
+    #[command(flatten)]
+    pub password_hash: PasswordHashArgs,
+
     /// Circuit breakers around every outbound call.
     #[command(flatten)]
     pub breaker: BreakerArgs,
@@ -211,6 +218,8 @@ pub struct Config {
     pub push: PushConfig,
     /// SMTP server of the `send_email` node.
     pub smtp: SmtpConfig,
+    /// Concurrent password hashes and how long a request waits for one.
+    pub password_hash: PasswordHashConfig,
     /// Circuit-breaker policy shared by every outbound client.
     pub breaker: BreakerConfig,
     /// WebSocket gateway (defaults unless the role takes [`WsArgs`]).
@@ -240,6 +249,7 @@ impl Config {
             edge: EdgeConfig::default(),
             push: common.push.to_config()?,
             smtp: common.smtp.to_config()?,
+            password_hash: common.password_hash.to_config(),
             breaker: common.breaker.to_config()?,
             ws: WsSettings::default(),
             outbox: OutboxSettings::default(),

@@ -302,8 +302,33 @@ pub fn query_error_handler(err: error::QueryPayloadError, _req: &HttpRequest) ->
 }
 
 /// Turns path failures (a malformed id) into 404: an id that cannot exist names nothing.
-pub fn path_error_handler(err: error::PathError, _req: &HttpRequest) -> actix_web::Error {
+/// Unless a more specific documented path is what was meant (`PUT /flows/nodes` reaching
+/// `PUT /flows/{id}`): then the method is what is wrong, a 405.
+pub fn path_error_handler(err: error::PathError, req: &HttpRequest) -> actix_web::Error {
+    if let Some(e) = method_not_allowed(req) {
+        return e.into();
+    }
     ApiError::not_found(format!("no such resource ({err})")).into()
+}
+
+/// A 405 with `Allow`, when the request's path is documented without its method.
+fn method_not_allowed(req: &HttpRequest) -> Option<ApiError> {
+    let allow = req
+        .app_data::<web::Data<KnownRoutes>>()?
+        .allow(req.path())?;
+    if allow.split(", ").any(|m| m == req.method().as_str()) {
+        return None;
+    }
+    let mut e = ApiError::new(
+        Code::MethodNotAllowed,
+        format!(
+            "{} {} is not allowed; allowed: {allow}",
+            req.method(),
+            req.path()
+        ),
+    );
+    e.allow = Some(allow);
+    Some(e)
 }
 
 /// Registers the extractor error handlers and the JSON body limit
@@ -337,12 +362,19 @@ impl KnownRoutes {
         )
     }
 
-    /// The `Allow` value for `path`, when some documented route has that path.
+    /// The `Allow` value for `path`, when some documented route has that path. The most
+    /// specific templates win (`/jobs/workers` over `/jobs/{id}`), as they do in the router.
     pub fn allow(&self, path: &str) -> Option<String> {
-        let mut methods: Vec<&str> = self
+        let matching: Vec<&(ResourceDef, String)> = self
             .0
             .iter()
             .filter(|(def, _)| def.is_match(path))
+            .collect();
+        let params = |def: &ResourceDef| def.pattern().map_or(0, |p| p.matches('{').count());
+        let fewest = matching.iter().map(|(def, _)| params(def)).min()?;
+        let mut methods: Vec<&str> = matching
+            .iter()
+            .filter(|(def, _)| params(def) == fewest)
             .flat_map(|(_, allow)| allow.split(", "))
             .collect();
         methods.sort_unstable();
@@ -354,19 +386,7 @@ impl KnownRoutes {
 /// The default service: a known path with another method is a 405 problem with `Allow`;
 /// anything else is a 404 problem (not actix's empty 404).
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let allow = req
-        .app_data::<web::Data<KnownRoutes>>()
-        .and_then(|known| known.allow(req.path()));
-    if let Some(allow) = allow {
-        let mut e = ApiError::new(
-            Code::MethodNotAllowed,
-            format!(
-                "{} {} is not allowed; allowed: {allow}",
-                req.method(),
-                req.path()
-            ),
-        );
-        e.allow = Some(allow);
+    if let Some(e) = method_not_allowed(&req) {
         return Err(e);
     }
     Err(ApiError::not_found(format!(
@@ -453,5 +473,11 @@ mod tests {
         assert_eq!(known.allow("/orders/abc").as_deref(), Some("GET"));
         assert_eq!(known.allow("/orders/abc/status").as_deref(), Some("POST"));
         assert_eq!(known.allow("/nothing"), None);
+        let known = KnownRoutes::new([
+            ("/jobs/{id}", vec!["GET", "DELETE"]),
+            ("/jobs/workers", vec!["GET"]),
+        ]);
+        assert_eq!(known.allow("/jobs/workers").as_deref(), Some("GET"));
+        assert_eq!(known.allow("/jobs/abc").as_deref(), Some("DELETE, GET"));
     }
 }

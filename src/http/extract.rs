@@ -31,12 +31,13 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let value = web::Json::<serde_json::Value>::from_request(req, payload);
         Box::pin(async move {
-            let web::Json(value) = value.await?;
+            let web::Json(mut value) = value.await?;
             // Postgres text cannot hold U+0000: refuse it here, for every body, with the
             // field's path, instead of a 500 from the store (issue 17 item 6).
             if let Some(field) = nul_path(&value) {
                 return Err(nul_error(field).into());
             }
+            integral_floats_to_integers(&mut value);
             serde_path_to_error::deserialize::<_, T>(value)
                 .map(Self)
                 .map_err(|e| {
@@ -50,6 +51,35 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     api.into()
                 })
         })
+    }
+}
+
+/// Rewrites numbers such as `190.0` as `190`: JSON (RFC 8259) and JSON Schema do not tell
+/// them apart, so an `integer` field must take either; serde would refuse the float form.
+/// Numbers with a fraction, or beyond ±2^53 (where floats stop being exact), stay as they
+/// are and fail typed deserialisation as before.
+pub fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() <= EXACT
+            {
+                // Exact: |f| <= 2^53 and integral, so the conversion loses nothing.
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::as_conversions,
+                    reason = "integral and within ±2^53, checked above"
+                )]
+                let i = f as i64;
+                *value = Value::from(i);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
     }
 }
 
@@ -102,6 +132,31 @@ pub fn nul_path(value: &serde_json::Value) -> Option<String> {
             path
         }
     })
+}
+
+/// A JSON body that may be left out: no body at all (`Content-Length: 0` or none, not
+/// chunked) is `None`; a body that is there goes through [`JsonBody`] and its errors.
+/// (`Option<JsonBody<T>>` would swallow a bad body as `None`.)
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<T: serde::de::DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        use actix_web::http::header;
+        let headers = req.headers();
+        let empty = match headers.get(header::CONTENT_LENGTH) {
+            Some(len) => len.as_bytes() == b"0",
+            None => !headers.contains_key(header::TRANSFER_ENCODING),
+        };
+        if empty {
+            return Box::pin(async { Ok(Self(None)) });
+        }
+        let body = JsonBody::<T>::from_request(req, payload);
+        Box::pin(async move { Ok(Self(Some(body.await?.0))) })
+    }
 }
 
 impl<T> JsonBody<T> {
@@ -248,8 +303,10 @@ pub fn etag(version: i32) -> (&'static str, String) {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Rows to skip, 0 to 100000 (default 0).
+    #[param(minimum = 0, maximum = 100_000)]
     pub offset: Option<i64>,
 }
 
@@ -284,6 +341,18 @@ mod tests {
     use serde_json::json;
 
     use super::nul_path;
+
+    #[test]
+    fn integral_floats_become_integers_and_nothing_else_changes() {
+        let mut v = json!({"a": 190.0, "b": [1.5, -2.0, 1e20], "c": "3.0", "d": 7});
+        super::integral_floats_to_integers(&mut v);
+        assert_eq!(
+            v,
+            json!({"a": 190, "b": [1.5, -2, 1e20], "c": "3.0", "d": 7})
+        );
+        assert!(v["a"].is_i64());
+        assert!(v["b"][2].is_f64());
+    }
 
     #[test]
     fn nul_path_names_the_field_like_serde_path_to_error() {

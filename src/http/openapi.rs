@@ -59,6 +59,14 @@ const SHARED: [Code; 4] = [
 /// Problems of operations that read a body: too large, or the wrong content type.
 const WITH_BODY: [Code; 2] = [Code::PayloadTooLarge, Code::UnsupportedMediaType];
 
+/// Problems of operations that need a login: no valid token, or not allowed (role, tenant,
+/// CSRF for the browser cookie).
+const SECURED: [Code; 2] = [Code::Unauthenticated, Code::Forbidden];
+
+/// Problems of operations with path parameters: nothing there (or in another tenant), or a
+/// more specific path asked with a method it does not have.
+const WITH_PATH_PARAMS: [Code; 2] = [Code::NotFound, Code::MethodNotAllowed];
+
 impl Modify for Problems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
@@ -122,9 +130,21 @@ fn document_problems(op: &mut Operation) {
             response.content.insert(PROBLEM_JSON.to_owned(), content);
         }
     }
-    let shared = SHARED.iter();
-    let body = op.request_body.is_some().then_some(WITH_BODY.iter());
-    for code in shared.chain(body.into_iter().flatten()) {
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let path_params = op.parameters.as_ref().is_some_and(|ps| {
+        ps.iter()
+            .any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path))
+    });
+    let extra = [
+        (op.request_body.is_some(), &WITH_BODY[..]),
+        (secured, &SECURED[..]),
+        (path_params, &WITH_PATH_PARAMS[..]),
+    ];
+    let extra = extra
+        .into_iter()
+        .filter_map(|(applies, codes)| applies.then_some(codes))
+        .flatten();
+    for code in SHARED.iter().chain(extra) {
         let status = code.status().as_u16().to_string();
         op.responses
             .responses

@@ -72,8 +72,7 @@ pub struct InstanceView {
     pub status: String,
     /// Attempts of its job.
     pub attempts: i32,
-    /// Output.
-    #[schema(value_type = Option<Object>)]
+    /// Output (any JSON value the node returns).
     pub output: Option<Value>,
     /// Error.
     pub error: Option<String>,
@@ -102,8 +101,7 @@ pub struct StepView {
     /// Resolved input (once enqueued).
     #[schema(value_type = Option<Object>)]
     pub input: Option<Value>,
-    /// Output; for a fan-out step the list of its instances' outputs.
-    #[schema(value_type = Option<Object>)]
+    /// Output (any JSON value); for a fan-out step the list of its instances' outputs.
     pub output: Option<Value>,
     /// Error.
     pub error: Option<String>,

@@ -89,6 +89,33 @@ struct CsvRow {
     vendor_id: Option<String>,
 }
 
+/// Columns every import needs in its header row.
+pub const REQUIRED_COLUMNS: [&str; 4] = ["email", "display_name", "role", "password"];
+
+/// Checks that the header row names every required column, so that a file which is not an
+/// import CSV is refused at upload (400) instead of failing row by row in the job.
+pub fn check_header(csv_text: &str) -> Result<(), String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(csv_text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| format!("unreadable header row: {e}"))?;
+    let missing: Vec<&str> = REQUIRED_COLUMNS
+        .into_iter()
+        .filter(|c| !headers.iter().any(|h| h == *c))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the header row lacks {} (columns: email,display_name,role,password[,vendor_id])",
+            missing.join(", ")
+        ))
+    }
+}
+
 /// Parses and validates the file (pure: no I/O). `vendors` are the campus's vendor ids.
 pub fn validate_rows(
     campus: &CampusRow,

@@ -195,6 +195,12 @@ pub async fn submit_user_import(ctx: &Ctx, actor: &Actor, csv: String) -> Result
         }
         .into());
     }
+    if let Err(why) = imports::check_header(&csv) {
+        return Err(DomainError::Invalid {
+            field_errors: vec![("body".to_owned(), why)],
+        }
+        .into());
+    }
     let rows = imports::count_rows(&csv);
     if rows > MAX_ROWS {
         return Err(DomainError::Invalid {

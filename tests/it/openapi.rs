@@ -107,6 +107,16 @@ async fn openapi_lists_every_registered_route() {
         }
     }
 
+    // operationId must be unique (OpenAPI 3.1 §4.8.10.1); clients and fuzzers key on it.
+    let mut ids = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            if let Some(id) = op["operationId"].as_str() {
+                assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+            }
+        }
+    }
+
     let undocumented: Vec<_> = in_code.difference(&in_doc).collect();
     let phantom: Vec<_> = in_doc.difference(&in_code).collect();
     assert!(

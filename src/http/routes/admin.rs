@@ -95,6 +95,7 @@ impl From<audit::AuditEntry> for AuditEntry {
 #[into_params(parameter_in = Query)]
 pub struct OutboxParams {
     /// `dead` (default: given up after the last attempt) or `pending` (waiting or backing off).
+    #[param(schema_with = crate::http::dto::outbox_state_schema)]
     pub state: Option<String>,
 }
 

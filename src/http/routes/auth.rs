@@ -17,10 +17,16 @@ use crate::service::{auth, devices};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterRequest {
     /// E-mail; its domain decides the campus.
+    #[schema(
+        max_length = 254,
+        pattern = r"^[\t\n\x0b\f\r ]*[^\t\n\x0b\f\r @]+@[^\t\n\x0b\f\r @.][^\t\n\x0b\f\r @]*\.[^\t\n\x0b\f\r @]*[^\t\n\x0b\f\r @.][\t\n\x0b\f\r ]*$"
+    )]
     pub email: String,
     /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    /// Shown to vendors on orders.
+    /// Shown to vendors on orders (1 to 200 characters, not only spaces).
+    #[schema(min_length = 1, max_length = 200, pattern = r"[^\t\n\x0b\f\r ]")]
     pub display_name: String,
 }
 
@@ -227,8 +233,10 @@ pub async fn revoke_session(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeviceRequest {
     /// `fcm`, `apns`, `onesignal` or `webpush`.
+    #[schema(schema_with = crate::http::dto::platform_schema)]
     pub platform: String,
-    /// The provider's device token.
+    /// The provider's device token (1 to 4096 bytes, not only spaces).
+    #[schema(min_length = 1, max_length = 4096, pattern = r"[^\t\n\x0b\f\r ]")]
     pub token: String,
 }
 

@@ -57,6 +57,7 @@ pub struct MenuItemResponse {
     /// Description.
     pub description: Option<String>,
     /// Price in cents.
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub price_cents: i64,
     /// Units left.
     pub stock: i32,
@@ -150,13 +151,16 @@ pub async fn get_menu(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateMenuItemRequest {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters (not only spaces).
+    #[schema(min_length = 1, max_length = 200, pattern = r"[^\t\n\x0b\f\r ]")]
     pub name: String,
     /// Optional description.
     pub description: Option<String>,
     /// Price in cents, 0 to 10,000,000.
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub price_cents: i64,
     /// Units in stock, 0 to 1,000,000.
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub stock: i32,
     /// Orderable now (default true).
     pub available: Option<bool>,
@@ -166,15 +170,18 @@ pub struct CreateMenuItemRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateMenuItemRequest {
-    /// New name.
+    /// New name (1 to 200 characters, not only spaces).
+    #[schema(min_length = 1, max_length = 200, pattern = r"[^\t\n\x0b\f\r ]")]
     pub name: Option<String>,
     /// New description (null clears it).
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
-    /// New price in cents.
+    /// New price in cents, 0 to 10,000,000.
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub price_cents: Option<i64>,
-    /// New stock.
+    /// New stock, 0 to 1,000,000.
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub stock: Option<i32>,
     /// New availability.
     pub available: Option<bool>,

@@ -61,13 +61,21 @@ fn keyset<T, U, C: ToString>(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct JobFilterParams {
-    /// queued, running, completed, cancelled or dead.
+    /// queued, running, completed, cancelled or dead (empty: any).
+    #[schema(schema_with = crate::http::dto::job_state_filter_schema)]
+    #[param(schema_with = crate::http::dto::job_state_filter_schema)]
     pub state: Option<String>,
-    /// Job kind, e.g. `sales_report`.
+    /// Job kind, e.g. `sales_report` (at most 200 characters).
+    #[schema(max_length = 200)]
+    #[param(max_length = 200)]
     pub kind: Option<String>,
-    /// Queue.
+    /// Queue (at most 200 characters).
+    #[schema(max_length = 200)]
+    #[param(max_length = 200)]
     pub queue: Option<String>,
-    /// Text the payload's JSON must contain (case-insensitive).
+    /// Text the payload's JSON must contain (case-insensitive; at most 200 characters).
+    #[schema(max_length = 200)]
+    #[param(max_length = 200)]
     pub q: Option<String>,
 }
 
@@ -89,6 +97,7 @@ pub struct JobPageParams {
     /// The previous page's `page.next`.
     pub before: Option<Uuid>,
     /// 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -99,6 +108,7 @@ pub struct IdPageParams {
     /// The previous page's `page.next`.
     pub before: Option<i64>,
     /// 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -114,7 +124,7 @@ pub async fn overview(
 }
 
 /// Jobs, newest first, filtered; keyset pages.
-#[utoipa::path(get, path = "/admin/console/jobs", tag = "console", security(("bearer" = [])),
+#[utoipa::path(get, path = "/admin/console/jobs", operation_id = "console_list_jobs", tag = "console", security(("bearer" = [])),
     params(JobFilterParams, JobPageParams),
     responses((status = 200, body = inline(KeysetList<JobSummary>)), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn list_jobs(
@@ -166,7 +176,7 @@ pub async fn count_jobs(
 }
 
 /// One job: payload, attempts, error, progress, result (download at `/jobs/{id}/result`).
-#[utoipa::path(get, path = "/admin/console/jobs/{id}", tag = "console", security(("bearer" = [])),
+#[utoipa::path(get, path = "/admin/console/jobs/{id}", operation_id = "console_get_job", tag = "console", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 200, body = inline(crate::http::dto::Data<JobDetail>)), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody), (status = 404, body = ProblemBody)))]
 pub async fn get_job(
@@ -305,11 +315,12 @@ pub struct AuditPageParams {
     /// The previous page's `page.next`.
     pub before: Option<i64>,
     /// 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
 /// The audit trail, newest first; keyset pages.
-#[utoipa::path(get, path = "/admin/console/audit", tag = "console", security(("bearer" = [])),
+#[utoipa::path(get, path = "/admin/console/audit", operation_id = "console_list_audit", tag = "console", security(("bearer" = [])),
     params(AuditPageParams),
     responses((status = 200, body = inline(KeysetList<AuditEntry>)), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn list_audit(
@@ -329,16 +340,18 @@ pub async fn list_audit(
 #[into_params(parameter_in = Query)]
 pub struct OutboxPageParams {
     /// `dead` (default) or `pending`.
+    #[param(schema_with = crate::http::dto::outbox_state_schema)]
     pub state: Option<String>,
     /// The previous page's `page.next`.
     pub before: Option<i64>,
     /// 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
 /// Dead (or pending) outbox events, newest first; keyset pages. Retry one with
 /// `POST /admin/outbox/{id}/retry`.
-#[utoipa::path(get, path = "/admin/console/outbox", tag = "console", security(("bearer" = [])),
+#[utoipa::path(get, path = "/admin/console/outbox", operation_id = "console_list_outbox", tag = "console", security(("bearer" = [])),
     params(OutboxPageParams),
     responses((status = 200, body = inline(KeysetList<OutboxEvent>)), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn list_outbox(

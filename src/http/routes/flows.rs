@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::app::Ctx;
 use crate::http::dto::{Data, List, data};
 use crate::http::error::{ApiError, ProblemBody};
-use crate::http::extract::{Authed, JsonBody, PageParams};
+use crate::http::extract::{Authed, JsonBody, OptionalJsonBody, PageParams};
 use crate::service::flows::{self, FlowInput, FlowView, RunFilter, RunView, VersionView};
 use crate::service::nodes::{self, NodeSpec};
 
@@ -18,7 +18,8 @@ use crate::service::nodes::{self, NodeSpec};
 pub struct FlowRequest {
     /// Campus (platform admins; campus admins default to theirs).
     pub campus_id: Option<Uuid>,
-    /// Name, unique per campus (`[a-z0-9._-]`).
+    /// Name, unique per campus (1 to 100 of `[a-z0-9._-]`).
+    #[schema(pattern = r"^[a-z0-9._-]{1,100}$")]
     pub name: Option<String>,
     /// Free text.
     pub description: Option<String>,
@@ -42,9 +43,9 @@ impl From<FlowRequest> for FlowInput {
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StartRunRequest {
-    /// The run's input (an object), `input.*` in references.
+    /// The run's input (an object; null or absent: `{}`), `input.*` in references.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub input: Option<serde_json::Value>,
 }
 
@@ -66,6 +67,7 @@ pub struct RunParams {
     /// Only runs of this flow.
     pub flow: Option<Uuid>,
     /// running, succeeded, failed or cancelled.
+    #[param(schema_with = crate::http::dto::run_status_schema)]
     pub status: Option<String>,
 }
 
@@ -161,17 +163,17 @@ pub async fn list_nodes(Authed(_actor): Authed) -> Result<HttpResponse, ApiError
 
 /// Start a run of the flow's current version; 202 with the run.
 #[utoipa::path(post, path = "/flows/{id}/runs", tag = "flows", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Flow id")), request_body = StartRunRequest,
+    params(("id" = Uuid, Path, description = "Flow id")), request_body = Option<StartRunRequest>,
     responses((status = 202, body = RunAccepted), (status = 400, body = ProblemBody), (status = 403, body = ProblemBody),
         (status = 404, body = ProblemBody)))]
 pub async fn start_run(
     ctx: web::Data<Ctx>,
     Authed(actor): Authed,
     id: web::Path<Uuid>,
-    body: Option<JsonBody<StartRunRequest>>,
+    OptionalJsonBody(body): OptionalJsonBody<StartRunRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let input = body
-        .and_then(|b| b.into_inner().input)
+        .and_then(|b| b.input)
         .unwrap_or_else(|| serde_json::json!({}));
     let run = flows::start_run(&ctx, &actor, id.into_inner(), input).await?;
     Ok(HttpResponse::Accepted()

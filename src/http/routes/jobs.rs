@@ -69,7 +69,7 @@ pub struct SalesReportRequest {
     /// End (exclusive, RFC 3339).
     pub to: DateTime<Utc>,
     /// `csv` (default) or `json`.
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::http::dto::report_format_schema)]
     pub format: Option<Format>,
 }
 
@@ -168,6 +168,7 @@ pub async fn import_users(
 #[into_params(parameter_in = Query)]
 pub struct JobFilter {
     /// queued, started, progress, completed, failed or cancelled.
+    #[param(schema_with = crate::http::dto::public_job_status_schema)]
     pub status: Option<String>,
     /// Job kind, e.g. `sales_report`.
     #[serde(rename = "type")]

@@ -19,6 +19,7 @@ pub struct OrderLineRequest {
     /// Menu item of the vendor.
     pub menu_item_id: Uuid,
     /// 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
     pub quantity: i32,
 }
 
@@ -29,8 +30,10 @@ pub struct PlaceOrderRequest {
     /// Vendor all items belong to.
     pub vendor_id: Uuid,
     /// 1 to 50 distinct items.
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<OrderLineRequest>,
     /// Up to 500 characters for the vendor.
+    #[schema(max_length = 500)]
     pub note: Option<String>,
 }
 
@@ -39,6 +42,7 @@ pub struct PlaceOrderRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransitionRequest {
     /// Target state: accepted, preparing, ready, picked_up or cancelled.
+    #[schema(schema_with = crate::http::dto::order_status_schema)]
     pub to: String,
 }
 
@@ -47,6 +51,7 @@ pub struct TransitionRequest {
 #[into_params(parameter_in = Query)]
 pub struct OrderFilter {
     /// Only orders in this state.
+    #[param(schema_with = crate::http::dto::order_status_schema)]
     pub status: Option<String>,
 }
 
@@ -136,7 +141,7 @@ pub async fn get_order(
 
 /// Move an order along placed → accepted → preparing → ready → picked_up, or cancel it.
 #[utoipa::path(post, path = "/orders/{id}/transitions", tag = "orders", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Order id"), ("If-Match" = Option<String>, Header, description = "Version the client last saw")),
+    params(("id" = Uuid, Path, description = "Order id"), ("If-Match" = Option<String>, Header, nullable = false, description = "Version the client last saw (`\"3\"`, `W/\"3\"`, `3`, or `*`)", pattern = r#"^[\t ]*(\*|(W/)?"*\+?0*[1-9][0-9]{0,8}"*)[\t ]*$"#)),
     request_body = TransitionRequest,
     responses((status = 200, body = inline(Data<OrderView>)), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody),
         (status = 403, body = ProblemBody), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody), (status = 412, body = ProblemBody)))]

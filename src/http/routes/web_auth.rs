@@ -78,7 +78,7 @@ fn user_agent(req: &HttpRequest) -> Option<String> {
 }
 
 /// Sign in a browser: sets the HttpOnly session cookies (no token in the body).
-#[utoipa::path(post, path = "/auth/web/login", tag = "auth", request_body = LoginRequest,
+#[utoipa::path(post, path = "/auth/web/login", operation_id = "web_login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = inline(Data<WebSessionResponse>),
         headers(("Set-Cookie" = String, description = "itsur_access and itsur_refresh: HttpOnly, SameSite=Strict, Secure over TLS"))),
         (status = 401, body = ProblemBody), (status = 403, body = ProblemBody, description = "Origin missing or not this server")))]
@@ -94,7 +94,7 @@ pub async fn login(
 }
 
 /// Rotate the browser's tokens with the refresh cookie (single use, like `/auth/refresh`).
-#[utoipa::path(post, path = "/auth/web/refresh", tag = "auth",
+#[utoipa::path(post, path = "/auth/web/refresh", operation_id = "web_refresh", tag = "auth",
     responses((status = 200, body = inline(Data<WebSessionResponse>)),
         (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn refresh(ctx: web::Data<Ctx>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -118,7 +118,7 @@ pub async fn refresh(ctx: web::Data<Ctx>, req: HttpRequest) -> Result<HttpRespon
 }
 
 /// The browser's session: the user and the CSRF token (after a page load).
-#[utoipa::path(get, path = "/auth/web/session", tag = "auth", security(("cookie" = [])),
+#[utoipa::path(get, path = "/auth/web/session", tag = "auth", security(("bearer" = []), ("cookie" = [])),
     responses((status = 200, body = inline(Data<WebSessionResponse>)), (status = 401, body = ProblemBody)))]
 pub async fn session(ctx: web::Data<Ctx>, Authed(actor): Authed) -> Result<HttpResponse, ApiError> {
     let csrf_token = cookie::csrf_token(&ctx, actor.session_id.into_inner())?;
@@ -131,7 +131,7 @@ pub async fn session(ctx: web::Data<Ctx>, Authed(actor): Authed) -> Result<HttpR
 
 /// Sign out: revokes the session (on every instance, like `/auth/logout`) and clears the
 /// cookies. Needs `X-CSRF-Token`.
-#[utoipa::path(post, path = "/auth/web/logout", tag = "auth", security(("cookie" = [])),
+#[utoipa::path(post, path = "/auth/web/logout", operation_id = "web_logout", tag = "auth", security(("cookie" = [])),
     params(("X-CSRF-Token" = String, Header, description = "The session's CSRF token")),
     responses((status = 204), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn logout(

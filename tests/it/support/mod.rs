@@ -57,6 +57,7 @@ pub fn config_for_urls(database_url: &str, redis_url: Option<&str>, redis_prefix
         },
         push: PushConfig::default(),
         smtp: itsur::config::SmtpConfig::default(),
+        password_hash: itsur::config::PasswordHashConfig::default(),
         breaker: BreakerConfig::default(),
         ws: WsSettings::default(),
         // Tests drive the relay explicitly or wake it; a short poll keeps e2e-style tests
