@@ -92,6 +92,9 @@ pub fn main(args: &HealthcheckArgs) -> ExitCode {
                 match client.get(url).send().await {
                     Ok(res) if res.status().is_success() => Ok(()),
                     Ok(res) => Err(format!("{url}: {}", res.status())),
+                    Err(e) if e.is_timeout() => {
+                        Err(format!("{url}: no answer within {deadline:?}"))
+                    }
                     Err(e) => Err(format!("{url}: {}", e.without_url())),
                 }
             }

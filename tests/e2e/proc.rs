@@ -2,8 +2,10 @@
 
 use std::net::TcpListener;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The binary under test.
@@ -74,4 +76,39 @@ pub async fn wait_exit(child: &mut Child, deadline: Duration) -> i32 {
         .unwrap()
         .code()
         .unwrap_or(-1)
+}
+
+/// A child's stderr, read in the background so a test can wait for a log line (the event
+/// itself) instead of sleeping.
+pub struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    /// Takes over `child`'s piped stderr.
+    pub fn capture(child: &mut Child) -> Self {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut t = sink.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+        Self(text)
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `needle` was logged at least `times` times; false after `deadline`.
+    pub async fn wait_for(&self, needle: &str, times: usize, deadline: Duration) -> bool {
+        crate::support::eventually(deadline, || async {
+            self.text().matches(needle).count() >= times
+        })
+        .await
+    }
 }

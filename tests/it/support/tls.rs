@@ -1,5 +1,6 @@
-//! TLS test servers: a throw-away CA and server certificate (openssl CLI), a Postgres 15 with
-//! `ssl=on` whose pg_hba refuses plaintext TCP, and a `redis-server` listening on TLS only.
+//! TLS test servers: a throw-away CA and server certificate (openssl CLI), a private Postgres
+//! (any installed major version, see [`pg_bin`]) with `ssl=on` whose pg_hba refuses plaintext
+//! TCP, and a `redis-server` listening on TLS only.
 //! Everything lives in a temp dir removed on Drop; servers are stopped on Drop.
 //!
 //! A missing binary is not a pass: the constructors return `Err(reason)` and the test prints
@@ -11,7 +12,43 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The directory of `initdb` and `pg_ctl`: `TEST_PG_BIN` when set, else `pg_config
+/// --bindir`, else the newest `/usr/lib/postgresql/<major>/bin` (Debian installs servers
+/// there, outside PATH). Any major version with TLS support will do.
+pub fn pg_bin() -> Result<PathBuf, String> {
+    let has_tools = |d: &Path| d.join("initdb").exists() && d.join("pg_ctl").exists();
+    if let Some(dir) = std::env::var_os("TEST_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        return if has_tools(&dir) {
+            Ok(dir)
+        } else {
+            Err(format!("TEST_PG_BIN={}: no initdb/pg_ctl there", dir.display()))
+        };
+    }
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(dir) = from_pg_config.filter(|d| has_tools(d)) {
+        return Ok(dir);
+    }
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((major, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| has_tools(bin))
+        .collect();
+    majors.sort();
+    majors.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        "no initdb/pg_ctl (set TEST_PG_BIN, or install a postgresql server package)".to_owned()
+    })
+}
 
 /// Prints a visible SKIP line (bypassing the harness's capture) for `test`.
 pub fn skip(test: &str, reason: &str) {
@@ -181,8 +218,9 @@ fn id_of(user: &str, flag: &str) -> u32 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// A private Postgres 15 with TLS on; plaintext TCP is refused by pg_hba.
+/// A private Postgres with TLS on; plaintext TCP is refused by pg_hba.
 pub struct TlsPostgres {
+    bin: PathBuf,
     port: u16,
     data: PathBuf,
     as_postgres: bool,
@@ -190,14 +228,9 @@ pub struct TlsPostgres {
 }
 
 impl TlsPostgres {
-    /// initdb + start (a second or two); Err when the Postgres 15 binaries are missing.
+    /// initdb + start (a second or two); Err when no Postgres server binaries are found.
     pub fn start(pki: &Pki) -> Result<Self, String> {
-        if !Path::new(PG_BIN).join("initdb").exists() || !Path::new(PG_BIN).join("pg_ctl").exists()
-        {
-            return Err(format!(
-                "{PG_BIN}/initdb or pg_ctl not found (apt install postgresql-15)"
-            ));
-        }
+        let bin = pg_bin()?;
         let as_postgres = is_root();
         let dir = TempDir::new("pg");
         let data = dir.path().join("data");
@@ -215,6 +248,7 @@ impl TlsPostgres {
         }
         let port = free_port();
         let pg = Self {
+            bin,
             port,
             data,
             as_postgres,
@@ -257,7 +291,7 @@ impl TlsPostgres {
     }
 
     fn pg_command(&self, tool: &str) -> Command {
-        let bin = Path::new(PG_BIN).join(tool);
+        let bin = self.bin.join(tool);
         let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(bin);
