@@ -22,7 +22,10 @@ pub fn pg_bin() -> Result<PathBuf, String> {
         return if has_tools(&dir) {
             Ok(dir)
         } else {
-            Err(format!("TEST_PG_BIN={}: no initdb/pg_ctl there", dir.display()))
+            Err(format!(
+                "TEST_PG_BIN={}: no initdb/pg_ctl there",
+                dir.display()
+            ))
         };
     }
     let from_pg_config = Command::new("pg_config")
