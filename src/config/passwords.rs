@@ -56,3 +56,39 @@ impl PasswordHashArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: PasswordHashArgs,
+    }
+
+    #[test]
+    fn the_settings_reach_the_config_within_their_ranges() {
+        let cli = Cli::try_parse_from([
+            "itsur",
+            "--password-hash-concurrency",
+            "3",
+            "--password-hash-timeout-ms",
+            "250",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.to_config(),
+            PasswordHashConfig {
+                concurrency: 3,
+                queue_timeout: Duration::from_millis(250),
+            }
+        );
+        let defaults = Cli::try_parse_from(["itsur"]).unwrap().args.to_config();
+        assert_eq!(defaults, PasswordHashConfig::default());
+        assert!(Cli::try_parse_from(["itsur", "--password-hash-concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["itsur", "--password-hash-timeout-ms", "5"]).is_err());
+    }
+}

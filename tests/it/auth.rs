@@ -772,3 +772,22 @@ async fn a_logout_that_cannot_reach_redis_fails_instead_of_half_applying() {
     assert!(ok, "the retried logout succeeds once Redis is back");
     b.get("/me", s.token()).await.assert_problem(401);
 }
+
+/// Issue 17 item 1: `PASSWORD_HASH_CONCURRENCY` and `PASSWORD_HASH_TIMEOUT_MS` bound the
+/// hasher every login, registration and import row goes through (before, it always took one
+/// per core and 5 s, whatever was configured).
+#[actix_web::test]
+async fn password_hash_settings_bound_the_hasher() {
+    let db = TestDb::new().await;
+    let mut config = config_for(&db.url, None);
+    config.password_hash = itsur::config::PasswordHashConfig {
+        concurrency: 3,
+        queue_timeout: std::time::Duration::from_millis(250),
+    };
+    let ctx = Ctx::new(config).unwrap();
+    let shown = format!("{:?}", ctx.hasher);
+    assert!(
+        shown.contains("available: 3") && shown.contains("250ms"),
+        "{shown}"
+    );
+}
