@@ -62,9 +62,46 @@ pub struct WorkerOptions {
     pub cron: bool,
 }
 
-/// The prefetch when none is configured: four claims' worth of slots, at most 1,000.
-pub fn default_prefetch(concurrency: usize) -> usize {
-    concurrency.saturating_mul(4).clamp(16, 1000)
+/// The prefetch when none is configured: as deep as one claim goes (1,000). The buffer only
+/// grows that deep while slots go idle waiting for claims (see [`Depth`]).
+pub fn default_prefetch(_concurrency: usize) -> usize {
+    MAX_CLAIM
+}
+
+/// How deep the local buffer runs, between the concurrency and the prefetch: it doubles when
+/// slots sat free with the buffer empty while more work was due (the previous claim came back
+/// full), so a fast stream of short jobs is claimed in big batches (one statement, one
+/// commit for hundreds of jobs), and halves when a buffered job waited more than a second
+/// before it started, so a worker of slow jobs does not hoard what idle peers could run.
+#[derive(Debug)]
+struct Depth {
+    now: usize,
+    min: usize,
+    max: usize,
+}
+
+impl Depth {
+    fn new(options: &WorkerOptions) -> Self {
+        let min = options.concurrency.min(options.prefetch).max(1);
+        Self {
+            now: min,
+            min,
+            max: options.prefetch.max(1),
+        }
+    }
+
+    fn grow(&mut self) {
+        self.now = self.now.saturating_mul(2).min(self.max);
+    }
+
+    fn shrink(&mut self) {
+        self.now = (self.now / 2).max(self.min);
+    }
+
+    /// Jobs this worker may hold now: running, buffered, and ended but not yet recorded.
+    fn max_held(&self, concurrency: usize) -> usize {
+        concurrency.saturating_add(self.now).saturating_mul(2)
+    }
 }
 
 impl WorkerOptions {
@@ -212,8 +249,9 @@ impl Record {
     }
 }
 
-/// Claimed jobs not started yet, with their handlers, oldest first.
-type Buffer = VecDeque<(Arc<JobCx>, Option<Arc<dyn super::Handler>>)>;
+/// Claimed jobs not started yet, with their handlers and when they were claimed, oldest
+/// first.
+type Buffer = VecDeque<(Arc<JobCx>, Option<Arc<dyn super::Handler>>, Instant)>;
 
 /// Shared state of one worker's loops.
 struct Worker {
@@ -227,6 +265,8 @@ struct Worker {
     slots: Arc<Semaphore>,
     /// Jobs ended by this worker since it last vacuumed the hot table.
     ended: AtomicU64,
+    /// Metric handles by job kind.
+    metrics: MetricsByKind,
 }
 
 /// Runs the worker until shutdown.
@@ -254,6 +294,7 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
         in_flight: Arc::default(),
         wake: Arc::new(Notify::new()),
         ended: AtomicU64::new(0),
+        metrics: MetricsByKind::default(),
     });
     // Background loops stop with this token, after the claim loop has drained.
     let loops = Shutdown::new();
@@ -277,7 +318,7 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
     if !buffer.is_empty() {
         tracing::info!(count = buffer.len(), "handing buffered jobs back");
     }
-    for (cx, _) in buffer.drain(..) {
+    for (cx, _, _) in buffer.drain(..) {
         let _ = done_tx
             .send(Done {
                 cx,
@@ -356,18 +397,23 @@ async fn claim_loop(
     let mut buffer: Buffer = VecDeque::new();
     let mut conn: Option<AsyncPgConnection> = None;
     let mut backoff = Reconnect::new(Duration::from_millis(100), Reconnect::CAP);
-    let max = w.options.max_in_flight();
+    let mut depth = Depth::new(&w.options);
     let mut cursor = store::ClaimCursor::START;
     let mut last_full_scan = Instant::now();
+    // The last claim came back full: more work was due than it took.
+    let mut more_due = false;
     while !shutdown.is_triggered() {
         // Start what the free slots allow.
         while !buffer.is_empty() {
             let Ok(permit) = w.slots.clone().try_acquire_owned() else {
                 break;
             };
-            let Some((cx, handler)) = buffer.pop_front() else {
+            let Some((cx, handler, claimed_at)) = buffer.pop_front() else {
                 break;
             };
+            if claimed_at.elapsed() > Duration::from_secs(1) {
+                depth.shrink();
+            }
             match cx.stop_reason() {
                 Some(StopReason::CancelRequested) => {
                     drop(permit);
@@ -392,6 +438,7 @@ async fn claim_loop(
             let slot = Slot {
                 wake: w.wake.clone(),
                 permit: Some(permit),
+                metrics: w.metrics.of(&cx.job.kind),
             };
             let done_tx = done_tx.clone();
             tasks.spawn(async move {
@@ -399,10 +446,14 @@ async fn claim_loop(
                 let _ = done_tx.send(Done { cx, outcome }).await; // closed only after the drain
             });
         }
-        // Refill the buffer when it runs low.
+        // Refill the buffer when it runs low; deeper when slots idled for want of jobs.
+        if more_due && buffer.is_empty() && w.slots.available_permits() > 0 {
+            depth.grow();
+        }
+        let max = depth.max_held(w.options.concurrency);
         let held = w.in_flight.lock().map(|r| r.len()).unwrap_or(max);
         let want = max.saturating_sub(held).min(MAX_CLAIM);
-        let low = buffer.len() <= w.options.prefetch / 2;
+        let low = buffer.len() <= depth.now / 2;
         let mut full_claim = false;
         if low && want > 0 {
             if conn.is_none() {
@@ -441,6 +492,7 @@ async fn claim_loop(
                         .record(started.elapsed().as_secs_f64());
                     backoff.reset();
                     full_claim = jobs.len() == want;
+                    more_due = full_claim;
                     // A short claim reached the end: the next one starts from the front
                     // again (jobs that sort before the cursor may have arrived).
                     cursor = match (full_claim, store::ClaimCursor::last_of(&jobs)) {
@@ -454,7 +506,7 @@ async fn claim_loop(
                         if let Some(map) = in_flight.as_mut() {
                             map.insert(cx.job.id, cx.clone());
                         }
-                        buffer.push_back((cx, handler));
+                        buffer.push_back((cx, handler, started));
                     }
                 }
                 Err(e) => {
@@ -467,7 +519,7 @@ async fn claim_loop(
                 }
             }
         }
-        if (full_claim && buffer.len() <= w.options.prefetch / 2)
+        if (full_claim && buffer.len() <= depth.now / 2)
             || (!buffer.is_empty() && w.slots.available_permits() > 0)
         {
             continue; // more due work, or buffered jobs for free slots: go on at once
@@ -486,6 +538,7 @@ async fn claim_loop(
 struct Slot {
     wake: Arc<Notify>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    metrics: Arc<KindMetrics>,
 }
 
 impl Drop for Slot {
@@ -497,38 +550,89 @@ impl Drop for Slot {
 }
 
 async fn execute(cx: &Arc<JobCx>, handler: Option<Arc<dyn super::Handler>>, slot: Slot) -> Outcome {
-    let kind = cx.job.kind.clone();
+    let m = slot.metrics.clone();
     let wait = (Utc::now() - cx.job.run_at).to_std().unwrap_or_default();
-    metrics::histogram!("jobs_wait_seconds", "kind" => kind.clone()).record(wait.as_secs_f64());
+    m.wait.record(wait.as_secs_f64());
     let started = Instant::now();
-    let span = tracing::info_span!("job", job.id = %cx.job.id, job.kind = %kind, job.attempt = cx.job.attempt);
+    let span = tracing::info_span!("job", job.id = %cx.job.id, job.kind = %cx.job.kind, job.attempt = cx.job.attempt);
     // `.instrument`, not `span.enter()`: an entered guard held across an await corrupts the
     // subscriber's span stack when the task resumes on another thread (tokio-rs/tracing#3514).
+    use futures_util::FutureExt as _;
     use tracing::Instrument;
     let outcome = async {
         let Some(handler) = handler else {
-            return Err(JobError::Permanent(format!("no handler for kind {kind}")));
+            return Err(JobError::Permanent(format!(
+                "no handler for kind {}",
+                cx.job.kind
+            )));
         };
         let limit = Duration::from_secs(u64::try_from(cx.job.timeout_secs).unwrap_or(300));
-        // A panicking handler must not take the worker down: run it as its own task.
-        let cx2 = cx.clone();
-        let task = tokio::spawn(async move { handler.run(&cx2).await });
-        let abort = task.abort_handle();
-        match tokio::time::timeout(limit, task).await {
+        // A panicking handler must not take the worker down: its panic is caught here and
+        // fails the attempt (caught in this task, not a task of its own: one spawn per job).
+        // The handler's state is dropped with it, so nothing observes a broken invariant.
+        let run = std::panic::AssertUnwindSafe(handler.run(cx)).catch_unwind();
+        match tokio::time::timeout(limit, run).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(JobError::Retryable(format!("handler panicked: {join}"))),
-            Err(_) => {
-                abort.abort();
-                Err(JobError::Retryable(format!("timed out after {limit:?}")))
+            Ok(Err(panic)) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string payload".to_owned());
+                Err(JobError::Retryable(format!("handler panicked: {why}")))
             }
+            // Dropping the handler's future at the deadline stops it.
+            Err(_) => Err(JobError::Retryable(format!("timed out after {limit:?}"))),
         }
     }
     .instrument(span)
     .await;
     drop(slot);
-    metrics::histogram!("jobs_duration_seconds", "kind" => kind)
-        .record(started.elapsed().as_secs_f64());
+    m.duration.record(started.elapsed().as_secs_f64());
     Outcome::Ran(outcome)
+}
+
+/// One kind's metric handles, looked up once per kind instead of once per job (a labelled
+/// `metrics::histogram!` hashes and allocates its key on every call).
+struct KindMetrics {
+    wait: metrics::Histogram,
+    duration: metrics::Histogram,
+    completed: metrics::Counter,
+    failed: metrics::Counter,
+    dead: metrics::Counter,
+    cancelled: metrics::Counter,
+}
+
+impl KindMetrics {
+    fn new(kind: &str) -> Self {
+        let k = || ("kind", kind.to_owned());
+        Self {
+            wait: metrics::histogram!("jobs_wait_seconds", &[k()]),
+            duration: metrics::histogram!("jobs_duration_seconds", &[k()]),
+            completed: metrics::counter!("jobs_completed_total", &[k()]),
+            failed: metrics::counter!("jobs_failed_total", &[k()]),
+            dead: metrics::counter!("jobs_dead_total", &[k()]),
+            cancelled: metrics::counter!("jobs_cancelled_total", &[k()]),
+        }
+    }
+}
+
+/// The metric handles of every kind this worker has run.
+#[derive(Default)]
+struct MetricsByKind(std::sync::Mutex<HashMap<String, Arc<KindMetrics>>>);
+
+impl MetricsByKind {
+    fn of(&self, kind: &str) -> Arc<KindMetrics> {
+        let Ok(mut map) = self.0.lock() else {
+            return Arc::new(KindMetrics::new(kind));
+        };
+        if let Some(m) = map.get(kind) {
+            return m.clone();
+        }
+        let m = Arc::new(KindMetrics::new(kind));
+        map.insert(kind.to_owned(), m.clone());
+        m
+    }
 }
 
 /// Records outcomes in batches until stopped (then records what is left).
@@ -691,28 +795,27 @@ async fn record(
         .collect();
     let mut events = false;
     let mut handed_back = false;
+    // Counted per kind and batch, then added once per kind.
+    let mut counts: HashMap<&str, [u64; 4]> = HashMap::new();
     for (d, r) in batch.iter().zip(&records) {
-        let kind = d.cx.job.kind.clone();
         if !held.contains(&d.cx.job.id) {
             if !matches!(r, Record::Skip) {
                 tracing::info!(job.id = %d.cx.job.id, "late outcome ignored: the job was rescued after this worker's lease expired");
             }
             continue;
         }
+        let c = counts.entry(d.cx.job.kind.as_str()).or_default();
         match r {
             Record::End { state, .. } => {
                 events |= d.cx.job.owner_id.is_some() || d.cx.job.campus_id.is_some();
                 match state {
-                    EndState::Completed => {
-                        metrics::counter!("jobs_completed_total", "kind" => kind).increment(1);
-                    }
+                    EndState::Completed => c[0] += 1,
+                    // Failed (this attempt) and dead.
                     EndState::Dead => {
-                        metrics::counter!("jobs_failed_total", "kind" => kind.clone()).increment(1);
-                        metrics::counter!("jobs_dead_total", "kind" => kind).increment(1);
+                        c[1] += 1;
+                        c[2] += 1;
                     }
-                    EndState::Cancelled => {
-                        metrics::counter!("jobs_cancelled_total", "kind" => kind).increment(1);
-                    }
+                    EndState::Cancelled => c[3] += 1,
                 }
             }
             Record::Requeue { hand_back, .. } => {
@@ -720,7 +823,7 @@ async fn record(
                     handed_back = true;
                 } else {
                     events |= d.cx.job.owner_id.is_some() || d.cx.job.campus_id.is_some();
-                    metrics::counter!("jobs_failed_total", "kind" => kind).increment(1);
+                    c[1] += 1;
                 }
             }
             Record::Skip => {}
@@ -728,6 +831,13 @@ async fn record(
         if let Outcome::Ran(Err(e)) = &d.outcome {
             tracing::warn!(job.id = %d.cx.job.id, job.kind = %d.cx.job.kind, error = %e, "job attempt failed");
         }
+    }
+    for (kind, [completed, failed, dead, cancelled]) in counts {
+        let m = w.metrics.of(kind);
+        m.completed.increment(completed);
+        m.failed.increment(failed);
+        m.dead.increment(dead);
+        m.cancelled.increment(cancelled);
     }
     if events {
         w.ctx.relay_waker.wake();

@@ -1220,15 +1220,16 @@ pub async fn list(
     offset: i64,
 ) -> QueryResult<(Vec<JobRow>, i64)> {
     let filter = list_filter(scope, states, kind);
-    // Each half is limited first, so the history's index on created_at serves the page.
+    // Each half is limited first, so an index on id (the primary key, or the owner's or the
+    // campus's (…, id) index) serves the page: ids are UUIDv7, so this is creation order.
     let window = limit.saturating_add(offset).max(0);
     let rows: Vec<JobRow> = bind_list(
         format!(
             "SELECT * FROM ( \
-             (SELECT {COLS} FROM jobs WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT {window}) \
+             (SELECT {COLS} FROM jobs WHERE {filter} ORDER BY id DESC LIMIT {window}) \
              UNION ALL \
-             (SELECT {COLS} FROM jobs_history WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT {window}) \
-             ) AS j ORDER BY created_at DESC, id DESC LIMIT {} OFFSET {}",
+             (SELECT {COLS} FROM jobs_history WHERE {filter} ORDER BY id DESC LIMIT {window}) \
+             ) AS j ORDER BY id DESC LIMIT {} OFFSET {}",
             limit.max(0),
             offset.max(0)
         ),
