@@ -24,7 +24,8 @@ pub struct JobArgs {
 
     /// Jobs claimed ahead of free slots into the worker's local buffer (leased like running
     /// jobs; handed back at once on shutdown). The buffer starts at the concurrency and grows
-    /// toward this only while slots idle waiting for claims. 0 = 1,000 (one claim).
+    /// toward this only while slots idle waiting for claims. 0 = adaptive, up to 1,000 (one
+    /// claim); any other value keeps the buffer that deep.
     #[arg(long, env = "JOB_PREFETCH", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub prefetch: u32,
 

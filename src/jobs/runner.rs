@@ -50,6 +50,9 @@ pub struct WorkerOptions {
     /// Jobs claimed ahead of free slots into the local buffer, so a saturated worker never
     /// idles waiting for a claim round trip.
     pub prefetch: usize,
+    /// The buffer's depth adapts between the concurrency and `prefetch` (see [`Depth`]);
+    /// false keeps it at `prefetch` (an operator set `JOB_PREFETCH`).
+    pub adaptive: bool,
     /// How long a claim lasts without a heartbeat; a dead worker's jobs return within it.
     pub lease: Duration,
     /// Poll interval (the fallback when no NOTIFY arrives; the only wake-up when poll-only).
@@ -82,7 +85,11 @@ struct Depth {
 
 impl Depth {
     fn new(options: &WorkerOptions) -> Self {
-        let min = options.concurrency.min(options.prefetch).max(1);
+        let min = if options.adaptive {
+            options.concurrency.min(options.prefetch).max(1)
+        } else {
+            options.prefetch.max(1)
+        };
         Self {
             now: min,
             min,
@@ -116,6 +123,7 @@ impl WorkerOptions {
                 0 => default_prefetch(concurrency),
                 n => n,
             },
+            adaptive: args.prefetch == 0,
             lease: Duration::from_secs(args.lease_secs),
             poll_interval: Duration::from_millis(args.poll_interval_ms),
             poll_only: args.poll_only,
@@ -138,6 +146,7 @@ impl Default for WorkerOptions {
             queues: vec!["default".to_owned()],
             concurrency: 8,
             prefetch: default_prefetch(8),
+            adaptive: true,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             poll_only: false,

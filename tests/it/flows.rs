@@ -39,6 +39,7 @@ impl Worker {
             drain_timeout: Duration::from_secs(5),
             cron: false,
             prefetch: 8,
+            adaptive: false,
         };
         let task = tokio::spawn(runner::run(
             ctx.clone(),

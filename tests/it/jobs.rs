@@ -86,6 +86,7 @@ fn options() -> WorkerOptions {
         drain_timeout: Duration::from_secs(20),
         cron: false,
         prefetch: 8,
+        adaptive: false,
     }
 }
 
