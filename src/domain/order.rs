@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::{OrderScope, is_vendor_side};
 use super::error::DomainError;
+use super::money::Cents;
 use super::user::{Actor, Role};
 
 /// State of an order.
@@ -119,8 +120,99 @@ pub fn restores_stock(to: OrderStatus) -> bool {
     to == OrderStatus::Cancelled
 }
 
+/// What the pricing rules need to know about a menu item an order asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemTerms<'a> {
+    /// Its name (for the conflict message).
+    pub name: &'a str,
+    /// Unit price.
+    pub price: Cents,
+    /// Units left.
+    pub stock: i32,
+    /// Orderable now.
+    pub available: bool,
+}
+
+/// Prices the lines of a new order and checks them against their items: `lines` holds, per
+/// requested line in request order, its item's terms (None when the vendor has no such item)
+/// and the quantity. An unknown item is a field error naming its line (all of them are
+/// reported together); an unavailable item or too little stock is a conflict; a total that
+/// does not fit is invalid. Returns the total.
+pub fn price_order(lines: &[(Option<ItemTerms<'_>>, i32)]) -> Result<Cents, DomainError> {
+    let mut errors = Vec::new();
+    let mut total = Cents::ZERO;
+    for (i, (terms, quantity)) in lines.iter().enumerate() {
+        let Some(item) = terms else {
+            errors.push((
+                format!("items[{i}].menuItemId"),
+                "no such item at this vendor".to_owned(),
+            ));
+            continue;
+        };
+        if !item.available {
+            return Err(DomainError::Conflict {
+                reason: format!("'{}' is not available", item.name),
+            });
+        }
+        if item.stock < *quantity {
+            return Err(DomainError::Conflict {
+                reason: format!("not enough stock for '{}' ({} left)", item.name, item.stock),
+            });
+        }
+        total = item
+            .price
+            .checked_mul(i64::from(*quantity))
+            .and_then(|c| total.checked_add(c))
+            .ok_or_else(|| DomainError::Invalid {
+                field_errors: vec![("items".to_owned(), "order total too large".to_owned())],
+            })?;
+    }
+    if errors.is_empty() {
+        Ok(total)
+    } else {
+        Err(DomainError::Invalid {
+            field_errors: errors,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn pricing_sums_the_lines_and_applies_the_stock_rules() {
+        let item = |stock, available| ItemTerms {
+            name: "tea",
+            price: Cents(250),
+            stock,
+            available,
+        };
+        assert_eq!(
+            price_order(&[(Some(item(5, true)), 2), (Some(item(1, true)), 1)]),
+            Ok(Cents(750))
+        );
+        assert!(matches!(
+            price_order(&[(None, 1), (Some(item(5, true)), 1), (None, 2)]),
+            Err(DomainError::Invalid { field_errors }) if field_errors.len() == 2
+                && field_errors[1].0 == "items[2].menuItemId"
+        ));
+        assert!(matches!(
+            price_order(&[(Some(item(1, true)), 2)]),
+            Err(DomainError::Conflict { reason }) if reason == "not enough stock for 'tea' (1 left)"
+        ));
+        assert!(matches!(
+            price_order(&[(Some(item(9, false)), 1)]),
+            Err(DomainError::Conflict { .. })
+        ));
+        let dear = ItemTerms {
+            price: Cents(i64::MAX),
+            ..item(9, true)
+        };
+        assert!(matches!(
+            price_order(&[(Some(dear), 2)]),
+            Err(DomainError::Invalid { .. })
+        ));
+    }
     use super::*;
     use crate::domain::ids::{CampusId, SessionId, UserId, VendorId};
 

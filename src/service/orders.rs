@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::{Error, Page, PageRequest, Result};
 use crate::app::Ctx;
 use crate::domain::event::{Event, EventRouting, NewEvent, OrderCreated, OrderStatusChanged};
+use crate::domain::order::ItemTerms;
 use crate::domain::{self, Actor, DomainError, OrderStatus, Role, access};
 use crate::store::{audit, idempotency, menu_items, orders, outbox, vendors};
 
@@ -301,61 +302,8 @@ async fn insert_order(
     input: &PlaceOrder,
     request_id: Option<String>,
 ) -> Result<OrderView> {
-    let vendor = vendors::find(conn, input.vendor_id)
-        .await?
-        .filter(|v| access::can_read_campus(actor, v.campus_id.into()))
-        .ok_or(DomainError::NotFound { what: "vendor" })?;
-    if !vendor.is_open {
-        return Err(DomainError::Conflict {
-            reason: "the vendor is closed".to_owned(),
-        }
-        .into());
-    }
-    let ids: Vec<Uuid> = input.items.iter().map(|l| l.menu_item_id).collect();
-    // Locked in id order (the store sorts) so concurrent orders never deadlock.
-    let locked = menu_items::lock_for_order(conn, vendor.id, &ids).await?;
-    let by_id: BTreeMap<Uuid, &menu_items::MenuItemRow> =
-        locked.iter().map(|m| (m.id, m)).collect();
-    let mut errors = Vec::new();
-    let mut total = domain::Cents::ZERO;
-    let mut lines = Vec::with_capacity(input.items.len());
-    for (i, line) in input.items.iter().enumerate() {
-        let Some(item) = by_id.get(&line.menu_item_id) else {
-            errors.push((
-                format!("items[{i}].menuItemId"),
-                "no such item at this vendor".to_owned(),
-            ));
-            continue;
-        };
-        if !item.available {
-            return Err(DomainError::Conflict {
-                reason: format!("'{}' is not available", item.name),
-            }
-            .into());
-        }
-        if item.stock < line.quantity {
-            return Err(DomainError::Conflict {
-                reason: format!("not enough stock for '{}' ({} left)", item.name, item.stock),
-            }
-            .into());
-        }
-        let line_total = domain::Cents(item.price_cents)
-            .checked_mul(i64::from(line.quantity))
-            .and_then(|c| total.checked_add(c))
-            .ok_or_else(|| DomainError::Invalid {
-                field_errors: vec![("items".to_owned(), "order total too large".to_owned())],
-            })?;
-        total = line_total;
-        lines.push((*item, line.quantity));
-    }
-    if !errors.is_empty() {
-        return Err(DomainError::Invalid {
-            field_errors: errors,
-        }
-        .into());
-    }
-    let taken: Vec<(Uuid, i32)> = lines.iter().map(|(item, qty)| (item.id, -qty)).collect();
-    menu_items::change_stock(conn, &taken).await?;
+    let vendor = open_vendor(conn, actor, input.vendor_id).await?;
+    let (total, lines) = reserve_items(conn, vendor.id, input).await?;
     let order_id = Uuid::now_v7();
     let now = Utc::now();
     let (order, items) = orders::insert(
@@ -385,8 +333,80 @@ async fn insert_order(
     )
     .await?;
     let view = view(order, items);
-    let created = Event::OrderCreated(created_event(&view));
-    outbox::insert_event(conn, &order_event(&view, created)?).await?;
+    record_placed(conn, actor, &view, request_id).await?;
+    Ok(view)
+}
+
+/// The vendor an order goes to: visible to the actor (404 otherwise) and open (409).
+async fn open_vendor(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    vendor_id: Uuid,
+) -> Result<vendors::VendorRow> {
+    let vendor = vendors::find(conn, vendor_id)
+        .await?
+        .filter(|v| access::can_read_campus(actor, v.campus_id.into()))
+        .ok_or(DomainError::NotFound { what: "vendor" })?;
+    if !vendor.is_open {
+        return Err(DomainError::Conflict {
+            reason: "the vendor is closed".to_owned(),
+        }
+        .into());
+    }
+    Ok(vendor)
+}
+
+/// Locks the requested items, prices the order by the domain's rules
+/// (`domain::order::price_order`) and takes the stock: the total and the (item, quantity)
+/// lines in request order.
+async fn reserve_items(
+    conn: &mut AsyncPgConnection,
+    vendor_id: Uuid,
+    input: &PlaceOrder,
+) -> Result<(domain::Cents, Vec<(menu_items::MenuItemRow, i32)>)> {
+    let ids: Vec<Uuid> = input.items.iter().map(|l| l.menu_item_id).collect();
+    // Locked in id order (the store sorts) so concurrent orders never deadlock.
+    let locked = menu_items::lock_for_order(conn, vendor_id, &ids).await?;
+    let by_id: BTreeMap<Uuid, &menu_items::MenuItemRow> =
+        locked.iter().map(|m| (m.id, m)).collect();
+    let requested: Vec<(Option<&menu_items::MenuItemRow>, i32)> = input
+        .items
+        .iter()
+        .map(|l| (by_id.get(&l.menu_item_id).copied(), l.quantity))
+        .collect();
+    let terms: Vec<(Option<ItemTerms<'_>>, i32)> = requested
+        .iter()
+        .map(|(item, qty)| {
+            let terms = item.map(|m| ItemTerms {
+                name: &m.name,
+                price: domain::Cents(m.price_cents),
+                stock: m.stock,
+                available: m.available,
+            });
+            (terms, *qty)
+        })
+        .collect();
+    let total = domain::order::price_order(&terms)?;
+    // Every line has its item now (an unknown one failed the pricing).
+    let lines: Vec<(menu_items::MenuItemRow, i32)> = requested
+        .iter()
+        .filter_map(|(item, qty)| item.map(|m| (m.clone(), *qty)))
+        .collect();
+    let taken: Vec<(Uuid, i32)> = lines.iter().map(|(item, qty)| (item.id, -qty)).collect();
+    menu_items::change_stock(conn, &taken).await?;
+    Ok((total, lines))
+}
+
+/// Writes what follows from a placed order in its transaction: the `order.created` event and
+/// the audit row.
+async fn record_placed(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    view: &OrderView,
+    request_id: Option<String>,
+) -> Result<()> {
+    let created = Event::OrderCreated(created_event(view));
+    outbox::insert_event(conn, &order_event(view, created)?).await?;
     audit::insert(
         conn,
         &audit::NewAuditRow {
@@ -394,13 +414,13 @@ async fn insert_order(
             actor_id: Some(actor.user_id.into_inner()),
             action: "order.placed".to_owned(),
             target_type: "order".to_owned(),
-            target_id: order_id.to_string(),
+            target_id: view.id.to_string(),
             detail: serde_json::json!({ "totalCents": view.total_cents, "lines": view.items.len() }),
             request_id,
         },
     )
     .await?;
-    Ok(view)
+    Ok(())
 }
 
 /// Orders the actor may see: a student's own, a vendor's board, a campus, or everything.
