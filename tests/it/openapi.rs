@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::support::TestApp;
-use crate::support::fixtures::Api;
+use crate::support::fixtures::{Api, World};
 
 /// `(METHOD, /path/{param})` of every `.route(` registration in one source file.
 fn registered_routes(source: &str) -> Vec<(String, String)> {
@@ -221,6 +221,24 @@ async fn an_undeclared_method_on_a_known_path_is_405_with_allow() {
         "{:?}",
         res.header("allow")
     );
+
+    // A static path that a templated route would also match (`/flows/{id}` has PUT) is
+    // answered for the static one: its methods, not a 404 for a malformed id.
+    let world = World::create(&t.ctx).await;
+    let admin = api.login(&world.a.admin.email).await;
+    let res = api
+        .send(
+            actix_web::test::TestRequest::put()
+                .uri("/flows/nodes")
+                .insert_header(("Authorization", format!("Bearer {}", admin.access))),
+        )
+        .await;
+    res.assert_problem(405);
+    assert_eq!(res.header("allow"), Some("GET"));
+    // A malformed id on a templated path that has the method stays a 404.
+    api.get("/orders/not-an-id", admin.token())
+        .await
+        .assert_problem(404);
 
     api.delete("/no/such/path", None).await.assert_problem(404);
 }
