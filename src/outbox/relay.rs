@@ -142,92 +142,11 @@ impl Relay {
             .transaction(async |tx| -> Result<(BatchReport, bool), StoreError> {
                 outbox::limit_claim_idle(tx, CLAIM_IDLE_LIMIT).await?;
                 let rows = outbox::claim_batch(tx, settings.batch_size).await?;
-                let mut report = BatchReport {
-                    claimed: rows.len(),
-                    ..BatchReport::default()
-                };
                 if rows.is_empty() {
-                    return Ok((report, false));
+                    return Ok((BatchReport::default(), false));
                 }
-                let envelopes: Vec<EventEnvelope> = rows.iter().map(events::envelope).collect();
-                let mut done: Vec<Vec<String>> = rows.iter().map(|r| r.sinks_done.clone()).collect();
-                let mut failure: Vec<Option<(bool, String)>> = vec![None; rows.len()];
-                for sink in sinks {
-                    let name = sink.name();
-                    let todo: Vec<usize> = (0..rows.len())
-                        .filter(|&i| !done[i].iter().any(|d| d == name))
-                        .collect();
-                    if todo.is_empty() {
-                        continue;
-                    }
-                    let batch: Vec<&EventEnvelope> = todo.iter().map(|&i| &envelopes[i]).collect();
-                    let results = sink.deliver(tx, &batch).await;
-                    for (k, &i) in todo.iter().enumerate() {
-                        let result = results.get(k).cloned().unwrap_or_else(|| {
-                            Err(SinkError::Failed("the sink returned no result".to_owned()))
-                        });
-                        match result {
-                            Ok(()) => {
-                                done[i].push(name.to_owned());
-                                metrics::counter!(OUTBOX_PUBLISHED_TOTAL, "sink" => name)
-                                    .increment(1);
-                            }
-                            Err(e) => {
-                                let (counts, reason) = match &e {
-                                    SinkError::Failed(_) => (true, "failed"),
-                                    SinkError::Unavailable(_) => (false, "unavailable"),
-                                };
-                                metrics::counter!(OUTBOX_FAILED_TOTAL, "sink" => name, "reason" => reason)
-                                    .increment(1);
-                                let message = format!("{name}: {e}");
-                                let slot = &mut failure[i];
-                                let counted = counts || slot.as_ref().is_some_and(|(c, _)| *c);
-                                let message = match slot.take() {
-                                    Some((_, earlier)) => format!("{earlier}; {message}"),
-                                    None => message,
-                                };
-                                *slot = Some((counted, message));
-                            }
-                        }
-                    }
-                }
-                let published: Vec<i64> = rows
-                    .iter()
-                    .zip(&failure)
-                    .filter(|(_, f)| f.is_none())
-                    .map(|(r, _)| r.id)
-                    .collect();
-                report.published = outbox::mark_published(tx, &published, sink_names).await?;
-                let mut met_unavailable = false;
-                for ((row, fail), sinks_done) in rows.iter().zip(failure).zip(&done) {
-                    let Some((counts, message)) = fail else {
-                        continue;
-                    };
-                    if !counts {
-                        met_unavailable = true;
-                        let until = Utc::now() + pause;
-                        outbox::retry_later(tx, row.id, sinks_done, row.attempts, until, &message)
-                            .await?;
-                        report.retrying += 1;
-                        continue;
-                    }
-                    let attempts = row.attempts.saturating_add(1);
-                    if attempts >= settings.max_attempts {
-                        outbox::mark_dead(tx, row.id, sinks_done, attempts, &message).await?;
-                        metrics::counter!(OUTBOX_DEAD_TOTAL).increment(1);
-                        tracing::warn!(event.id = row.id, event.kind = %row.event_type, attempts, error = %message, "outbox event dead");
-                        report.dead += 1;
-                    } else {
-                        let delay = backoff(attempts);
-                        let until = Utc::now()
-                            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                        outbox::retry_later(tx, row.id, sinks_done, attempts, until, &message)
-                            .await?;
-                        tracing::info!(event.id = row.id, attempts, retry_in_s = delay.as_secs(), error = %message, "outbox delivery failed; retrying");
-                        report.retrying += 1;
-                    }
-                }
-                Ok((report, met_unavailable))
+                let outcomes = deliver(tx, sinks, &rows).await;
+                settle(tx, &rows, outcomes, sink_names, &settings, pause).await
             })
             .await?;
         self.unavailable_streak = if met_unavailable {
@@ -237,6 +156,132 @@ impl Relay {
         };
         Ok(report)
     }
+}
+
+/// Why an event was not taken by every sink: whether it counts as a failed attempt (some
+/// sink failed, not merely unavailable) and what each failing sink said.
+#[derive(Debug, Clone)]
+struct Failure {
+    counts: bool,
+    message: String,
+}
+
+/// Per claimed event: the sinks that took it (earlier rounds included) and its failure.
+struct Outcomes {
+    done: Vec<Vec<String>>,
+    failure: Vec<Option<Failure>>,
+}
+
+impl Outcomes {
+    fn record(&mut self, i: usize, sink: &'static str, result: Result<(), SinkError>) {
+        match result {
+            Ok(()) => {
+                self.done[i].push(sink.to_owned());
+                metrics::counter!(OUTBOX_PUBLISHED_TOTAL, "sink" => sink).increment(1);
+            }
+            Err(e) => {
+                let (counts, reason) = match &e {
+                    SinkError::Failed(_) => (true, "failed"),
+                    SinkError::Unavailable(_) => (false, "unavailable"),
+                };
+                metrics::counter!(OUTBOX_FAILED_TOTAL, "sink" => sink, "reason" => reason)
+                    .increment(1);
+                let message = format!("{sink}: {e}");
+                let failure = match self.failure[i].take() {
+                    Some(earlier) => Failure {
+                        counts: counts || earlier.counts,
+                        message: format!("{}; {message}", earlier.message),
+                    },
+                    None => Failure { counts, message },
+                };
+                self.failure[i] = Some(failure);
+            }
+        }
+    }
+}
+
+/// Hands the claimed events to every sink that has not taken them yet (a retried event skips
+/// the sinks in its `sinks_done`), in the claim transaction.
+async fn deliver(
+    tx: &mut diesel_async::AsyncPgConnection,
+    sinks: &[Box<dyn Sink>],
+    rows: &[outbox::OutboxEventRow],
+) -> Outcomes {
+    let envelopes: Vec<EventEnvelope> = rows.iter().map(events::envelope).collect();
+    let mut outcomes = Outcomes {
+        done: rows.iter().map(|r| r.sinks_done.clone()).collect(),
+        failure: vec![None; rows.len()],
+    };
+    for sink in sinks {
+        let name = sink.name();
+        let todo: Vec<usize> = (0..rows.len())
+            .filter(|&i| !outcomes.done[i].iter().any(|d| d == name))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let batch: Vec<&EventEnvelope> = todo.iter().map(|&i| &envelopes[i]).collect();
+        let results = sink.deliver(tx, &batch).await;
+        for (k, &i) in todo.iter().enumerate() {
+            let result = results.get(k).cloned().unwrap_or_else(|| {
+                Err(SinkError::Failed("the sink returned no result".to_owned()))
+            });
+            outcomes.record(i, name, result);
+        }
+    }
+    outcomes
+}
+
+/// Writes the outcome of each event: published by every sink; back in `pause` when a sink
+/// was only unavailable (no attempt spent); else another attempt after the shared backoff,
+/// or dead after the last. Returns the report and whether an unavailable sink was met.
+async fn settle(
+    tx: &mut diesel_async::AsyncPgConnection,
+    rows: &[outbox::OutboxEventRow],
+    outcomes: Outcomes,
+    sink_names: &[String],
+    settings: &crate::config::OutboxSettings,
+    pause: Duration,
+) -> Result<(BatchReport, bool), StoreError> {
+    let mut report = BatchReport {
+        claimed: rows.len(),
+        ..BatchReport::default()
+    };
+    let published: Vec<i64> = rows
+        .iter()
+        .zip(&outcomes.failure)
+        .filter(|(_, f)| f.is_none())
+        .map(|(r, _)| r.id)
+        .collect();
+    report.published = outbox::mark_published(tx, &published, sink_names).await?;
+    let mut met_unavailable = false;
+    for ((row, fail), sinks_done) in rows.iter().zip(outcomes.failure).zip(&outcomes.done) {
+        let Some(Failure { counts, message }) = fail else {
+            continue;
+        };
+        if !counts {
+            met_unavailable = true;
+            let until = Utc::now() + pause;
+            outbox::retry_later(tx, row.id, sinks_done, row.attempts, until, &message).await?;
+            report.retrying += 1;
+            continue;
+        }
+        let attempts = row.attempts.saturating_add(1);
+        if attempts >= settings.max_attempts {
+            outbox::mark_dead(tx, row.id, sinks_done, attempts, &message).await?;
+            metrics::counter!(OUTBOX_DEAD_TOTAL).increment(1);
+            tracing::warn!(event.id = row.id, event.kind = %row.event_type, attempts, error = %message, "outbox event dead");
+            report.dead += 1;
+        } else {
+            let delay = backoff(attempts);
+            let until =
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            outbox::retry_later(tx, row.id, sinks_done, attempts, until, &message).await?;
+            tracing::info!(event.id = row.id, attempts, retry_in_s = delay.as_secs(), error = %message, "outbox delivery failed; retrying");
+            report.retrying += 1;
+        }
+    }
+    Ok((report, met_unavailable))
 }
 
 /// Runs the relay until shutdown: LISTEN (unless `OUTBOX_POLL_ONLY`) + poll, batches,
