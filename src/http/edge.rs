@@ -10,8 +10,9 @@
 //!    `Retry-After`), the smaller body limit of the credential routes (413), and the
 //!    per-request deadline
 //!    (`REQUEST_TIMEOUT_MS` → 503: a hanging dependency never hangs a client).
-//! 4. [`rate_limit`]: the buckets `ip`, `user`, `auth`, `login` and `orders` (see
-//!    `config::RateLimits`), decided by `resilience::RateLimiter`; 429 problem with
+//! 4. [`rate_limit`]: the buckets `ip`, `user`, and the `auth`, `login` and `orders` classes
+//!    the route modules declare (`http::routes::rate_classes`) (see `config::RateLimits`),
+//!    decided by `resilience::RateLimiter`; 429 problem with
 //!    `Retry-After`, and `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset` on
 //!    every limited response.
 //!
@@ -33,6 +34,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, Code};
+use super::routes::RateClass;
 use crate::app::Ctx;
 use crate::config::{Cidr, Quota};
 use crate::resilience::rate_limit::Decision;
@@ -453,8 +455,8 @@ pub async fn rate_limit(
         }
         _ => None,
     };
-    let post = req.method() == Method::POST;
-    let path = req.path().to_owned();
+    // The buckets of the route's classes, declared by the route modules.
+    let classes = super::routes::rate_classes(req.method(), req.path());
     let mut checks: Vec<(&'static str, String, Quota)> = Vec::new();
     if let Some(q) = limits.ip {
         checks.push(("ip", ip.clone(), q));
@@ -462,35 +464,32 @@ pub async fn rate_limit(
     if let (Some(q), Some(u)) = (limits.user, &user) {
         checks.push(("user", u.clone(), q));
     }
-    if post
-        && matches!(
-            path.as_str(),
-            "/auth/login" | "/auth/web/login" | "/auth/register"
-        )
-        && let Some(q) = limits.auth
-    {
-        checks.push(("auth", ip.clone(), q));
-    }
-    if post
-        && path == "/orders"
-        && let Some(q) = limits.orders
-    {
-        checks.push(("orders", user.clone().unwrap_or_else(|| ip.clone()), q));
-    }
     let mut req = req;
-    if post
-        && (path == "/auth/login" || path == "/auth/web/login")
-        && let Some(q) = limits.login
-    {
-        let limit = ctx.config.edge.auth_body_limit;
-        match login_email(req, limit).await {
-            Ok((r, email)) => {
-                req = r;
-                if let Some(tag) = email {
-                    checks.push(("login", format!("{ip}:{tag}"), q));
+    for class in classes {
+        match class {
+            RateClass::Auth => {
+                if let Some(q) = limits.auth {
+                    checks.push(("auth", ip.clone(), q));
                 }
             }
-            Err(r) => return Ok(reject(r, &too_large(limit))),
+            RateClass::Orders => {
+                if let Some(q) = limits.orders {
+                    checks.push(("orders", user.clone().unwrap_or_else(|| ip.clone()), q));
+                }
+            }
+            RateClass::Login => {
+                let Some(q) = limits.login else { continue };
+                let limit = ctx.config.edge.auth_body_limit;
+                match login_email(req, limit).await {
+                    Ok((r, email)) => {
+                        req = r;
+                        if let Some(tag) = email {
+                            checks.push(("login", format!("{ip}:{tag}"), q));
+                        }
+                    }
+                    Err(r) => return Ok(reject(r, &too_large(limit))),
+                }
+            }
         }
     }
     if checks.is_empty() {

@@ -281,6 +281,20 @@ pub async fn delete_device(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Rate classes of this module's routes (`http::edge::rate_limit`).
+pub const RATE_CLASSES: super::RateClasses = &[
+    (
+        actix_web::http::Method::POST,
+        "/auth/login",
+        &[super::RateClass::Auth, super::RateClass::Login],
+    ),
+    (
+        actix_web::http::Method::POST,
+        "/auth/register",
+        &[super::RateClass::Auth],
+    ),
+];
+
 /// Registers the routes of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/register", web::post().to(register))

@@ -161,6 +161,13 @@ pub async fn transition_order(
         .json(data(order)))
 }
 
+/// Rate classes of this module's routes (`http::edge::rate_limit`).
+pub const RATE_CLASSES: super::RateClasses = &[(
+    actix_web::http::Method::POST,
+    "/orders",
+    &[super::RateClass::Orders],
+)];
+
 /// Registers the routes of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/orders", web::post().to(place_order))

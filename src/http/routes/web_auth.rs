@@ -143,6 +143,14 @@ pub async fn logout(
     Ok(signed_out(&req, HttpResponse::NoContent()))
 }
 
+/// Rate classes of this module's routes (`http::edge::rate_limit`): the cookie login is
+/// limited like the bearer one.
+pub const RATE_CLASSES: super::RateClasses = &[(
+    actix_web::http::Method::POST,
+    "/auth/web/login",
+    &[super::RateClass::Auth, super::RateClass::Login],
+)];
+
 /// Registers the routes of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/web/login", web::post().to(login))
