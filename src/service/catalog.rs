@@ -8,7 +8,34 @@ use crate::app::Ctx;
 use crate::domain::{self, Actor, DomainError, access};
 use crate::store::{audit, campuses, menu_items, vendors};
 
-pub use crate::store::campuses::CampusRow;
+use crate::store::campuses::CampusRow;
+
+/// A campus as the use cases answer it (store rows stay below `service`).
+#[derive(Debug, Clone)]
+pub struct Campus {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Unique URL name.
+    pub slug: String,
+    /// E-mail domains whose owners register here.
+    pub email_domains: Vec<String>,
+    /// IANA time zone.
+    pub time_zone: String,
+}
+
+impl From<CampusRow> for Campus {
+    fn from(c: CampusRow) -> Self {
+        Self {
+            id: c.id,
+            name: c.name,
+            slug: c.slug,
+            email_domains: c.email_domains,
+            time_zone: c.time_zone,
+        }
+    }
+}
 use crate::store::menu_items::MenuItemRow;
 use crate::store::vendors::VendorRow;
 
@@ -76,9 +103,10 @@ impl From<MenuItemRow> for MenuItem {
 }
 
 /// Every campus (public: the sign-up screen lists them).
-pub async fn list_campuses(ctx: &Ctx) -> Result<Vec<CampusRow>> {
+pub async fn list_campuses(ctx: &Ctx) -> Result<Vec<Campus>> {
     let mut conn = ctx.db.read_conn().await?;
-    Ok(campuses::list(&mut conn).await?)
+    let rows = campuses::list(&mut conn).await?;
+    Ok(rows.into_iter().map(Campus::from).collect())
 }
 
 /// Vendors of a campus the actor belongs to (another campus answers 404).
