@@ -51,46 +51,16 @@ command -v curl >/dev/null || skip "no curl"
 ITSUR_BIN="${ITSUR_BIN:-$root/target/debug/itsur}"
 [[ -x $ITSUR_BIN ]] || cargo build --locked --bin itsur
 
-tmp="$(mktemp -d)"
-db="itsur_st_$$_$RANDOM"
-db_url="${TEST_DATABASE_URL%/*}/$db"
-server_pid=""
-cleanup() {
-    if [[ -n $server_pid ]]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    "$PSQL" -X -q -w "$TEST_DATABASE_URL" -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-"$PSQL" -X -q -w "$TEST_DATABASE_URL" -c "create database $db" >/dev/null
 port="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-
-export DATABASE_URL="$db_url" REDIS_URL="$TEST_REDIS_URL" REDIS_PREFIX="st$$$RANDOM"
-export ITSUR_ENV=dev BIND_ADDR="127.0.0.1:$port" HTTP_WORKERS=2 WORKER_CONCURRENCY=2
 export JWT_SECRET="schemathesis-secret-0123456789abcdef0123456789"
-export HSTS_MAX_AGE_SECS=0 RUST_LOG="${RUST_LOG:-warn}"
 # Schemathesis sends thousands of requests from one address: lift the limits, not the code
 # (their 429s are documented and checked; with them on, most cases would only see 429).
 export RATE_LIMIT_IP=1000000/1m RATE_LIMIT_USER=1000000/1m RATE_LIMIT_ORDERS=1000000/1m \
     RATE_LIMIT_AUTH=1000000/1m RATE_LIMIT_LOGIN=1000000/1m
-"$ITSUR_BIN" migrate >"$tmp/migrate.log" 2>&1 || { cat "$tmp/migrate.log"; exit 1; }
-"$ITSUR_BIN" seed --demo >"$tmp/seed.log" 2>&1 || { cat "$tmp/seed.log"; exit 1; }
-"$ITSUR_BIN" all >"$tmp/server.log" 2>&1 &
-server_pid=$!
-base="http://127.0.0.1:$port"
-
-deadline=$((SECONDS + 60))
-until curl -fsS "$base/health/ready" >/dev/null 2>&1; do
-    if ! kill -0 "$server_pid" 2>/dev/null || ((SECONDS > deadline)); then
-        echo "schemathesis: the server did not become ready; its log:" >&2
-        tail -n 50 "$tmp/server.log" >&2
-        exit 1
-    fi
-    sleep 0.2
-done
+# shellcheck source-path=SCRIPTDIR source=lib/demo-server.sh
+. "$root/scripts/lib/demo-server.sh"
+demo_server_start schemathesis st "$port"
+base="$DEMO_BASE"
 
 # An access token of a demo account (printed by `itsur seed --demo`).
 token() {
@@ -126,6 +96,6 @@ done
 echo "schemathesis: three roles in $((SECONDS - started)) s"
 if ((status != 0)); then
     echo "schemathesis failed; the last lines of the server log:" >&2
-    tail -n 40 "$tmp/server.log" >&2
+    tail -n 40 "$DEMO_LOG" >&2
 fi
 exit "$status"

@@ -48,46 +48,16 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
     echo "$want" >"$stamp"
 fi
 
-tmp="$(mktemp -d)"
-db="itsur_browser_$$_$RANDOM"
-db_url="${TEST_DATABASE_URL%/*}/$db"
-server_pid=""
-cleanup() {
-    if [[ -n $server_pid ]]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    "$PSQL" -X -q -w "$TEST_DATABASE_URL" -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-"$PSQL" -X -q -w "$TEST_DATABASE_URL" -c "create database $db" >/dev/null
 port="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
-
-export DATABASE_URL="$db_url" REDIS_URL="$TEST_REDIS_URL" REDIS_PREFIX="browser$$$RANDOM"
-export ITSUR_ENV=dev BIND_ADDR="127.0.0.1:$port" HTTP_WORKERS=2 WORKER_CONCURRENCY=2
 export JWT_SECRET="browser-tests-secret-0123456789abcdef0123456789"
-export HSTS_MAX_AGE_SECS=0 RUST_LOG="${RUST_LOG:-warn}"
 # The suite places orders and loads pages faster than a person: lift the limits, not the code.
 export RATE_LIMIT_IP=100000/1m RATE_LIMIT_USER=100000/1m RATE_LIMIT_ORDERS=100000/1m \
     RATE_LIMIT_AUTH=1000/1m RATE_LIMIT_LOGIN=1000/1m
-"$ITSUR_BIN" migrate >"$tmp/migrate.log" 2>&1 || { cat "$tmp/migrate.log"; exit 1; }
-"$ITSUR_BIN" seed --demo >"$tmp/seed.log" 2>&1 || { cat "$tmp/seed.log"; exit 1; }
-"$ITSUR_BIN" all >"$tmp/server.log" 2>&1 &
-server_pid=$!
-export ITSUR_BASE_URL="http://127.0.0.1:$port" ITSUR_SERVER_LOG="$tmp/server.log"
-export ITSUR_DATABASE_URL="$db_url" PSQL
-
-deadline=$((SECONDS + 60))
-until curl -fsS "$ITSUR_BASE_URL/health/ready" >/dev/null 2>&1; do
-    if ! kill -0 "$server_pid" 2>/dev/null || ((SECONDS > deadline)); then
-        echo "browser tests: the server did not become ready; its log:" >&2
-        tail -n 50 "$tmp/server.log" >&2
-        exit 1
-    fi
-    sleep 0.2
-done
+# shellcheck source-path=SCRIPTDIR source=../../scripts/lib/demo-server.sh
+. "$root/scripts/lib/demo-server.sh"
+demo_server_start "browser tests" browser "$port"
+export ITSUR_BASE_URL="$DEMO_BASE" ITSUR_SERVER_LOG="$DEMO_LOG"
+export ITSUR_DATABASE_URL="$DEMO_DB_URL" PSQL
 
 mkdir -p "$root/docs/screenshots"
 if (($# > 0)); then
@@ -100,6 +70,6 @@ status=0
 node --test "${files[@]}" || status=$?
 if ((status != 0)); then
     echo "browser tests failed; the last lines of the server log:" >&2
-    tail -n 40 "$tmp/server.log" >&2
+    tail -n 40 "$DEMO_LOG" >&2
 fi
 exit "$status"
