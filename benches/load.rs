@@ -124,8 +124,8 @@ async fn seed(name: &str) -> World {
         let vendor = vendors::insert(
             &mut conn,
             &vendors::NewVendorRow {
-                id: Uuid::now_v7(),
-                campus_id: campus.id,
+                id: Uuid::now_v7().into(),
+                campus_id: campus.id.into(),
                 name: format!("Vendor {v}"),
                 description: None,
                 is_open: true,
@@ -138,7 +138,7 @@ async fn seed(name: &str) -> World {
             let item = menu_items::insert(
                 &mut conn,
                 &menu_items::NewMenuItemRow {
-                    id: Uuid::now_v7(),
+                    id: Uuid::now_v7().into(),
                     vendor_id: vendor.id,
                     name: format!("Item {v}-{i}"),
                     description: None,
@@ -149,9 +149,9 @@ async fn seed(name: &str) -> World {
             )
             .await
             .unwrap();
-            ids.push(item.id);
+            ids.push(item.id.into_inner());
         }
-        vendor_ids.push(vendor.id);
+        vendor_ids.push(vendor.id.into_inner());
         items.push(ids);
     }
     let hash = credentials::hash_password("bench-password".to_owned())

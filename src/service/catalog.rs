@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::Result;
 use crate::app::Ctx;
-use crate::domain::{self, Actor, DomainError, access};
+use crate::domain::{self, Actor, DomainError, MenuItemId, VendorId, access};
 use crate::store::{audit, campuses, menu_items, vendors};
 
 use crate::store::campuses::CampusRow;
@@ -57,8 +57,8 @@ pub struct Vendor {
 impl From<VendorRow> for Vendor {
     fn from(v: VendorRow) -> Self {
         Self {
-            id: v.id,
-            campus_id: v.campus_id,
+            id: v.id.into_inner(),
+            campus_id: v.campus_id.into_inner(),
             name: v.name,
             description: v.description,
             is_open: v.is_open,
@@ -90,8 +90,8 @@ pub struct MenuItem {
 impl From<MenuItemRow> for MenuItem {
     fn from(m: MenuItemRow) -> Self {
         Self {
-            id: m.id,
-            vendor_id: m.vendor_id,
+            id: m.id.into_inner(),
+            vendor_id: m.vendor_id.into_inner(),
             name: m.name,
             description: m.description,
             price_cents: m.price_cents,
@@ -118,18 +118,18 @@ pub async fn list_vendors(ctx: &Ctx, actor: &Actor, campus_id: Uuid) -> Result<V
     campuses::find(&mut conn, campus_id)
         .await?
         .ok_or(DomainError::NotFound { what: "campus" })?;
-    let rows = vendors::list_by_campus(&mut conn, campus_id).await?;
+    let rows = vendors::list_by_campus(&mut conn, campus_id.into()).await?;
     Ok(rows.into_iter().map(Vendor::from).collect())
 }
 
 async fn visible_vendor(
     conn: &mut diesel_async::AsyncPgConnection,
     actor: &Actor,
-    vendor_id: Uuid,
+    vendor_id: VendorId,
 ) -> Result<VendorRow> {
     Ok(vendors::find(conn, vendor_id)
         .await?
-        .filter(|v| access::can_read_campus(actor, v.campus_id.into()))
+        .filter(|v| access::can_read_campus(actor, v.campus_id))
         .ok_or(DomainError::NotFound { what: "vendor" })?)
 }
 
@@ -140,8 +140,8 @@ pub async fn get_menu(
     vendor_id: Uuid,
 ) -> Result<(Vendor, Vec<MenuItem>)> {
     let mut conn = ctx.db.read_conn().await?;
-    let vendor = visible_vendor(&mut conn, actor, vendor_id).await?;
-    let items = menu_items::list_by_vendor(&mut conn, vendor_id).await?;
+    let vendor = visible_vendor(&mut conn, actor, vendor_id.into()).await?;
+    let items = menu_items::list_by_vendor(&mut conn, vendor.id).await?;
     Ok((
         vendor.into(),
         items.into_iter().map(MenuItem::from).collect(),
@@ -157,18 +157,18 @@ pub async fn set_vendor_open(
     is_open: bool,
 ) -> Result<Vendor> {
     let mut conn = ctx.db.conn().await?;
-    let vendor = visible_vendor(&mut conn, actor, vendor_id).await?;
-    access::can_manage_menu(actor, vendor.id.into(), vendor.campus_id.into())?;
+    let vendor = visible_vendor(&mut conn, actor, vendor_id.into()).await?;
+    access::can_manage_menu(actor, vendor.id, vendor.campus_id)?;
     if vendor.is_open == is_open {
         return Ok(vendor.into());
     }
-    let row = vendors::set_open(&mut conn, vendor_id, is_open)
+    let row = vendors::set_open(&mut conn, vendor.id, is_open)
         .await?
         .ok_or(DomainError::NotFound { what: "vendor" })?;
     audit::insert(
         &mut conn,
         &audit::NewAuditRow {
-            campus_id: Some(vendor.campus_id),
+            campus_id: Some(vendor.campus_id.into_inner()),
             actor_id: Some(actor.user_id.into_inner()),
             action: if is_open {
                 "vendor.opened"
@@ -256,13 +256,13 @@ pub async fn create_menu_item(
         Some(input.stock),
     )?;
     let mut conn = ctx.db.conn().await?;
-    let vendor = visible_vendor(&mut conn, actor, vendor_id).await?;
-    access::can_manage_menu(actor, vendor.id.into(), vendor.campus_id.into())?;
+    let vendor = visible_vendor(&mut conn, actor, vendor_id.into()).await?;
+    access::can_manage_menu(actor, vendor.id, vendor.campus_id)?;
     let row = menu_items::insert(
         &mut conn,
         &menu_items::NewMenuItemRow {
-            id: Uuid::now_v7(),
-            vendor_id,
+            id: MenuItemId::new(),
+            vendor_id: vendor.id,
             name: input.name.trim().to_owned(),
             description: input.description,
             price_cents: input.price_cents,
@@ -274,7 +274,7 @@ pub async fn create_menu_item(
     audit::insert(
         &mut conn,
         &audit::NewAuditRow {
-            campus_id: Some(vendor.campus_id),
+            campus_id: Some(vendor.campus_id.into_inner()),
             actor_id: Some(actor.user_id.into_inner()),
             action: "menu_item.created".to_owned(),
             target_type: "menu_item".to_owned(),
@@ -296,16 +296,16 @@ pub async fn update_menu_item(
 ) -> Result<MenuItem> {
     check_fields(patch.name.as_deref(), patch.price_cents, patch.stock)?;
     let mut conn = ctx.db.conn().await?;
-    let item = menu_items::find(&mut conn, item_id)
+    let item = menu_items::find(&mut conn, item_id.into())
         .await?
         .ok_or(DomainError::NotFound { what: "menu item" })?;
     let vendor = visible_vendor(&mut conn, actor, item.vendor_id)
         .await
         .map_err(|_| DomainError::NotFound { what: "menu item" })?;
-    access::can_manage_menu(actor, vendor.id.into(), vendor.campus_id.into())?;
+    access::can_manage_menu(actor, vendor.id, vendor.campus_id)?;
     let row = menu_items::update(
         &mut conn,
-        item_id,
+        item.id,
         &menu_items::MenuItemChanges {
             name: patch.name.map(|n| n.trim().to_owned()),
             description: patch.description,
@@ -318,7 +318,7 @@ pub async fn update_menu_item(
     audit::insert(
         &mut conn,
         &audit::NewAuditRow {
-            campus_id: Some(vendor.campus_id),
+            campus_id: Some(vendor.campus_id.into_inner()),
             actor_id: Some(actor.user_id.into_inner()),
             action: "menu_item.updated".to_owned(),
             target_type: "menu_item".to_owned(),

@@ -155,19 +155,24 @@ pub async fn submit_sales_report(
     spec.validate()?;
     let vendor = {
         let mut conn = ctx.db.read_conn().await?;
-        vendors::find(&mut conn, spec.vendor_id)
+        vendors::find(&mut conn, spec.vendor_id.into())
             .await?
-            .filter(|v| access::can_read_campus(actor, v.campus_id.into()))
+            .filter(|v| access::can_read_campus(actor, v.campus_id))
             .ok_or(DomainError::NotFound { what: "vendor" })?
     };
-    access::can_manage_menu(actor, vendor.id.into(), vendor.campus_id.into()).map_err(|_| {
+    access::can_manage_menu(actor, vendor.id, vendor.campus_id).map_err(|_| {
         DomainError::forbidden("only the vendor's staff or the campus admin run its reports")
     })?;
     let payload = serde_json::to_value(&spec).map_err(anyhow::Error::from)?;
     submit(
         ctx,
         actor,
-        new_job(kind::SALES_REPORT, payload, actor, vendor.campus_id),
+        new_job(
+            kind::SALES_REPORT,
+            payload,
+            actor,
+            vendor.campus_id.into_inner(),
+        ),
         "report.requested",
         None,
     )

@@ -20,7 +20,9 @@ use super::{Error, Page, PageRequest, Result};
 use crate::app::Ctx;
 use crate::domain::event::{Event, EventRouting, NewEvent, OrderCreated, OrderStatusChanged};
 use crate::domain::order::ItemTerms;
-use crate::domain::{self, Actor, DomainError, OrderStatus, Role, access};
+use crate::domain::{
+    self, Actor, DomainError, MenuItemId, OrderId, OrderStatus, Role, VendorId, access,
+};
 use crate::store::{audit, idempotency, menu_items, orders, outbox, vendors};
 
 /// How long an idempotency key replays its first response.
@@ -75,7 +77,8 @@ pub struct OrderView {
     /// Student who ordered.
     pub user_id: Uuid,
     /// Current state.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: OrderStatus,
     /// Sum of the lines, in cents.
     pub total_cents: i64,
     /// Note for the vendor.
@@ -122,7 +125,7 @@ fn created_event(view: &OrderView) -> OrderCreated {
         campus_id: view.campus_id,
         vendor_id: view.vendor_id,
         user_id: view.user_id,
-        status: view.status.clone(),
+        status: view.status.as_str().to_owned(),
         total_cents: view.total_cents,
         note: view.note.clone(),
         version: view.version,
@@ -143,10 +146,10 @@ fn created_event(view: &OrderView) -> OrderCreated {
 
 fn view(order: orders::OrderRow, items: Vec<orders::OrderItemRow>) -> OrderView {
     OrderView {
-        id: order.id,
-        campus_id: order.campus_id,
-        vendor_id: order.vendor_id,
-        user_id: order.user_id,
+        id: order.id.into_inner(),
+        campus_id: order.campus_id.into_inner(),
+        vendor_id: order.vendor_id.into_inner(),
+        user_id: order.user_id.into_inner(),
         status: order.status,
         total_cents: order.total_cents,
         note: order.note,
@@ -154,7 +157,7 @@ fn view(order: orders::OrderRow, items: Vec<orders::OrderItemRow>) -> OrderView 
         items: items
             .into_iter()
             .map(|i| OrderItemView {
-                menu_item_id: i.menu_item_id,
+                menu_item_id: i.menu_item_id.into_inner(),
                 name: i.name,
                 unit_price_cents: i.unit_price_cents,
                 quantity: i.quantity,
@@ -304,7 +307,7 @@ async fn insert_order(
 ) -> Result<OrderView> {
     let vendor = open_vendor(conn, actor, input.vendor_id).await?;
     let (total, lines) = reserve_items(conn, vendor.id, input).await?;
-    let order_id = Uuid::now_v7();
+    let order_id = OrderId::new();
     let now = Utc::now();
     let (order, items) = orders::insert(
         conn,
@@ -312,8 +315,8 @@ async fn insert_order(
             id: order_id,
             campus_id: vendor.campus_id,
             vendor_id: vendor.id,
-            user_id: actor.user_id.into_inner(),
-            status: OrderStatus::Placed.as_str().to_owned(),
+            user_id: actor.user_id,
+            status: OrderStatus::Placed,
             total_cents: total.0,
             note: input.note.clone(),
             version: 1,
@@ -343,9 +346,9 @@ async fn open_vendor(
     actor: &Actor,
     vendor_id: Uuid,
 ) -> Result<vendors::VendorRow> {
-    let vendor = vendors::find(conn, vendor_id)
+    let vendor = vendors::find(conn, vendor_id.into())
         .await?
-        .filter(|v| access::can_read_campus(actor, v.campus_id.into()))
+        .filter(|v| access::can_read_campus(actor, v.campus_id))
         .ok_or(DomainError::NotFound { what: "vendor" })?;
     if !vendor.is_open {
         return Err(DomainError::Conflict {
@@ -361,18 +364,18 @@ async fn open_vendor(
 /// lines in request order.
 async fn reserve_items(
     conn: &mut AsyncPgConnection,
-    vendor_id: Uuid,
+    vendor_id: VendorId,
     input: &PlaceOrder,
 ) -> Result<(domain::Cents, Vec<(menu_items::MenuItemRow, i32)>)> {
-    let ids: Vec<Uuid> = input.items.iter().map(|l| l.menu_item_id).collect();
+    let ids: Vec<MenuItemId> = input.items.iter().map(|l| l.menu_item_id.into()).collect();
     // Locked in id order (the store sorts) so concurrent orders never deadlock.
     let locked = menu_items::lock_for_order(conn, vendor_id, &ids).await?;
-    let by_id: BTreeMap<Uuid, &menu_items::MenuItemRow> =
+    let by_id: BTreeMap<MenuItemId, &menu_items::MenuItemRow> =
         locked.iter().map(|m| (m.id, m)).collect();
     let requested: Vec<(Option<&menu_items::MenuItemRow>, i32)> = input
         .items
         .iter()
-        .map(|l| (by_id.get(&l.menu_item_id).copied(), l.quantity))
+        .map(|l| (by_id.get(&l.menu_item_id.into()).copied(), l.quantity))
         .collect();
     let terms: Vec<(Option<ItemTerms<'_>>, i32)> = requested
         .iter()
@@ -392,7 +395,7 @@ async fn reserve_items(
         .iter()
         .filter_map(|(item, qty)| item.map(|m| (m.clone(), *qty)))
         .collect();
-    let taken: Vec<(Uuid, i32)> = lines.iter().map(|(item, qty)| (item.id, -qty)).collect();
+    let taken: Vec<(MenuItemId, i32)> = lines.iter().map(|(item, qty)| (item.id, -qty)).collect();
     menu_items::change_stock(conn, &taken).await?;
     Ok((total, lines))
 }
@@ -431,32 +434,22 @@ pub async fn list_orders(
     page: PageRequest,
 ) -> Result<Page<OrderView>> {
     let scope = match actor.role {
-        Role::Student => orders::Scope::User(actor.user_id.into_inner()),
+        Role::Student => orders::Scope::User(actor.user_id),
         Role::VendorStaff => orders::Scope::Vendor(
             actor
                 .vendor_id
-                .ok_or_else(|| anyhow::anyhow!("vendor staff without vendor"))?
-                .into_inner(),
+                .ok_or_else(|| anyhow::anyhow!("vendor staff without vendor"))?,
         ),
         Role::CampusAdmin => orders::Scope::Campus(
             actor
                 .campus_id
-                .ok_or_else(|| anyhow::anyhow!("campus admin without campus"))?
-                .into_inner(),
+                .ok_or_else(|| anyhow::anyhow!("campus admin without campus"))?,
         ),
         Role::PlatformAdmin => orders::Scope::All,
     };
-    let status = status.map(|s| s.as_str().to_owned());
     let mut conn = ctx.db.read_conn().await?;
-    let (rows, total) = orders::list(
-        &mut conn,
-        &scope,
-        status.as_deref(),
-        page.limit,
-        page.offset,
-    )
-    .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|o| o.id).collect();
+    let (rows, total) = orders::list(&mut conn, &scope, status, page.limit, page.offset).await?;
+    let ids: Vec<OrderId> = rows.iter().map(|o| o.id).collect();
     let mut items = orders::items_for_orders(&mut conn, &ids).await?;
     let data = rows
         .into_iter()
@@ -470,6 +463,7 @@ pub async fn list_orders(
 
 /// One order, if the actor may see it (404 otherwise, also for other tenants).
 pub async fn get_order(ctx: &Ctx, actor: &Actor, order_id: Uuid) -> Result<OrderView> {
+    let order_id = OrderId::from(order_id);
     let mut conn = ctx.db.read_conn().await?;
     let order = orders::find(&mut conn, order_id)
         .await?
@@ -481,9 +475,9 @@ pub async fn get_order(ctx: &Ctx, actor: &Actor, order_id: Uuid) -> Result<Order
 
 fn order_scope(o: &orders::OrderRow) -> access::OrderScope {
     access::OrderScope {
-        user_id: o.user_id.into(),
-        vendor_id: o.vendor_id.into(),
-        campus_id: o.campus_id.into(),
+        user_id: o.user_id,
+        vendor_id: o.vendor_id,
+        campus_id: o.campus_id,
     }
 }
 
@@ -496,6 +490,7 @@ pub async fn transition_order(
     if_match: Option<i32>,
     request_id: Option<String>,
 ) -> Result<OrderView> {
+    let order_id = OrderId::from(order_id);
     let mut conn = ctx.db.conn().await?;
     let view = conn
         .transaction(async |conn| -> Result<OrderView> {
@@ -511,28 +506,25 @@ pub async fn transition_order(
                     order.version
                 )));
             }
-            let from: OrderStatus = order
-                .status
-                .parse()
-                .map_err(|_| anyhow::anyhow!("unknown order status in row"))?;
+            let from = order.status;
             let scope = order_scope(&order);
             domain::order::transition(from, to, actor, &scope)?;
             let items = orders::items_for_order(conn, order_id).await?;
             if domain::order::restores_stock(to) {
-                let returned: Vec<(Uuid, i32)> = items
+                let returned: Vec<(MenuItemId, i32)> = items
                     .iter()
                     .map(|item| (item.menu_item_id, item.quantity))
                     .collect();
                 menu_items::change_stock(conn, &returned).await?;
             }
-            let updated = orders::update_status(conn, order_id, order.version, to.as_str())
+            let updated = orders::update_status(conn, order_id, order.version, to)
                 .await?
                 .ok_or_else(|| {
                     Error::PreconditionFailed("order changed concurrently".to_owned())
                 })?;
             let view = view(updated, items);
             let changed = Event::OrderStatusChanged(OrderStatusChanged {
-                order_id,
+                order_id: order_id.into_inner(),
                 vendor_id: view.vendor_id,
                 campus_id: view.campus_id,
                 user_id: view.user_id,

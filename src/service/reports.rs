@@ -90,7 +90,7 @@ pub async fn read_slice(
     to: DateTime<Utc>,
 ) -> Result<Vec<SalesRow>> {
     let mut conn = ctx.db.read_conn().await?;
-    Ok(orders::sales_by_day_item(&mut conn, vendor_id, from, to).await?)
+    Ok(orders::sales_by_day_item(&mut conn, vendor_id.into(), from, to).await?)
 }
 
 #[derive(Serialize, Default, Clone)]

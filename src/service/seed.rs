@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::Result;
 use crate::app::Ctx;
-use crate::domain::Role;
+use crate::domain::{MenuItemId, Role, VendorId};
 use crate::store::{campuses, menu_items, users, vendors};
 
 /// Slug of the demo campus.
@@ -100,20 +100,20 @@ pub async fn seed_demo(ctx: &Ctx) -> Result<bool> {
                 let vendor = vendors::insert(
                     conn,
                     &vendors::NewVendorRow {
-                        id: Uuid::now_v7(),
-                        campus_id: campus.id,
+                        id: VendorId::new(),
+                        campus_id: campus.id.into(),
                         name: name.to_owned(),
                         description: Some(description.to_owned()),
                         is_open: true,
                     },
                 )
                 .await?;
-                first_vendor.get_or_insert(vendor.id);
+                first_vendor.get_or_insert(vendor.id.into_inner());
                 for (item, price, stock) in items {
                     menu_items::insert(
                         conn,
                         &menu_items::NewMenuItemRow {
-                            id: Uuid::now_v7(),
+                            id: MenuItemId::new(),
                             vendor_id: vendor.id,
                             name: (*item).to_owned(),
                             description: None,

@@ -6,15 +6,16 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::menu_items;
+use crate::domain::{MenuItemId, VendorId};
 
 /// A menu item row.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = menu_items)]
 pub struct MenuItemRow {
     /// Id.
-    pub id: Uuid,
+    pub id: MenuItemId,
     /// Vendor.
-    pub vendor_id: Uuid,
+    pub vendor_id: VendorId,
     /// Name.
     pub name: String,
     /// Description.
@@ -36,9 +37,9 @@ pub struct MenuItemRow {
 #[diesel(table_name = menu_items)]
 pub struct NewMenuItemRow {
     /// Id.
-    pub id: Uuid,
+    pub id: MenuItemId,
     /// Vendor.
-    pub vendor_id: Uuid,
+    pub vendor_id: VendorId,
     /// Name.
     pub name: String,
     /// Description.
@@ -80,7 +81,10 @@ pub async fn insert(
 }
 
 /// A menu item by id.
-pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<MenuItemRow>> {
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    id: MenuItemId,
+) -> QueryResult<Option<MenuItemRow>> {
     menu_items::table
         .find(id)
         .select(MenuItemRow::as_select())
@@ -92,7 +96,7 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 /// A vendor's menu, by name.
 pub async fn list_by_vendor(
     conn: &mut AsyncPgConnection,
-    vendor_id: Uuid,
+    vendor_id: VendorId,
 ) -> QueryResult<Vec<MenuItemRow>> {
     menu_items::table
         .filter(menu_items::vendor_id.eq(vendor_id))
@@ -105,7 +109,7 @@ pub async fn list_by_vendor(
 /// Applies changes (an empty change set just returns the row).
 pub async fn update(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    id: MenuItemId,
     changes: &MenuItemChanges,
 ) -> QueryResult<MenuItemRow> {
     let empty = changes.name.is_none()
@@ -131,9 +135,11 @@ pub async fn update(
 /// touching the same items never deadlock. Items of other vendors are not returned.
 pub async fn lock_for_order(
     conn: &mut AsyncPgConnection,
-    vendor_id: Uuid,
-    ids: &[Uuid],
+    vendor_id: VendorId,
+    ids: &[MenuItemId],
 ) -> QueryResult<Vec<MenuItemRow>> {
+    // Plain uuids: `eq_any` binds them as one array (`= ANY($2)`), one prepared statement.
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.into_inner()).collect();
     menu_items::table
         .filter(menu_items::vendor_id.eq(vendor_id))
         .filter(menu_items::id.eq_any(ids))
@@ -150,12 +156,15 @@ pub async fn lock_for_order(
 /// overselling impossible even if a caller forgot to lock.
 pub async fn change_stock(
     conn: &mut AsyncPgConnection,
-    changes: &[(Uuid, i32)],
+    changes: &[(MenuItemId, i32)],
 ) -> QueryResult<()> {
     if changes.is_empty() {
         return Ok(());
     }
-    let (ids, deltas): (Vec<Uuid>, Vec<i32>) = changes.iter().copied().unzip();
+    let (ids, deltas): (Vec<Uuid>, Vec<i32>) = changes
+        .iter()
+        .map(|&(id, delta)| (id.into_inner(), delta))
+        .unzip();
     ChangeStock { ids, deltas }.execute(conn).await.map(drop)
 }
 

@@ -22,6 +22,7 @@ pub mod pg_url;
 pub mod pool;
 pub mod schema;
 pub mod sessions;
+pub mod sql_types;
 pub mod users;
 pub mod vendors;
 

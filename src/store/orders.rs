@@ -8,21 +8,22 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{order_items, orders};
+use crate::domain::{CampusId, MenuItemId, OrderId, OrderStatus, UserId, VendorId};
 
 /// An order row.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = orders)]
 pub struct OrderRow {
     /// Id.
-    pub id: Uuid,
+    pub id: OrderId,
     /// Campus.
-    pub campus_id: Uuid,
+    pub campus_id: CampusId,
     /// Vendor.
-    pub vendor_id: Uuid,
+    pub vendor_id: VendorId,
     /// Student.
-    pub user_id: Uuid,
-    /// Status name (`domain::OrderStatus::as_str`).
-    pub status: String,
+    pub user_id: UserId,
+    /// Status (stored as its `as_str` name; an unknown name fails the query).
+    pub status: OrderStatus,
     /// Total in cents.
     pub total_cents: i64,
     /// Note.
@@ -42,15 +43,15 @@ pub struct OrderRow {
 #[diesel(table_name = orders, treat_none_as_default_value = false)]
 pub struct NewOrderRow {
     /// Id.
-    pub id: Uuid,
+    pub id: OrderId,
     /// Campus.
-    pub campus_id: Uuid,
+    pub campus_id: CampusId,
     /// Vendor.
-    pub vendor_id: Uuid,
+    pub vendor_id: VendorId,
     /// Student.
-    pub user_id: Uuid,
-    /// Status name.
-    pub status: String,
+    pub user_id: UserId,
+    /// Status.
+    pub status: OrderStatus,
     /// Total in cents.
     pub total_cents: i64,
     /// Note.
@@ -68,9 +69,9 @@ pub struct NewOrderRow {
 #[diesel(table_name = order_items)]
 pub struct OrderItemRow {
     /// Order.
-    pub order_id: Uuid,
+    pub order_id: OrderId,
     /// Menu item.
-    pub menu_item_id: Uuid,
+    pub menu_item_id: MenuItemId,
     /// Name snapshot.
     pub name: String,
     /// Unit price snapshot.
@@ -84,9 +85,9 @@ pub struct OrderItemRow {
 #[diesel(table_name = order_items)]
 pub struct NewOrderItemRow {
     /// Order.
-    pub order_id: Uuid,
+    pub order_id: OrderId,
     /// Menu item.
-    pub menu_item_id: Uuid,
+    pub menu_item_id: MenuItemId,
     /// Name snapshot.
     pub name: String,
     /// Unit price snapshot.
@@ -99,11 +100,11 @@ pub struct NewOrderItemRow {
 #[derive(Debug, Clone, Copy)]
 pub enum Scope {
     /// One student's.
-    User(Uuid),
+    User(UserId),
     /// One vendor's board.
-    Vendor(Uuid),
+    Vendor(VendorId),
     /// One campus's.
-    Campus(Uuid),
+    Campus(CampusId),
     /// Everything (platform admin).
     All,
 }
@@ -120,8 +121,8 @@ pub async fn insert(
         .get_result(conn)
         .await?;
     let mut lines: Vec<OrderItemRow> = InsertLines {
-        order_id: row.id,
-        item_ids: items.iter().map(|i| i.menu_item_id).collect(),
+        order_id: row.id.into_inner(),
+        item_ids: items.iter().map(|i| i.menu_item_id.into_inner()).collect(),
         names: items.iter().map(|i| i.name.clone()).collect(),
         prices: items.iter().map(|i| i.unit_price_cents).collect(),
         quantities: items.iter().map(|i| i.quantity).collect(),
@@ -183,7 +184,7 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertLines {
 }
 
 /// An order by id.
-pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<OrderRow>> {
+pub async fn find(conn: &mut AsyncPgConnection, id: OrderId) -> QueryResult<Option<OrderRow>> {
     orders::table
         .find(id)
         .select(OrderRow::as_select())
@@ -193,7 +194,7 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 }
 
 /// An order by id, locked (`FOR UPDATE`) for a transition.
-pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<OrderRow>> {
+pub async fn lock(conn: &mut AsyncPgConnection, id: OrderId) -> QueryResult<Option<OrderRow>> {
     orders::table
         .find(id)
         .select(OrderRow::as_select())
@@ -206,9 +207,9 @@ pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 /// Sets the status and bumps the version, only if the version is still `expected_version`.
 pub async fn update_status(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    id: OrderId,
     expected_version: i32,
-    status: &str,
+    status: OrderStatus,
 ) -> QueryResult<Option<OrderRow>> {
     diesel::update(
         orders::table
@@ -229,7 +230,7 @@ pub async fn update_status(
 /// The lines of an order, in menu-item id order (the lock order of cancellations).
 pub async fn items_for_order(
     conn: &mut AsyncPgConnection,
-    order_id: Uuid,
+    order_id: OrderId,
 ) -> QueryResult<Vec<OrderItemRow>> {
     order_items::table
         .filter(order_items::order_id.eq(order_id))
@@ -242,25 +243,30 @@ pub async fn items_for_order(
 /// The lines of several orders, grouped by order.
 pub async fn items_for_orders(
     conn: &mut AsyncPgConnection,
-    order_ids: &[Uuid],
-) -> QueryResult<HashMap<Uuid, Vec<OrderItemRow>>> {
+    order_ids: &[OrderId],
+) -> QueryResult<HashMap<OrderId, Vec<OrderItemRow>>> {
     if order_ids.is_empty() {
         return Ok(HashMap::new());
     }
+    // Plain uuids: `eq_any` binds them as one array (`= ANY($1)`).
+    let order_ids: Vec<Uuid> = order_ids.iter().map(|id| id.into_inner()).collect();
     let rows: Vec<OrderItemRow> = order_items::table
         .filter(order_items::order_id.eq_any(order_ids))
         .order((order_items::order_id, order_items::menu_item_id))
         .select(OrderItemRow::as_select())
         .load(conn)
         .await?;
-    let mut out: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
+    let mut out: HashMap<OrderId, Vec<OrderItemRow>> = HashMap::new();
     for r in rows {
         out.entry(r.order_id).or_default().push(r);
     }
     Ok(out)
 }
 
-fn scoped(scope: Scope, status: Option<&str>) -> orders::BoxedQuery<'_, diesel::pg::Pg> {
+fn scoped(
+    scope: Scope,
+    status: Option<OrderStatus>,
+) -> orders::BoxedQuery<'static, diesel::pg::Pg> {
     let mut q = orders::table.into_boxed();
     q = match scope {
         Scope::User(id) => q.filter(orders::user_id.eq(id)),
@@ -278,7 +284,7 @@ fn scoped(scope: Scope, status: Option<&str>) -> orders::BoxedQuery<'_, diesel::
 pub async fn list(
     conn: &mut AsyncPgConnection,
     scope: &Scope,
-    status: Option<&str>,
+    status: Option<OrderStatus>,
     limit: i64,
     offset: i64,
 ) -> QueryResult<(Vec<OrderRow>, i64)> {
@@ -319,7 +325,7 @@ pub struct SalesRow {
 /// Sales of a vendor in `[from, to)` (cancelled orders excluded), by UTC day and item.
 pub async fn sales_by_day_item(
     conn: &mut AsyncPgConnection,
-    vendor_id: Uuid,
+    vendor_id: VendorId,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> QueryResult<Vec<SalesRow>> {
@@ -337,7 +343,7 @@ pub async fn sales_by_day_item(
            AND o.status <> 'cancelled' \
          GROUP BY 1, 2 ORDER BY 1, 2",
     )
-    .bind::<SqlUuid, _>(vendor_id)
+    .bind::<SqlUuid, _>(vendor_id.into_inner())
     .bind::<Timestamptz, _>(from)
     .bind::<Timestamptz, _>(to)
     .load(conn)

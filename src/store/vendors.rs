@@ -3,18 +3,18 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use super::schema::vendors;
+use crate::domain::{CampusId, VendorId};
 
 /// A vendor row.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = vendors)]
 pub struct VendorRow {
     /// Id.
-    pub id: Uuid,
+    pub id: VendorId,
     /// Campus.
-    pub campus_id: Uuid,
+    pub campus_id: CampusId,
     /// Name.
     pub name: String,
     /// Description.
@@ -32,9 +32,9 @@ pub struct VendorRow {
 #[diesel(table_name = vendors)]
 pub struct NewVendorRow {
     /// Id.
-    pub id: Uuid,
+    pub id: VendorId,
     /// Campus.
-    pub campus_id: Uuid,
+    pub campus_id: CampusId,
     /// Name.
     pub name: String,
     /// Description.
@@ -53,7 +53,7 @@ pub async fn insert(conn: &mut AsyncPgConnection, row: &NewVendorRow) -> QueryRe
 }
 
 /// A vendor by id.
-pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<VendorRow>> {
+pub async fn find(conn: &mut AsyncPgConnection, id: VendorId) -> QueryResult<Option<VendorRow>> {
     vendors::table
         .find(id)
         .select(VendorRow::as_select())
@@ -65,7 +65,7 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 /// A campus's vendors, by name.
 pub async fn list_by_campus(
     conn: &mut AsyncPgConnection,
-    campus_id: Uuid,
+    campus_id: CampusId,
 ) -> QueryResult<Vec<VendorRow>> {
     vendors::table
         .filter(vendors::campus_id.eq(campus_id))
@@ -78,7 +78,7 @@ pub async fn list_by_campus(
 /// Opens or closes a vendor; the updated row, or `None` when it does not exist.
 pub async fn set_open(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    id: VendorId,
     is_open: bool,
 ) -> QueryResult<Option<VendorRow>> {
     diesel::update(vendors::table.find(id))

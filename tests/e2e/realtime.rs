@@ -150,7 +150,8 @@ impl Stack {
     }
 }
 
-async fn place(http: &Http, s: &Session, vendor: Uuid, item: Uuid) -> Uuid {
+async fn place(http: &Http, s: &Session, vendor: impl Into<Uuid>, item: impl Into<Uuid>) -> Uuid {
+    let (vendor, item) = (vendor.into(), item.into());
     let res = http
         .post("/orders", s.token(), &order_body(vendor, item, 1))
         .await;

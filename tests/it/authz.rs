@@ -180,7 +180,7 @@ async fn role_gate_reveals_nothing_and_denials_are_problems() {
     let student_b = api.login(&world.b.student.email).await;
 
     // Non-students get the same 403 for campus A's vendor, their own vendor and no vendor.
-    for vendor in [world.a.vendor.id, world.b.vendor.id, Uuid::now_v7()] {
+    for vendor in [world.a.vendor.id, world.b.vendor.id, Uuid::now_v7().into()] {
         let item = world.a.items[0].id;
         let res = api
             .post("/orders", staff_b.token(), &order_body(vendor, item, 1))

@@ -898,7 +898,13 @@ async fn shutdown_hands_back_a_handler_that_ignores_cancellation() {
 // API
 // ---------------------------------------------------------------------------------------
 
-async fn place(api: &Api, s: &Session, vendor: Uuid, lines: &[(Uuid, i32)]) -> Uuid {
+async fn place(
+    api: &Api,
+    s: &Session,
+    vendor: impl Into<Uuid>,
+    lines: &[(impl serde::Serialize, i32)],
+) -> Uuid {
+    let vendor = vendor.into();
     let items: Vec<Value> = lines
         .iter()
         .map(|(item, quantity)| json!({ "menuItemId": item, "quantity": quantity }))

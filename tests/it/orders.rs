@@ -71,7 +71,13 @@ async fn order_events(ctx: &Ctx, order_id: Uuid) -> Vec<(String, i32, Value)> {
         .collect()
 }
 
-async fn place(api: &Api, s: &Session, vendor: Uuid, item: Uuid, quantity: i32) -> Uuid {
+async fn place(
+    api: &Api,
+    s: &Session,
+    vendor: impl Into<Uuid>,
+    item: impl Into<Uuid>,
+    quantity: i32,
+) -> Uuid {
     let res = api
         .post("/orders", s.token(), &order_body(vendor, item, quantity))
         .await;
@@ -297,8 +303,8 @@ async fn placing_an_order_checks_the_menu_and_snapshots_prices() {
     let closed = itsur::store::vendors::insert(
         &mut t.ctx.db.conn().await.unwrap(),
         &itsur::store::vendors::NewVendorRow {
-            id: Uuid::now_v7(),
-            campus_id: a.campus.id,
+            id: Uuid::now_v7().into(),
+            campus_id: a.campus.id.into(),
             name: "Closed".to_owned(),
             description: None,
             is_open: false,
@@ -557,6 +563,41 @@ async fn every_illegal_transition_is_a_conflict_that_changes_nothing() {
     let res = transition(&api, &staff, order, "shipped").await;
     res.assert_problem(400);
     assert_eq!(res.field_errors(), ["to"]);
+}
+
+/// A status the code does not know (written by a newer release, or by hand) fails the read
+/// with a 500, and a transition with it changes nothing: the store never guesses a state.
+#[actix_web::test]
+async fn an_unknown_status_in_the_database_is_an_error_not_a_default() {
+    let (t, world, api) = setup().await;
+    let student = api.login(&world.a.student.email).await;
+    let staff = api.login(&world.a.staff.email).await;
+    let order = place(&api, &student, world.a.vendor.id, world.a.items[0].id, 1).await;
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    diesel::sql_query("ALTER TABLE orders DROP CONSTRAINT orders_status_check")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    diesel::update(orders::table.find(order))
+        .set(orders::status.eq("shipped"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    api.get(&format!("/orders/{order}"), staff.token())
+        .await
+        .assert_problem(500);
+    api.get("/orders", staff.token()).await.assert_problem(500);
+    transition(&api, &staff, order, "accepted")
+        .await
+        .assert_problem(500);
+    let status: String = orders::table
+        .find(order)
+        .select(orders::status)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status, "shipped");
 }
 
 #[actix_web::test]

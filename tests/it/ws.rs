@@ -59,7 +59,7 @@ async fn rig() -> Rig {
 }
 
 /// Places an order of one `item` as `s` through the API; its id.
-async fn place(http: &Http, s: &Session, vendor: Uuid, item: Uuid) -> Uuid {
+async fn place(http: &Http, s: &Session, vendor: impl Into<Uuid>, item: impl Into<Uuid>) -> Uuid {
     let res = http
         .post("/orders", s.token(), &order_body(vendor, item, 1))
         .await;
@@ -68,7 +68,7 @@ async fn place(http: &Http, s: &Session, vendor: Uuid, item: Uuid) -> Uuid {
 }
 
 impl Rig {
-    async fn place(&self, s: &Session, vendor: Uuid, item: Uuid) -> Uuid {
+    async fn place(&self, s: &Session, vendor: impl Into<Uuid>, item: impl Into<Uuid>) -> Uuid {
         place(&self.http, s, vendor, item).await
     }
 
@@ -276,7 +276,7 @@ async fn resume_also_sends_a_lower_id_that_was_published_after_the_cursor() {
         event_type: "order.created".to_owned(),
         payload: json!({ "n": n }),
         campus_id: Some(a.campus.id),
-        vendor_id: Some(a.vendor.id),
+        vendor_id: Some(a.vendor.id.into()),
         user_id: Some(student.user_id),
     };
     // Transaction 1 takes the lower id but commits after transaction 2.
@@ -553,7 +553,7 @@ async fn a_frozen_redis_is_noticed_and_sockets_catch_up_once_it_thaws() {
         event_type: "order.created".to_owned(),
         payload: json!({ "n": n }),
         campus_id: Some(world.a.campus.id),
-        vendor_id: Some(world.a.vendor.id),
+        vendor_id: Some(world.a.vendor.id.into()),
         user_id: Some(student.user_id),
     };
     let committed = {

@@ -34,11 +34,12 @@ async fn import(cx: &JobCx) -> Result<Output, JobError> {
         let campus = store::campuses::find(&mut conn, spec.campus_id)
             .await?
             .ok_or_else(|| JobError::Permanent("campus no longer exists".to_owned()))?;
-        let vendors: HashSet<uuid::Uuid> = store::vendors::list_by_campus(&mut conn, campus.id)
-            .await?
-            .into_iter()
-            .map(|v| v.id)
-            .collect();
+        let vendors: HashSet<uuid::Uuid> =
+            store::vendors::list_by_campus(&mut conn, campus.id.into())
+                .await?
+                .into_iter()
+                .map(|v| v.id.into_inner())
+                .collect();
         (campus, vendors)
     };
     let Some(csv) = ({

@@ -13,6 +13,7 @@ use std::time::Duration;
 use actix_web::test;
 use futures_util::future::LocalBoxFuture;
 use itsur::app::Ctx;
+use itsur::domain::{MenuItemId, VendorId};
 use itsur::store::campuses::{self, CampusRow, NewCampusRow};
 use itsur::store::menu_items::{self, MenuItemRow, NewMenuItemRow};
 use itsur::store::users::{self, NewUserRow, UserRow};
@@ -110,7 +111,7 @@ impl Tenant {
             &format!("staff@{tag}.edu"),
             "vendor_staff",
             c,
-            Some(vendor.id),
+            Some(vendor.id.into()),
         )
         .await;
         let other_staff = add_user(
@@ -118,7 +119,7 @@ impl Tenant {
             &format!("staff2@{tag}.edu"),
             "vendor_staff",
             c,
-            Some(other_vendor.id),
+            Some(other_vendor.id.into()),
         )
         .await;
         let admin = add_user(ctx, &format!("admin@{tag}.edu"), "campus_admin", c, None).await;
@@ -155,13 +156,13 @@ pub async fn add_campus(ctx: &Ctx, slug: &str, domain: &str) -> CampusRow {
 }
 
 /// Inserts an open vendor.
-pub async fn add_vendor(ctx: &Ctx, campus_id: Uuid, name: &str) -> VendorRow {
+pub async fn add_vendor(ctx: &Ctx, campus_id: impl Into<Uuid>, name: &str) -> VendorRow {
     let mut conn = ctx.db.conn().await.unwrap();
     vendors::insert(
         &mut conn,
         &NewVendorRow {
-            id: Uuid::now_v7(),
-            campus_id,
+            id: VendorId::new(),
+            campus_id: campus_id.into().into(),
             name: name.to_owned(),
             description: None,
             is_open: true,
@@ -174,7 +175,7 @@ pub async fn add_vendor(ctx: &Ctx, campus_id: Uuid, name: &str) -> VendorRow {
 /// Inserts an available menu item.
 pub async fn add_item(
     ctx: &Ctx,
-    vendor_id: Uuid,
+    vendor_id: impl Into<Uuid>,
     name: &str,
     price_cents: i64,
     stock: i32,
@@ -183,8 +184,8 @@ pub async fn add_item(
     menu_items::insert(
         &mut conn,
         &NewMenuItemRow {
-            id: Uuid::now_v7(),
-            vendor_id,
+            id: MenuItemId::new(),
+            vendor_id: vendor_id.into().into(),
             name: name.to_owned(),
             description: None,
             price_cents,
@@ -223,9 +224,9 @@ pub async fn add_user(
 }
 
 /// The current stock of a menu item, read from Postgres.
-pub async fn stock_of(ctx: &Ctx, item_id: Uuid) -> i32 {
+pub async fn stock_of(ctx: &Ctx, item_id: impl Into<Uuid>) -> i32 {
     let mut conn = ctx.db.conn().await.unwrap();
-    menu_items::find(&mut conn, item_id)
+    menu_items::find(&mut conn, item_id.into().into())
         .await
         .unwrap()
         .unwrap()
@@ -233,7 +234,8 @@ pub async fn stock_of(ctx: &Ctx, item_id: Uuid) -> i32 {
 }
 
 /// The body of a one-line order.
-pub fn order_body(vendor_id: Uuid, item_id: Uuid, quantity: i32) -> Value {
+pub fn order_body(vendor_id: impl Into<Uuid>, item_id: impl Into<Uuid>, quantity: i32) -> Value {
+    let (vendor_id, item_id) = (vendor_id.into(), item_id.into());
     json!({ "vendorId": vendor_id, "items": [{ "menuItemId": item_id, "quantity": quantity }] })
 }
 
