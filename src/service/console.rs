@@ -140,7 +140,7 @@ impl From<JobSummaryRow> for JobSummary {
             id: r.id,
             kind: r.kind,
             queue: r.queue,
-            state: r.state,
+            state: r.state.as_str().to_owned(),
             priority: crate::domain::job::Priority::from_i16(r.priority).as_str(),
             attempt: r.attempt,
             max_attempts: r.max_attempts,
@@ -283,7 +283,7 @@ pub async fn get_job(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<JobDetail> {
             id: row.id,
             kind: row.kind.clone(),
             queue: row.queue.clone(),
-            state: row.state.clone(),
+            state: row.state.as_str().to_owned(),
             priority: crate::domain::job::Priority::from_i16(row.priority).as_str(),
             attempt: row.attempt,
             max_attempts: row.max_attempts,
@@ -835,7 +835,7 @@ pub async fn list_cron(ctx: &Ctx, actor: &Actor) -> Result<Vec<CronView>> {
             next_run_at: super::cron::next_tick(&s, now),
             last_tick_at: last,
             last_job_id: job.as_ref().map(|j| j.id),
-            last_job_state: job.map(|j| j.state),
+            last_job_state: job.map(|j| j.state.as_str().to_owned()),
         });
     }
     Ok(out)

@@ -50,7 +50,7 @@ impl JobHooks {
             .iter()
             .filter_map(|t| {
                 let flow_step_id = t.flow_step_id?;
-                let state = t.state.parse::<JobState>().ok()?;
+                let state = t.state;
                 Some(TerminalJob {
                     id: t.id,
                     kind: t.kind.clone(),

@@ -66,11 +66,10 @@ fn estimated_secs(kind: &str) -> u64 {
 
 /// Converts a row.
 pub fn view(row: &JobRow) -> JobView {
-    let state: JobState = row.state.parse().unwrap_or(JobState::Queued);
     JobView {
         job_id: row.id,
         kind: row.kind.clone(),
-        status: public_state(state, row.progress),
+        status: public_state(row.state, row.progress),
         progress: row.progress,
         progress_message: row.progress_message.clone(),
         attempt: row.attempt,
@@ -344,10 +343,10 @@ async fn cancel_in_tx(
 /// A finished job's file: (media type, body).
 pub async fn job_result(ctx: &Ctx, actor: &Actor, id: Uuid) -> Result<(String, Vec<u8>)> {
     let row = visible(ctx, actor, id).await?;
-    if row.state != JobState::Completed.as_str() {
+    if row.state != JobState::Completed {
         return Err(DomainError::conflict(format!(
             "the job is {}, its result is not ready",
-            public_state(row.state.parse().unwrap_or(JobState::Queued), row.progress)
+            public_state(row.state, row.progress)
         ))
         .into());
     }
@@ -593,13 +592,12 @@ pub async fn job_stats(ctx: &Ctx) -> Result<JobStats> {
     };
     let mut conn = ctx.db.conn().await?;
     for (state, n) in store::count_by_state(&mut conn).await? {
-        match state.parse::<JobState>() {
-            Ok(JobState::Queued) => stats.queued += n,
-            Ok(JobState::Running) => stats.running += n,
-            Ok(JobState::Completed) => stats.completed += n,
-            Ok(JobState::Dead) => stats.dead += n,
-            Ok(JobState::Cancelled) => stats.cancelled += n,
-            Err(_) => {}
+        match state {
+            JobState::Queued => stats.queued += n,
+            JobState::Running => stats.running += n,
+            JobState::Completed => stats.completed += n,
+            JobState::Dead => stats.dead += n,
+            JobState::Cancelled => stats.cancelled += n,
         }
     }
     Ok(stats)

@@ -22,6 +22,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{audit_log, jobs, jobs_history, outbox_events};
+use crate::domain::job::JobState;
 
 /// How many rows a windowed (unindexed) filter may look at per table and request.
 pub const SCAN_WINDOW: i64 = 10_000;
@@ -37,8 +38,8 @@ pub struct JobSummaryRow {
     pub queue: String,
     /// 0 high, 1 normal, 2 low.
     pub priority: i16,
-    /// Stored state.
-    pub state: String,
+    /// State (stored as its name; an unknown one fails the query).
+    pub state: JobState,
     /// Attempts started.
     pub attempt: i32,
     /// Attempts allowed.

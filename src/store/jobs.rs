@@ -27,6 +27,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{job_counts_minute, job_queues, jobs, workers};
+use crate::domain::job::JobState;
 
 /// NOTIFY channel for "new work is available"; the payload is the queue name (or `*`).
 pub const JOBS_CHANNEL: &str = "itsur_jobs";
@@ -57,8 +58,8 @@ pub struct JobRow {
     pub queue: String,
     /// 0 high, 1 normal, 2 low.
     pub priority: i16,
-    /// Stored state (`domain::job::JobState`).
-    pub state: String,
+    /// State (stored as its `as_str` name; an unknown name fails the query).
+    pub state: JobState,
     /// Handler input.
     pub payload: serde_json::Value,
     /// Deduplication key.
@@ -633,7 +634,7 @@ pub struct Terminal {
     pub flow_step_id: Option<Uuid>,
     /// `completed`, `dead` or `cancelled`.
     #[diesel(sql_type = Text)]
-    pub state: String,
+    pub state: JobState,
     /// Result summary.
     #[diesel(sql_type = Nullable<Jsonb>)]
     pub result: Option<serde_json::Value>,
@@ -935,7 +936,7 @@ pub struct Rescued {
     pub id: Uuid,
     /// `queued` (another attempt) or `dead` (that was its last).
     #[diesel(sql_type = Text)]
-    pub state: String,
+    pub state: JobState,
     /// Kind.
     #[diesel(sql_type = Text)]
     pub kind: String,
@@ -956,12 +957,12 @@ pub struct Rescued {
 impl Rescued {
     /// The terminal view of a job the rescue declared dead.
     pub fn terminal(&self) -> Option<Terminal> {
-        (self.state == "dead").then(|| Terminal {
+        (self.state == JobState::Dead).then(|| Terminal {
             id: self.id,
             kind: self.kind.clone(),
             queue: self.queue.clone(),
             flow_step_id: self.flow_step_id,
-            state: self.state.clone(),
+            state: self.state,
             result: None,
             last_error: self.last_error.clone(),
             attempt: self.attempt,
@@ -1025,14 +1026,14 @@ impl Eq for Terminal {}
 /// Cancels a job: queued → cancelled now (moved to history); running → flagged and its
 /// worker notified (`NOTIFY itsur_job_cancel`, delivered at commit).
 pub async fn cancel(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<CancelOutcome> {
-    let state: Option<String> = jobs::table
+    let state: Option<JobState> = jobs::table
         .find(id)
         .select(jobs::state)
         .for_update()
         .first(conn)
         .await
         .optional()?;
-    Ok(match state.as_deref() {
+    Ok(match state {
         None => {
             let finished: Option<Uuid> = super::schema::jobs_history::table
                 .find(id)
@@ -1046,7 +1047,7 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Cance
                 CancelOutcome::NotFound
             }
         }
-        Some("queued") => {
+        Some(JobState::Queued) => {
             let mut rows: Vec<Terminal> = diesel::sql_query(format!(
                 "WITH moved AS (DELETE FROM jobs WHERE id = $1 AND state = 'queued' RETURNING *), \
                  hist AS (INSERT INTO jobs_history ({ALL_COLS}) \
@@ -1276,10 +1277,18 @@ pub async fn count_active_by_state(
     Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
 }
 
+#[derive(QueryableByName)]
+struct StoredStateCount {
+    #[diesel(sql_type = Text)]
+    state: JobState,
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
 /// Jobs per state across both tables (`itsur jobs stats`): exact counts, so it reads the
 /// whole history once.
-pub async fn count_by_state(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, i64)>> {
-    let rows: Vec<StateCount> = diesel::sql_query(
+pub async fn count_by_state(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(JobState, i64)>> {
+    let rows: Vec<StoredStateCount> = diesel::sql_query(
         "SELECT state, count(*) AS count FROM jobs GROUP BY state \
          UNION ALL SELECT state, count(*) FROM jobs_history GROUP BY state",
     )

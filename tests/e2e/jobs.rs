@@ -16,7 +16,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use itsur::app::Ctx;
-use itsur::domain::job::kind;
+use itsur::domain::job::{JobState, kind};
 use itsur::store::jobs::{self as store, JobRow, NewJob};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -361,7 +361,7 @@ async fn a_job_of_a_worker_killed_mid_job_is_rescued_and_completes_once() {
     }
     let claimed = eventually(Duration::from_secs(30), || async {
         let r = row(&ctx, id).await;
-        r.state == "running" && r.worker_id == Some(a_id)
+        r.state == JobState::Running && r.worker_id == Some(a_id)
     })
     .await;
     assert!(claimed, "worker A took the job: {}", a.logs());
@@ -386,7 +386,7 @@ async fn a_job_of_a_worker_killed_mid_job_is_rescued_and_completes_once() {
     assert!(rescued, "worker B rescued the job: {}", b.logs());
     let rescued_after = killed.elapsed();
     let completed = eventually(Duration::from_secs(60), || async {
-        row(&ctx, id).await.state == "completed"
+        row(&ctx, id).await.state == JobState::Completed
     })
     .await;
     assert!(completed, "the rescued job completed: {}", b.logs());
@@ -454,7 +454,7 @@ async fn sigterm_lets_short_jobs_finish_and_hands_long_ones_back() {
     }
     for j in &long {
         let r = row(&ctx, j.id).await;
-        assert_eq!(r.state, "queued", "handed back: {r:#?}");
+        assert_eq!(r.state, JobState::Queued, "handed back: {r:#?}");
         assert_eq!(
             r.attempt, 0,
             "the interrupted attempt is not counted: {r:#?}"

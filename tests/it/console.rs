@@ -69,7 +69,10 @@ async fn add(ctx: &Ctx, j: NewJob, state: &str) -> Uuid {
 
 async fn state_of(ctx: &Ctx, id: Uuid) -> Option<String> {
     let mut conn = ctx.db.conn().await.unwrap();
-    store::find(&mut conn, id).await.unwrap().map(|r| r.state)
+    store::find(&mut conn, id)
+        .await
+        .unwrap()
+        .map(|r| r.state.as_str().to_owned())
 }
 
 fn ids(v: &Value) -> Vec<Uuid> {

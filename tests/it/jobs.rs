@@ -21,7 +21,7 @@ use diesel_async::RunQueryDsl;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use itsur::app::Ctx;
-use itsur::domain::job::kind;
+use itsur::domain::job::{JobState, kind};
 use itsur::jobs::registry::Registry;
 use itsur::jobs::runner::{self, WorkerOptions};
 use itsur::jobs::{Handler, JobCx, JobError, Output};
@@ -139,12 +139,12 @@ async fn wait_job(ctx: &Ctx, id: Uuid, what: &str, pred: impl Fn(&JobRow) -> boo
 }
 
 fn in_state(state: &'static str) -> impl Fn(&JobRow) -> bool {
-    move |r| r.state == state
+    move |r| r.state.as_str() == state
 }
 
 /// A retry waiting for its backoff after attempt `n`.
 fn waiting_retry(n: i32) -> impl Fn(&JobRow) -> bool {
-    move |r| r.state == "queued" && r.attempt == n
+    move |r| r.state == JobState::Queued && r.attempt == n
 }
 
 /// Skips a backoff or a delay: the job becomes due now.
@@ -296,6 +296,36 @@ impl Handler for IgnoresCancel {
 // Queue semantics
 // ---------------------------------------------------------------------------------------
 
+/// A state the code does not know (written by a newer release, or by hand) fails the read
+/// with a 500; it used to be shown as `queued`.
+#[actix_web::test]
+async fn an_unknown_job_state_in_the_database_is_an_error_not_queued() {
+    let t = TestApp::new().await;
+    let world = World::create(&t.ctx).await;
+    let api = Api::new(t.ctx.clone()).await;
+    let root = api.login(&world.platform_admin.email).await;
+    let id = enqueue(&t.ctx, &noop(json!({}))).await.id;
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    diesel::sql_query("ALTER TABLE jobs DROP CONSTRAINT jobs_state_check")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    diesel::update(jobs::table.find(id))
+        .set(jobs::state.eq("paused"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    api.get(&format!("/jobs/{id}"), root.token())
+        .await
+        .assert_problem(500);
+    assert!(store::find(&mut conn, id).await.is_err());
+    diesel::delete(jobs::table.find(id))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
 #[actix_web::test]
 async fn retries_back_off_5s_then_25s_and_the_third_attempt_completes() {
     let t = TestApp::new().await;
@@ -381,7 +411,7 @@ async fn an_exhausted_job_is_dead_and_an_admin_retry_runs_it_again() {
     api.post(&retry, student_a.token(), &json!({}))
         .await
         .assert_problem(403);
-    assert_eq!(row(&t.ctx, id).await.state, "dead");
+    assert_eq!(row(&t.ctx, id).await.state, JobState::Dead);
 
     // The provider is back; the admin retries with a fresh set of attempts.
     flaky.broken.store(false, Ordering::SeqCst);
@@ -536,7 +566,7 @@ async fn cancelling_a_queued_job_cancels_it_and_it_never_runs() {
     let res = api.delete(&path, owner.token()).await;
     assert_eq!(res.status, 204, "{}", res.text());
     let r = row(&t.ctx, id).await;
-    assert_eq!(r.state, "cancelled");
+    assert_eq!(r.state, JobState::Cancelled);
     assert!(r.finished_at.is_some());
     assert_eq!(
         api.get(&path, owner.token()).await.data()["status"],
@@ -592,7 +622,7 @@ async fn cancel_running(poll_only: bool) {
         let ctx = &t.ctx;
         let stopped = eventually(Duration::from_secs(5), move || async move {
             let r = row(ctx, id).await;
-            let done = r.state == "cancelled";
+            let done = r.state == JobState::Cancelled;
             *last_ref.borrow_mut() = Some(r);
             done
         })
@@ -824,7 +854,7 @@ async fn shutdown_lets_short_jobs_finish() {
 async fn assert_handed_back(ctx: &Ctx, ids: &[Uuid]) {
     for id in ids {
         let r = row(ctx, *id).await;
-        assert_eq!(r.state, "queued", "{r:#?}");
+        assert_eq!(r.state, JobState::Queued, "{r:#?}");
         assert_eq!(
             r.attempt, 0,
             "the interrupted attempt is not counted: {r:#?}"

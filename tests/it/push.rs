@@ -8,6 +8,7 @@ use itsur::clients::push::{
     BREAKER_FCM, Platform, PushClient, PushMessage, PushOutcome, PushTarget,
 };
 use itsur::config::{BreakerConfig, PushConfig, Secret};
+use itsur::domain::job::JobState;
 use itsur::kv::Kv;
 use itsur::resilience::Breakers;
 use itsur::resilience::breaker::State;
@@ -459,7 +460,7 @@ async fn send_push_jobs_deliver_once_and_drop_dead_tokens() {
         }
     };
     let done = eventually(Duration::from_secs(20), || async {
-        state(first.id).await == "completed"
+        state(first.id).await == JobState::Completed
     })
     .await;
     assert!(done, "{:?}", jobs::find(&mut conn, first.id).await.unwrap());
@@ -481,7 +482,7 @@ async fn send_push_jobs_deliver_once_and_drop_dead_tokens() {
         .unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
-            state(second.id).await == "completed"
+            state(second.id).await == JobState::Completed
         })
         .await
     );
