@@ -7,8 +7,8 @@
 //! 2. [`cors`]: origins from `CORS_ORIGINS`; preflights answered here (before limits and
 //!    authentication); never `*` with credentials (refused by config validation).
 //! 3. [`admission`]: load shedding (`MAX_IN_FLIGHT` permits per process → 503 +
-//!    `Retry-After`), the smaller body limit of the credential routes (413), and the
-//!    per-request deadline
+//!    `Retry-After`), the smaller body limit of the routes whose module declares them
+//!    credential routes (`http::routes::body_class`; 413), and the per-request deadline
 //!    (`REQUEST_TIMEOUT_MS` → 503: a hanging dependency never hangs a client).
 //! 4. [`rate_limit`]: the buckets `ip`, `user`, and the `auth`, `login` and `orders` classes
 //!    the route modules declare (`http::routes::rate_classes`) (see `config::RateLimits`),
@@ -34,7 +34,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, Code};
-use super::routes::RateClass;
+use super::routes::{BodyClass, RateClass};
 use crate::app::Ctx;
 use crate::config::{Cidr, Quota};
 use crate::resilience::rate_limit::Decision;
@@ -201,17 +201,15 @@ pub async fn cors(
     Ok(res)
 }
 
-/// Routes whose JSON body holds credentials only: they get the smaller
-/// `AUTH_BODY_LIMIT_BYTES`, checked here on the declared length and then on the bytes
-/// actually read (a chunked body declares none). Every other route has the JSON extractor's
-/// `JSON_BODY_LIMIT_BYTES`, enforced when its handler reads the body, so routes that ignore
-/// their body (logout) never answer 413.
-fn auth_body_limit(ctx: &Ctx, method: &Method, path: &str) -> Option<usize> {
-    let credentials = matches!(
-        path,
-        "/auth/login" | "/auth/register" | "/auth/refresh" | "/auth/web/login"
-    );
-    (method == Method::POST && credentials).then_some(ctx.config.edge.auth_body_limit)
+/// The body limit of a route that declares a body class (`http::routes::body_class`): the
+/// credential routes get the smaller `AUTH_BODY_LIMIT_BYTES`, checked here on the declared
+/// length and then on the bytes actually read (a chunked body declares none). Every other
+/// route has the JSON extractor's `JSON_BODY_LIMIT_BYTES`, enforced when its handler reads the
+/// body, so routes that ignore their body (logout) never answer 413.
+fn body_limit(ctx: &Ctx, method: &Method, path: &str) -> Option<usize> {
+    match super::routes::body_class(method, path)? {
+        BodyClass::Credentials => Some(ctx.config.edge.auth_body_limit),
+    }
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -251,7 +249,7 @@ pub async fn admission(
         );
         return Ok(reject(req, &err));
     };
-    let body_limit = auth_body_limit(&ctx, req.method(), req.path());
+    let body_limit = body_limit(&ctx, req.method(), req.path());
     if let Some(limit) = body_limit
         && declared_length(req.headers())
             .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))

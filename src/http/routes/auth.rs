@@ -295,6 +295,25 @@ pub const RATE_CLASSES: super::RateClasses = &[
     ),
 ];
 
+/// Body classes of this module's routes (`http::edge::admission`): credentials only.
+pub const BODY_CLASSES: super::BodyClasses = &[
+    (
+        actix_web::http::Method::POST,
+        "/auth/login",
+        super::BodyClass::Credentials,
+    ),
+    (
+        actix_web::http::Method::POST,
+        "/auth/register",
+        super::BodyClass::Credentials,
+    ),
+    (
+        actix_web::http::Method::POST,
+        "/auth/refresh",
+        super::BodyClass::Credentials,
+    ),
+];
+
 /// Registers the routes of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/register", web::post().to(register))

@@ -1,7 +1,9 @@
 //! Route handlers, one module per resource family: extract → one service call → DTO. Each
 //! module that needs more than the per-IP and per-user rate limits declares its routes' rate
 //! classes next to its `routes` ([`RateClasses`]); `http::edge::rate_limit` looks them up
-//! with [`rate_classes`].
+//! with [`rate_classes`]. Likewise a module whose routes take another body limit than the
+//! JSON extractor's declares their body class ([`BodyClasses`]); `http::edge::admission`
+//! looks it up with [`body_class`].
 
 use actix_web::http::Method;
 
@@ -40,4 +42,55 @@ pub fn rate_classes(method: &Method, path: &str) -> &'static [RateClass] {
     .flatten()
     .find(|(m, p, _)| m == method && *p == path)
     .map_or(&[], |(_, _, classes)| *classes)
+}
+
+/// The body limit a route has instead of the JSON extractor's `JSON_BODY_LIMIT_BYTES`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyClass {
+    /// A JSON body of credentials only: the smaller `AUTH_BODY_LIMIT_BYTES`, enforced before
+    /// the handler runs (on the declared length, then on the bytes read).
+    Credentials,
+}
+
+/// A module's body classes: (method, exact path, class).
+pub type BodyClasses = &'static [(Method, &'static str, BodyClass)];
+
+/// The body class of a request, from the tables the route modules declare (none for most
+/// routes).
+pub fn body_class(method: &Method, path: &str) -> Option<BodyClass> {
+    [auth::BODY_CLASSES, web_auth::BODY_CLASSES]
+        .into_iter()
+        .flatten()
+        .find(|(m, p, _)| m == method && *p == path)
+        .map(|(_, _, class)| *class)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_routes_declare_their_body_class() {
+        for path in [
+            "/auth/login",
+            "/auth/register",
+            "/auth/refresh",
+            "/auth/web/login",
+        ] {
+            assert_eq!(
+                body_class(&Method::POST, path),
+                Some(BodyClass::Credentials),
+                "{path}"
+            );
+            assert_eq!(body_class(&Method::GET, path), None, "{path}");
+        }
+        for path in [
+            "/auth/logout",
+            "/auth/web/refresh",
+            "/orders",
+            "/auth/login/",
+        ] {
+            assert_eq!(body_class(&Method::POST, path), None, "{path}");
+        }
+    }
 }

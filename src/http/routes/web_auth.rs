@@ -151,6 +151,14 @@ pub const RATE_CLASSES: super::RateClasses = &[(
     &[super::RateClass::Auth, super::RateClass::Login],
 )];
 
+/// Body classes of this module's routes (`http::edge::admission`): the cookie login's body
+/// holds credentials only, like the bearer one's.
+pub const BODY_CLASSES: super::BodyClasses = &[(
+    actix_web::http::Method::POST,
+    "/auth/web/login",
+    super::BodyClass::Credentials,
+)];
+
 /// Registers the routes of this module.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/web/login", web::post().to(login))
