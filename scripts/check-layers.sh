@@ -11,6 +11,8 @@
 #   app         never uses service (service depends on app::Ctx: no circle)
 #   http        never uses jobs, outbox, store or diesel, and never names a store row
 #               type (`XRow`): use cases answer their own types, http maps them to DTOs
+#   service     never re-exports a store item (`pub use crate::store::…`): what a use case
+#               answers is its own type, so store rows and enums never reach a role unnamed
 #   jobs        never uses outbox or http
 #   outbox      never uses jobs or http
 set -euo pipefail
@@ -89,6 +91,11 @@ rule "src/http must not name store row types (*Row): map the service's types to 
 rule "src/http must not use diesel (go through store/service)" \
     "$(crate_re 'diesel[a-z_]*')" \
     "${http[@]}"
+
+mapfile -t service < <(paths_of service)
+rule "src/service must not re-export store items: answer the use case's own types" \
+    '(^|[^[:alnum:]_])pub(\([a-z]+\))?[[:space:]]+use[[:space:]]+(crate::)?store::' \
+    "${service[@]}"
 
 mapfile -t jobs < <(paths_of jobs)
 rule "src/jobs must not depend on outbox, http" \

@@ -15,7 +15,25 @@ use crate::domain::{Actor, DomainError, Role};
 use crate::store::{audit, outbox, sessions};
 
 use crate::store::outbox::OutboxEventRow;
-pub use crate::store::outbox::State as OutboxState;
+
+/// Which outbox events an admin list shows (the use case's own type: store types stay below
+/// `service`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxState {
+    /// Given up after the last attempt.
+    Dead,
+    /// Waiting for (or backing off between) delivery attempts.
+    Pending,
+}
+
+impl From<OutboxState> for outbox::State {
+    fn from(state: OutboxState) -> Self {
+        match state {
+            OutboxState::Dead => Self::Dead,
+            OutboxState::Pending => Self::Pending,
+        }
+    }
+}
 
 /// An outbox event as admins see it (store rows stay below `service`).
 #[derive(Debug, Clone)]
@@ -231,7 +249,7 @@ pub async fn list_outbox(
     let campus = admin_campus(actor)?;
     let mut conn = ctx.db.read_conn().await?;
     let (rows, total) =
-        outbox::list_by_state(&mut conn, state, campus, page.limit, page.offset).await?;
+        outbox::list_by_state(&mut conn, state.into(), campus, page.limit, page.offset).await?;
     let events = rows.into_iter().map(OutboxEvent::from).collect();
     Ok(Page::new(events, total, page))
 }

@@ -82,15 +82,47 @@ impl SalesReportSpec {
     }
 }
 
+/// One (day, item) cell of a sales report, as the job reads it (store rows stay below
+/// `service`).
+#[derive(Debug, Clone)]
+pub struct SalesLine {
+    /// The campus's local day.
+    pub day: chrono::NaiveDate,
+    /// Menu item.
+    pub menu_item_id: Uuid,
+    /// Item name as ordered.
+    pub name: String,
+    /// Units sold.
+    pub quantity: i64,
+    /// Revenue in cents.
+    pub revenue_cents: i64,
+    /// Orders containing the item.
+    pub orders: i64,
+}
+
+impl From<SalesRow> for SalesLine {
+    fn from(r: SalesRow) -> Self {
+        Self {
+            day: r.day,
+            menu_item_id: r.menu_item_id,
+            name: r.name,
+            quantity: r.quantity,
+            revenue_cents: r.revenue_cents,
+            orders: r.orders,
+        }
+    }
+}
+
 /// Reads one slice of the period.
 pub async fn read_slice(
     ctx: &Ctx,
     vendor_id: Uuid,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<Vec<SalesRow>> {
+) -> Result<Vec<SalesLine>> {
     let mut conn = ctx.db.read_conn().await?;
-    Ok(orders::sales_by_day_item(&mut conn, vendor_id.into(), from, to).await?)
+    let rows = orders::sales_by_day_item(&mut conn, vendor_id.into(), from, to).await?;
+    Ok(rows.into_iter().map(SalesLine::from).collect())
 }
 
 #[derive(Serialize, Default, Clone)]
@@ -133,13 +165,13 @@ pub fn csv_safe(cell: &str) -> String {
 }
 
 /// Renders the rows (CPU work: call it on the blocking pool).
-pub fn render(spec: &SalesReportSpec, rows: &[SalesRow]) -> anyhow::Result<Rendered> {
+pub fn render(spec: &SalesReportSpec, rows: &[SalesLine]) -> anyhow::Result<Rendered> {
     let mut by_item: BTreeMap<Uuid, ItemTotal> = BTreeMap::new();
     let mut by_day: BTreeMap<chrono::NaiveDate, DayTotal> = BTreeMap::new();
     // The period is read in slices, so one day and item can arrive as several rows (one per
     // slice the day spans); the CSV has one row per day and item. An order falls in exactly
     // one slice, so summing the per-slice order counts is exact.
-    let mut by_day_item: BTreeMap<(chrono::NaiveDate, Uuid), SalesRow> = BTreeMap::new();
+    let mut by_day_item: BTreeMap<(chrono::NaiveDate, Uuid), SalesLine> = BTreeMap::new();
     for r in rows {
         by_day_item
             .entry((r.day, r.menu_item_id))
@@ -228,7 +260,7 @@ mod tests {
             to: Utc::now(),
             format: Format::Csv,
         };
-        let row = SalesRow {
+        let row = SalesLine {
             day: chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap_or_default(),
             menu_item_id: Uuid::nil(),
             name: "=HYPERLINK(\"http://evil\")".to_owned(),
