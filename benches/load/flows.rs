@@ -5,6 +5,11 @@
 //! completion → started by a worker); (b) `BENCH_FLOW_IN_FLIGHT` (10,000) runs in flight at
 //! once (first step sleeping `BENCH_FLOW_SLEEP_MS`, 30 s; 2 workers × 1,024 slots, the rest
 //! queued) → worker RSS and `GET /flow-runs/{id}` latency while they run.
+//!
+//! Phase (a) also reports CPU per run — the two workers' user+system time
+//! (`/proc/<pid>/stat`) and the time on CPU of the database's backends
+//! (`/proc/<pid>/schedstat`, when Postgres runs on this machine) — a figure that holds
+//! on a loaded machine, where runs/minute does not. `BENCH_FLOW_IN_FLIGHT=0` skips (b).
 
 use std::time::{Duration, Instant};
 
@@ -183,23 +188,54 @@ pub(crate) async fn bench_flows(rows: &mut Vec<Row>) {
     start_runs(&ctx, &flow, n).await;
     let start_rate = n as f64 / t.elapsed().as_secs_f64();
     println!("flows: {n} diamond runs started at {start_rate:.0} runs/s");
+    let pg_before = backend_cpu_ns(&mut conn).await;
+    let commits_before = commits(&mut conn).await;
     let workers = super::start_workers(&db, "default", 2, &concurrency, &mut conn).await;
     while open_runs(&mut conn).await > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let worker_ms: f64 = workers.iter().map(|w| process_cpu_ms(w.child.id())).sum();
+    let pg_ns: u64 = backend_cpu_ns(&mut conn)
+        .await
+        .iter()
+        .map(|(pid, ns)| ns - pg_before.get(pid).copied().unwrap_or(0).min(*ns))
+        .sum();
+    let commits = commits(&mut conn).await - commits_before;
     drop(workers);
     let (done, runs_per_min) = runs_per_minute(&mut conn, flow.id).await;
     let step = step_latency(&mut conn, flow.id).await;
+    let runs = n.max(1) as f64;
+    let worker_us_per_run = worker_ms * 1000.0 / runs;
+    let pg_us_per_run = pg_ns as f64 / 1000.0 / runs;
     println!(
         "flows: {done} of {n} runs succeeded, {runs_per_min:.0} runs/min (goal 60000); \
-         step latency (enqueue → start) p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+         step latency (enqueue → start) p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         CPU per run: workers {worker_us_per_run:.0} µs, Postgres backends {pg_us_per_run:.0} µs; \
+         {commits} commits",
         step.p50, step.p99, step.max
     );
+    if in_flight_runs() == 0 {
+        write_result(
+            "flows",
+            json!({"runs": n, "steps": 5, "workers": 2, "concurrency": concurrency}),
+            json!({"start_runs_per_s": start_rate, "runs_succeeded": done,
+                   "runs_per_min": runs_per_min,
+                   "step_latency_ms_p50": step.p50, "step_latency_ms_p99": step.p99,
+                   "step_latency_ms_max": step.max,
+                   "worker_cpu_us_per_run": worker_us_per_run,
+                   "postgres_cpu_us_per_run": pg_us_per_run, "commits": commits}),
+        );
+        rows.push((
+            format!("flows: {n} × 5-step diamond, 2 workers × {concurrency}"),
+            format!(
+                "{runs_per_min:.0} runs/min (goal 60,000); CPU/run workers {worker_us_per_run:.0} µs, Postgres {pg_us_per_run:.0} µs"
+            ),
+        ));
+        return;
+    }
 
     // (b) 10,000 in flight: step a sleeps, so runs stay open while we measure.
-    let in_flight: usize = env("BENCH_FLOW_IN_FLIGHT", "10000")
-        .parse()
-        .unwrap_or(10_000);
+    let in_flight = in_flight_runs();
     let sleep_ms: u64 = env("BENCH_FLOW_SLEEP_MS", "30000")
         .parse()
         .unwrap_or(30_000);
@@ -247,6 +283,8 @@ pub(crate) async fn bench_flows(rows: &mut Vec<Row>) {
         json!({"start_runs_per_s": start_rate, "runs_succeeded": done, "runs_per_min": runs_per_min,
                "step_latency_ms_p50": step.p50, "step_latency_ms_p99": step.p99,
                "step_latency_ms_max": step.max,
+               "worker_cpu_us_per_run": worker_us_per_run,
+               "postgres_cpu_us_per_run": pg_us_per_run, "commits": commits,
                "in_flight_open": open, "in_flight_running_steps": running,
                "worker_rss_kib": rss,
                "get_run_ms_p50": p(0.5), "get_run_ms_p99": p(0.99)}),
@@ -254,7 +292,7 @@ pub(crate) async fn bench_flows(rows: &mut Vec<Row>) {
     rows.push((
         format!("flows: {n} × 5-step diamond, 2 workers × {concurrency}"),
         format!(
-            "{runs_per_min:.0} runs/min (goal 60,000; start {start_rate:.0} runs/s); step latency p50 {:.1} ms, p99 {:.1} ms",
+            "{runs_per_min:.0} runs/min (goal 60,000; start {start_rate:.0} runs/s); step latency p50 {:.1} ms, p99 {:.1} ms; CPU/run workers {worker_us_per_run:.0} µs, Postgres {pg_us_per_run:.0} µs",
             step.p50, step.p99
         ),
     ));
@@ -271,6 +309,67 @@ pub(crate) async fn bench_flows(rows: &mut Vec<Row>) {
 async fn running_jobs(conn: &mut AsyncPgConnection) -> i64 {
     diesel_async::RunQueryDsl::load::<N>(
         diesel::sql_query("SELECT count(*) AS n FROM jobs WHERE state = 'running'"),
+        conn,
+    )
+    .await
+    .unwrap()[0]
+        .n
+}
+
+fn in_flight_runs() -> usize {
+    env("BENCH_FLOW_IN_FLIGHT", "10000")
+        .parse()
+        .unwrap_or(10_000)
+}
+
+/// User + system CPU of a process and all its threads, in ms (`/proc/<pid>/stat`, clock
+/// ticks of 10 ms).
+fn process_cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the first, utime the
+    // 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 * 10.0
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+/// Time on CPU (ns) of every backend of this database but the caller's, by pid
+/// (`/proc/<pid>/schedstat`; empty when Postgres runs elsewhere).
+async fn backend_cpu_ns(conn: &mut AsyncPgConnection) -> std::collections::HashMap<i32, u64> {
+    let pids: Vec<Pid> = diesel_async::RunQueryDsl::load(
+        diesel::sql_query(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ),
+        conn,
+    )
+    .await
+    .unwrap();
+    pids.into_iter()
+        .filter_map(|p| {
+            let s = std::fs::read_to_string(format!("/proc/{}/schedstat", p.pid)).ok()?;
+            Some((p.pid, s.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Transactions committed in this database so far.
+async fn commits(conn: &mut AsyncPgConnection) -> i64 {
+    diesel_async::RunQueryDsl::load::<N>(
+        diesel::sql_query(
+            "SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()",
+        ),
         conn,
     )
     .await

@@ -473,23 +473,24 @@ pub async fn lock_run(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Opt
 }
 
 /// Locks the runs of these steps, in id order.
+///
+/// The run ids are computed once (an InitPlan) and the lock scans `flow_runs` alone: when a
+/// run is locked by a concurrent advancement (another worker ending a sibling step), the
+/// lock waits and then rechecks only that row. A join with `flow_steps` here made every such
+/// recheck re-run the join (EvalPlanQual), which cost most of the database's time per step
+/// under two busy workers (issue 13).
 pub async fn lock_runs_of_steps(
     conn: &mut AsyncPgConnection,
     step_ids: &[Uuid],
 ) -> QueryResult<Vec<RunRow>> {
-    flow_runs::table
-        .filter(
-            flow_runs::id.eq_any(
-                flow_steps::table
-                    .filter(flow_steps::id.eq_any(step_ids))
-                    .select(flow_steps::run_id),
-            ),
-        )
-        .order(flow_runs::id.asc())
-        .select(RunRow::as_select())
-        .for_update()
-        .load(conn)
-        .await
+    diesel::sql_query(
+        "SELECT * FROM flow_runs \
+         WHERE id = ANY(ARRAY(SELECT DISTINCT run_id FROM flow_steps WHERE id = ANY($1))) \
+         ORDER BY id FOR UPDATE",
+    )
+    .bind::<Array<SqlUuid>, _>(step_ids)
+    .load(conn)
+    .await
 }
 
 /// Which runs a list covers.

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -148,15 +148,41 @@ pub async fn insert_event(
         .await
 }
 
-/// Inserts many events in one statement (a flow advancement writes one per step change).
+/// Inserts many events in one statement over arrays, ids in the order of `rows` (a flow
+/// advancement writes one per step change). Arrays, not a VALUES list: the statement has 8
+/// parameters whatever the batch, so thousands of events neither hit Postgres's bind-parameter
+/// limit nor cost a parse and bind per value (issue 13).
 pub async fn insert_events(
     conn: &mut AsyncPgConnection,
     rows: &[NewOutboxEventRow],
 ) -> QueryResult<usize> {
-    diesel::insert_into(outbox_events::table)
-        .values(rows)
-        .execute(conn)
-        .await
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    diesel::sql_query(
+        "INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, \
+             event_type, payload, campus_id, vendor_id, user_id) \
+         SELECT * FROM unnest($1::text[], $2::uuid[], $3::int4[], $4::text[], $5::jsonb[], \
+             $6::uuid[], $7::uuid[], $8::uuid[])",
+    )
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.aggregate_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.aggregate_id).collect::<Vec<_>>())
+    .bind::<Array<Int4>, _>(rows.iter().map(|r| r.aggregate_version).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Jsonb>, _>(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
+    .bind::<Array<Nullable<SqlUuid>>, _>(rows.iter().map(|r| r.campus_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<SqlUuid>>, _>(rows.iter().map(|r| r.vendor_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<SqlUuid>>, _>(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .execute(conn)
+    .await
 }
 
 /// Sends the relay wake-up (`pg_notify`). Run it outside any business transaction.
