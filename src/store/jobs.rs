@@ -431,7 +431,7 @@ prepared!(Claim, ClaimId, Untyped, |this, out| {
     out.push_sql(
         " * interval '1 millisecond', started_at = now(), \
              progress = 0, progress_message = NULL, updated_at = now() \
-         FROM next WHERE j.id = next.id \
+         WHERE j.id = ANY(ARRAY(SELECT id FROM next)) \
          RETURNING j.id, j.kind, j.queue, j.priority, j.state, j.payload, j.unique_key, j.run_at, \
              j.attempt, j.max_attempts, j.timeout_secs, j.worker_id, j.lease_expires_at, \
              j.progress, j.progress_message, j.cancel_requested, j.last_error, j.result, \
@@ -464,7 +464,7 @@ pub async fn claim_after(
     after: &ClaimCursor,
 ) -> QueryResult<Vec<JobRow>> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    Claim {
+    let mut jobs: Vec<JobRow> = Claim {
         queues,
         limit,
         worker_id,
@@ -472,7 +472,10 @@ pub async fn claim_after(
         after,
     }
     .load(conn)
-    .await
+    .await?;
+    // The update returns rows in the order it found them by id; start them in claim order.
+    jobs.sort_unstable_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
+    Ok(jobs)
 }
 
 #[derive(QueryableByName)]
@@ -683,14 +686,17 @@ prepared!(EndBatch, EndBatchId, Untyped, |this, out| {
     out.push_sql(", ");
     out.push_bind_param::<Array<Nullable<Text>>, _>(&this.message)?;
     out.push_sql(
-        ") AS d(id, attempt, state, public, result, content_type, body, error, message)), \
-         moved AS (DELETE FROM jobs j USING d \
-             WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running' AND j.worker_id = ",
+        ") AS d(job_id, job_attempt, end_state, public, end_result, content_type, body, \
+             error, message)), \
+         t AS MATERIALIZED (SELECT d.*, (SELECT j FROM jobs j WHERE j.id = d.job_id \
+             AND j.attempt = d.job_attempt AND j.state = 'running' AND j.worker_id = ",
     );
     out.push_bind_param::<SqlUuid, _>(&this.worker_id)?;
     out.push_sql(
-        " RETURNING j.*, d.state AS end_state, d.public, d.result AS end_result, \
-             d.content_type, d.body, d.error, d.message), \
+        " FOR UPDATE) AS row FROM d), \
+         moved AS MATERIALIZED (SELECT (row).*, end_state, public, end_result, content_type, \
+             body, error, message FROM t WHERE (row).id IS NOT NULL), \
+         gone AS (DELETE FROM jobs WHERE id = ANY(ARRAY(SELECT id FROM moved))), \
          hist AS (INSERT INTO jobs_history (id, kind, queue, priority, state, payload, \
              unique_key, run_at, attempt, max_attempts, timeout_secs, worker_id, \
              lease_expires_at, progress, progress_message, cancel_requested, last_error, \
@@ -805,33 +811,38 @@ prepared!(RequeueBatch, RequeueBatchId, Untyped, |this, out| {
     out.push_bind_param::<Array<Nullable<Text>>, _>(&this.error)?;
     out.push_sql(
         ") AS d(id, attempt, hand_back, run_at, error)), \
-         upd AS (UPDATE jobs j SET state = 'queued', \
-             attempt = CASE WHEN d.hand_back THEN j.attempt - 1 ELSE j.attempt END, \
-             run_at = d.run_at, last_error = coalesce(d.error, j.last_error), worker_id = NULL, \
-             lease_expires_at = NULL, \
-             progress = CASE WHEN d.hand_back THEN 0 ELSE j.progress END, updated_at = now() \
-             FROM d WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running' \
-             AND j.worker_id = ",
+         t AS MATERIALIZED (SELECT d.*, (SELECT j FROM jobs j WHERE j.id = d.id \
+             AND j.attempt = d.attempt AND j.state = 'running' AND j.worker_id = ",
     );
     out.push_bind_param::<SqlUuid, _>(&this.worker_id)?;
     out.push_sql(
-        " RETURNING j.id, j.kind, j.queue, d.attempt, j.owner_id, j.campus_id, d.hand_back, \
-             d.error), \
+        " FOR UPDATE) AS row FROM d), \
+         held AS MATERIALIZED (SELECT id, attempt, hand_back, run_at, error, (row).kind, \
+             (row).queue, (row).owner_id, (row).campus_id, (row).last_error AS old_error, \
+             (row).progress AS old_progress FROM t WHERE (row).id IS NOT NULL), \
+         upd AS (UPDATE jobs j SET state = 'queued', \
+             (attempt, run_at, last_error, progress) = (SELECT \
+                 CASE WHEN h.hand_back THEN h.attempt - 1 ELSE h.attempt END, h.run_at, \
+                 coalesce(h.error, h.old_error), \
+                 CASE WHEN h.hand_back THEN 0 ELSE h.old_progress END \
+                 FROM held h WHERE h.id = j.id), \
+             worker_id = NULL, lease_expires_at = NULL, updated_at = now() \
+             WHERE j.id = ANY(ARRAY(SELECT id FROM held))), \
          ev AS (INSERT INTO outbox_events (aggregate_type, aggregate_id, aggregate_version, \
              event_type, payload, campus_id, vendor_id, user_id) \
              SELECT 'job', id, attempt * 1000 + 999, 'job.status_changed', \
              jsonb_build_object('jobId', id, 'type', kind, 'status', 'queued', 'progress', 100, \
                  'message', error, 'attempt', attempt), campus_id, NULL, owner_id \
-             FROM upd WHERE NOT hand_back AND (owner_id IS NOT NULL OR campus_id IS NOT NULL)), \
+             FROM held WHERE NOT hand_back AND (owner_id IS NOT NULL OR campus_id IS NOT NULL)), \
          counts AS (INSERT INTO job_counts_minute (minute, kind, queue, shard, failed) \
              SELECT date_trunc('minute', now()), kind, queue, ",
     );
     out.push_bind_param::<SmallInt, _>(&this.shard)?;
     out.push_sql(
-        ", count(*) FROM upd WHERE NOT hand_back GROUP BY kind, queue \
+        ", count(*) FROM held WHERE NOT hand_back GROUP BY kind, queue \
              ON CONFLICT (minute, kind, queue, shard) DO UPDATE SET \
              failed = job_counts_minute.failed + excluded.failed) \
-         SELECT id FROM upd",
+         SELECT id FROM held",
     );
     Ok(())
 });
@@ -982,9 +993,9 @@ pub async fn rescue_expired(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Res
          requeued AS (UPDATE jobs SET state = 'queued', \
              last_error = 'lease expired: the worker stopped heartbeating', \
              worker_id = NULL, lease_expires_at = NULL, run_at = now(), updated_at = now() \
-             WHERE id IN (SELECT id FROM expired WHERE NOT last) \
+             WHERE id = ANY(ARRAY(SELECT id FROM expired WHERE NOT last)) \
              RETURNING id, state, kind, queue, flow_step_id, attempt, last_error), \
-         dead AS (DELETE FROM jobs WHERE id IN (SELECT id FROM expired WHERE last) RETURNING *), \
+         dead AS (DELETE FROM jobs WHERE id = ANY(ARRAY(SELECT id FROM expired WHERE last)) RETURNING *), \
          hist AS (INSERT INTO jobs_history ({ALL_COLS}) \
              SELECT id, kind, queue, priority, 'dead', payload, unique_key, run_at, attempt, \
              max_attempts, timeout_secs, worker_id, NULL, progress, progress_message, \
