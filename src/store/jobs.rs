@@ -474,7 +474,7 @@ pub async fn claim_after(
     .load(conn)
     .await?;
     // The update returns rows in the order it found them by id; start them in claim order.
-    jobs.sort_unstable_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
+    jobs.sort_unstable_by_key(|j| (j.priority, j.run_at, j.id));
     Ok(jobs)
 }
 
