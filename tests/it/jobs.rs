@@ -1685,3 +1685,126 @@ async fn a_batch_completion_racing_a_rescue_never_resurrects_or_double_completes
         "every job completed once, in history only"
     );
 }
+
+#[derive(QueryableByName)]
+struct TuplesRead {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// Rows of `jobs` read by a sequential scan plus entries of `jobs_pkey` read, so far.
+async fn hot_table_reads(ctx: &Ctx) -> i64 {
+    let mut conn = ctx.db.conn().await.unwrap();
+    diesel::sql_query(
+        "SELECT (coalesce((SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'jobs'), 0) \
+         + coalesce((SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'jobs_pkey'), 0))::int8 AS n",
+    )
+    .get_result::<TuplesRead>(&mut conn)
+    .await
+    .unwrap()
+    .n
+}
+
+/// After a churn with autovacuum off, `ANALYZE` of the all-dead hot table says it holds no
+/// rows; the claim, the batched end and the requeue must still reach their jobs by the
+/// primary key, not by reading the table or its primary key whole (a join planned for a
+/// one-row table once cost 1.2 s a claim).
+#[tokio::test]
+async fn claims_and_ends_stay_primary_key_lookups_when_statistics_say_the_table_is_empty() {
+    let t = TestApp::new().await;
+    let worker_id = Uuid::now_v7();
+    let queues = ["default".to_owned()];
+    // The worker's own session settings (see `runner::session`).
+    let mut conn = t.ctx.db.conn().await.unwrap();
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut *conn,
+        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off",
+    )
+    .await
+    .unwrap();
+    let end_all = async |conn: &mut _, jobs: &[JobRow]| {
+        let ends: Vec<store::End<'_>> = jobs
+            .iter()
+            .map(|j| store::End {
+                id: j.id,
+                attempt: j.attempt,
+                state: store::EndState::Completed,
+                result: None,
+                body: None,
+                error: None,
+                message: None,
+            })
+            .collect();
+        store::end_batch(conn, worker_id, 0, &ends)
+            .await
+            .unwrap()
+            .len()
+    };
+    // Churn: 3,000 jobs through the hot table, then statistics taken while it is all dead.
+    let churn: Vec<NewJob> = (0..3000).map(|_| noop(json!({}))).collect();
+    store::enqueue_many(&mut conn, &churn).await.unwrap();
+    let claimed = store::claim(&mut conn, &queues, 3000, worker_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(end_all(&mut conn, &claimed).await, 3000);
+    diesel_async::SimpleAsyncConnection::batch_execute(&mut *conn, "ANALYZE jobs")
+        .await
+        .unwrap();
+
+    let fresh: Vec<NewJob> = (0..100).map(|_| noop(json!({}))).collect();
+    store::enqueue_many(&mut conn, &fresh).await.unwrap();
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut *conn,
+        "SELECT pg_stat_force_next_flush()",
+    )
+    .await
+    .unwrap();
+    let before = hot_table_reads(&t.ctx).await;
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        claimed.extend(
+            store::claim(&mut conn, &queues, 25, worker_id, Duration::from_secs(60))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(claimed.len(), 100);
+    let (retry, done) = claimed.split_at(10);
+    assert_eq!(end_all(&mut conn, done).await, 90);
+    let requeues: Vec<store::Requeue<'_>> = retry
+        .iter()
+        .map(|j| store::Requeue {
+            id: j.id,
+            attempt: j.attempt,
+            hand_back: false,
+            run_at: Utc::now(),
+            error: Some("try again"),
+        })
+        .collect();
+    assert_eq!(
+        store::requeue_batch(&mut conn, worker_id, 0, &requeues)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut *conn,
+        "SELECT pg_stat_force_next_flush()",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let read = hot_table_reads(&t.ctx).await - before;
+    // Primary-key probes: about one per job per statement (4 claims, 1 end, 1 requeue) —
+    // a few hundred; a whole-table read is over 3,000 per statement.
+    assert!(
+        read < 1000,
+        "{read} rows and primary-key entries read for 100 claims, 90 ends and 10 requeues"
+    );
+    let r = row(&t.ctx, retry[0].id).await;
+    assert_eq!(
+        (r.state, r.attempt, r.last_error.as_deref()),
+        (JobState::Queued, 1, Some("try again"))
+    );
+}
