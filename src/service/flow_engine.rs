@@ -85,6 +85,8 @@ pub(crate) struct RunWork {
     /// Steps (not instances) by key.
     pub(crate) steps: HashMap<String, StepRow>,
     dirty: HashSet<String>,
+    /// Steps whose job's output was recorded in memory: `update_steps` writes it.
+    fresh_output: HashSet<String>,
     /// Logical completions to apply: (key, succeeded?).
     completions: Vec<(String, bool)>,
     /// Steps whose dependencies are done.
@@ -102,6 +104,7 @@ impl RunWork {
             run,
             def,
             dirty: HashSet::new(),
+            fresh_output: HashSet::new(),
             completions: Vec::new(),
             ready: Vec::new(),
             rerun_instances: Vec::new(),
@@ -222,57 +225,97 @@ pub async fn on_jobs_ended(
     let step_ids: Vec<Uuid> = ends.iter().map(|e| e.step_id).collect();
     // Lock first (id order), then write the steps: the same order as cancel and retry.
     let runs = store::lock_runs_of_steps(conn, &step_ids).await?;
-    let outcomes: Vec<JobOutcome> = ends
-        .iter()
-        .map(|e| JobOutcome {
-            job_id: e.job_id,
-            step_id: e.step_id,
-            state: match e.job_state.as_str() {
-                "completed" => st::SUCCEEDED,
-                "cancelled" => st::CANCELLED,
-                _ => st::FAILED,
-            },
-            output: e.result.clone(),
-            error: e.error.clone(),
-            attempt: e.attempt,
-        })
-        .collect();
-    let ended = store::record_outcomes(conn, &outcomes).await?;
     let running: Vec<RunRow> = runs
         .into_iter()
         .filter(|r| r.status == RunStatus::Running.as_str())
         .collect();
-    if running.is_empty() || ended.is_empty() {
-        return Ok(0);
-    }
-    let mut work = load_work(conn, defs, running).await?;
-    let by_id: HashMap<Uuid, usize> = work
+    let mut work = if running.is_empty() {
+        Vec::new()
+    } else {
+        load_work(conn, defs, running).await?
+    };
+    // A plain step of a running run is recorded in memory (its row is loaded and its run
+    // locked: nobody else changes it before commit) and written once, with the rest of the
+    // advancement, by `update_steps`. Fan-out instances and steps of runs that no longer
+    // run are recorded here, fenced in SQL: instances are read back by the fan-in's output
+    // aggregate, and nothing else is written for the others.
+    let plain: HashMap<Uuid, (usize, String)> = work
         .iter()
         .enumerate()
-        .map(|(i, w)| (w.run.id, i))
+        .flat_map(|(i, w)| {
+            w.steps
+                .values()
+                .map(move |r| (r.id, (i, r.step_key.clone())))
+        })
         .collect();
-    for e in ended {
-        let Some(&i) = by_id.get(&e.run_id) else {
+    let mut ended: Vec<(usize, String, Option<i32>, &'static str)> = Vec::new();
+    let mut outcomes: Vec<JobOutcome> = Vec::new();
+    for e in ends {
+        let state = match e.job_state.as_str() {
+            "completed" => st::SUCCEEDED,
+            "cancelled" => st::CANCELLED,
+            _ => st::FAILED,
+        };
+        let Some((i, key)) = plain.get(&e.step_id) else {
+            outcomes.push(JobOutcome {
+                job_id: e.job_id,
+                step_id: e.step_id,
+                state,
+                output: e.result.clone(),
+                error: e.error.clone(),
+                attempt: e.attempt,
+            });
             continue;
         };
+        let w = &mut work[*i];
+        let Some(row) = w.steps.get_mut(key) else {
+            continue;
+        };
+        // The fence of `record_outcomes`: a retried step's earlier job, or a step no
+        // longer queued, changes nothing.
+        if row.job_id != Some(e.job_id) || row.state != st::QUEUED {
+            continue;
+        }
+        row.output = e.result.clone();
+        row.error = e.error.clone();
+        row.attempt = e.attempt;
+        w.fresh_output.insert(key.clone());
+        ended.push((*i, key.clone(), None, state));
+    }
+    if !outcomes.is_empty() {
+        let by_id: HashMap<Uuid, usize> = work
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.run.id, i))
+            .collect();
+        for e in store::record_outcomes(conn, &outcomes).await? {
+            if let Some(&i) = by_id.get(&e.run_id) {
+                let state = if e.state == st::SUCCEEDED {
+                    st::SUCCEEDED
+                } else if e.state == st::CANCELLED {
+                    st::CANCELLED
+                } else {
+                    st::FAILED
+                };
+                ended.push((i, e.step_key, e.item_index, state));
+            }
+        }
+    }
+    if ended.is_empty() {
+        return Ok(0);
+    }
+    for (i, step_key, item_index, state) in ended {
         let w = &mut work[i];
-        let ok = e.state == st::SUCCEEDED;
-        if e.state == st::CANCELLED {
+        let ok = state == st::SUCCEEDED;
+        if state == st::CANCELLED {
             // A job cancelled outside the run's cancel (an operator's DELETE /jobs/{id}):
             // the step failed.
-            tracing::info!(flow_run.id = %w.run.id, step = %e.step_key, "a step's job was cancelled: the step fails");
+            tracing::info!(flow_run.id = %w.run.id, step = %step_key, "a step's job was cancelled: the step fails");
         }
-        match e.item_index {
-            None => {
-                if let Some(row) = w.steps.get_mut(&e.step_key) {
-                    // record_outcomes already wrote the row; keep the copy in step.
-                    row.state = st::QUEUED.to_owned();
-                    row.error = e.error.clone();
-                }
-                w.completions.push((e.step_key, ok));
-            }
+        match item_index {
+            None => w.completions.push((step_key, ok)),
             Some(_) => {
-                let Some(group) = w.steps.get_mut(&e.step_key) else {
+                let Some(group) = w.steps.get_mut(&step_key) else {
                     continue;
                 };
                 let remaining = group.items_remaining.unwrap_or(1) - 1;
@@ -286,9 +329,9 @@ pub async fn on_jobs_ended(
                     ));
                 }
                 let all_ok = group.items_failed == 0;
-                w.dirty.insert(e.step_key.clone());
+                w.dirty.insert(step_key.clone());
                 if remaining <= 0 {
-                    w.completions.push((e.step_key, all_ok));
+                    w.completions.push((step_key, all_ok));
                 }
             }
         }
@@ -330,6 +373,8 @@ pub(crate) async fn settle(
         for w in work.iter_mut() {
             w.apply_completions();
         }
+        // A plain step's output is on its loaded row (or was just recorded there); only a
+        // fan-out step's, the list of its instances' outputs, is read from the database.
         let pending: Vec<(Uuid, String)> = work
             .iter()
             .flat_map(|w| {
@@ -337,6 +382,7 @@ pub(crate) async fn settle(
                     .iter()
                     .filter_map(|k| w.def.step(k))
                     .flat_map(referenced_steps)
+                    .filter(|s| w.steps.get(s).is_some_and(|r| r.items_total.is_some()))
                     .map(|s| (w.run.id, s))
                     .collect::<Vec<_>>()
             })
@@ -377,6 +423,7 @@ pub(crate) async fn settle(
                 items_failed: 0,
                 job_id: Some(job.id),
                 input: None,
+                output: None,
                 error: None,
                 attempt: 0,
             });
@@ -445,7 +492,11 @@ fn start_step(
             r.clone(),
             StepResult {
                 status: row.map_or_else(|| "unknown".to_owned(), |s| s.state.clone()),
-                output: outputs.get(&(w.run.id, r)).cloned().unwrap_or(Value::Null),
+                output: outputs
+                    .get(&(w.run.id, r))
+                    .or_else(|| row.and_then(|s| s.output.as_ref()))
+                    .cloned()
+                    .unwrap_or(Value::Null),
                 error: row.and_then(|s| s.error.clone()),
             },
         );
@@ -561,7 +612,13 @@ fn collect(w: &mut RunWork, writes: &mut Writes) {
             items_remaining: r.items_remaining,
             items_failed: r.items_failed,
             job_id: r.job_id,
-            input: r.input.clone(),
+            // Only a step just started has a new input; the others keep theirs.
+            input: (r.state == st::QUEUED).then(|| r.input.clone()).flatten(),
+            output: w
+                .fresh_output
+                .remove(&key)
+                .then(|| r.output.clone())
+                .flatten(),
             error: r.error.clone(),
             attempt: r.attempt,
         });

@@ -719,8 +719,11 @@ pub struct StepUpdate {
     pub items_failed: i32,
     /// Job now running it.
     pub job_id: Option<Uuid>,
-    /// Resolved input.
+    /// Resolved input (None keeps the row's).
     pub input: Option<serde_json::Value>,
+    /// The output of the job that just ended it (None keeps the row's; a step back to
+    /// waiting or queued loses it).
+    pub output: Option<serde_json::Value>,
     /// Error.
     pub error: Option<String>,
     /// Attempt counter.
@@ -739,7 +742,8 @@ pub async fn update_steps(conn: &mut AsyncPgConnection, rows: &[StepUpdate]) -> 
     let remaining: Vec<Option<i32>> = rows.iter().map(|r| r.items_remaining).collect();
     let failed: Vec<i32> = rows.iter().map(|r| r.items_failed).collect();
     let jobs: Vec<Option<Uuid>> = rows.iter().map(|r| r.job_id).collect();
-    let inputs: Vec<Option<serde_json::Value>> = rows.iter().map(|r| r.input.clone()).collect();
+    let inputs: Vec<Option<&serde_json::Value>> = rows.iter().map(|r| r.input.as_ref()).collect();
+    let outputs: Vec<Option<&serde_json::Value>> = rows.iter().map(|r| r.output.as_ref()).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
     let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
     diesel::sql_query(
@@ -751,10 +755,12 @@ pub async fn update_steps(conn: &mut AsyncPgConnection, rows: &[StepUpdate]) -> 
                  WHEN u.state = 'waiting' THEN NULL ELSE s.started_at END, \
              finished_at = CASE WHEN u.state IN ('succeeded', 'failed', 'skipped', 'cancelled') \
                  THEN coalesce(s.finished_at, now()) ELSE NULL END, \
-             output = CASE WHEN u.state IN ('waiting', 'queued') THEN NULL ELSE s.output END \
+             output = CASE WHEN u.state IN ('waiting', 'queued') THEN NULL \
+                 ELSE coalesce(u.output, s.output) END \
          FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::int4[], $6::int4[], \
-             $7::uuid[], $8::jsonb[], $9::text[], $10::int4[]) \
-             AS u(id, state, deps, total, remaining, failed, job_id, input, error, attempt) \
+             $7::uuid[], $8::jsonb[], $9::text[], $10::int4[], $11::jsonb[]) \
+             AS u(id, state, deps, total, remaining, failed, job_id, input, error, attempt, \
+                 output) \
          WHERE s.id = u.id",
     )
     .bind::<Array<SqlUuid>, _>(ids)
@@ -767,6 +773,7 @@ pub async fn update_steps(conn: &mut AsyncPgConnection, rows: &[StepUpdate]) -> 
     .bind::<Array<Nullable<Jsonb>>, _>(inputs)
     .bind::<Array<Nullable<Text>>, _>(errors)
     .bind::<Array<Int4>, _>(attempts)
+    .bind::<Array<Nullable<Jsonb>>, _>(outputs)
     .execute(conn)
     .await
     .map(drop)
