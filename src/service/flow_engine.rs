@@ -4,9 +4,10 @@
 //! loses the whole transaction (the job is rescued and runs again) or none of it.
 //!
 //! Set-based: one call handles a batch of job ends over many runs in a fixed number of
-//! statements — lock the runs (id order), record the ends, load the runs' step rows, fetch
-//! the outputs the newly ready steps reference, then write steps, instances, jobs, runs and
-//! events with one statement each. The decisions between those statements are plain Rust
+//! statements — lock the runs (id order), load the runs' step rows, record the ends (a plain
+//! step's in memory, written with the other step updates; fan-out instances' in SQL), fetch
+//! the fan-out outputs the newly ready steps reference, then write steps, instances, jobs,
+//! runs and events with one statement each. The decisions between those statements are plain Rust
 //! over the run's definition (cached: versions never change).
 //!
 //! Inputs are resolved when a step is enqueued, not when its job runs: the job's payload is
