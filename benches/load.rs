@@ -5,7 +5,7 @@
 //! keep-alive connection per virtual client) and writes `bench/results/<scenario>.json`;
 //! the run ends with one Markdown table. See `bench/README.md` for what each scenario does.
 //!
-//! Usage: `cargo bench --bench load -- [orders|menu|jobs|realtime|sockets|report-isolation|console|flows|relay|logins|all]`
+//! Usage: `cargo bench --bench load -- [orders|menu|jobs|jobs-pickup|jobs-sleep|realtime|sockets|report-isolation|console|flows|relay|logins|all]`
 //! (settings: BENCH_DATABASE_URL admin URL, BENCH_REDIS_URL, BENCH_SECS).
 
 #![expect(
@@ -16,6 +16,7 @@
     reason = "a benchmark driver: failures abort the run, figures are printed"
 )]
 
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -673,8 +674,170 @@ async fn run_queue(
 
 #[derive(diesel::QueryableByName)]
 struct Pickup {
-    #[diesel(sql_type = diesel::sql_types::Double)]
-    ms: f64,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    created_at: chrono::DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    started_at: chrono::DateTime<Utc>,
+}
+
+/// Sorted samples (ms).
+struct Millis(Vec<f64>);
+
+impl Millis {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.sort_by(f64::total_cmp);
+        Self(v)
+    }
+
+    fn pct(&self, q: f64) -> f64 {
+        self.0
+            .get(((self.0.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "p50 {:.1} / p95 {:.1} / p99 {:.1}",
+            self.pct(0.5),
+            self.pct(0.95),
+            self.pct(0.99)
+        )
+    }
+}
+
+/// S2's pickup latency, and where it goes (the bench's and the database's clocks are the
+/// same machine's).
+struct PickupTimes {
+    /// The enqueue as below, with no worker running (the floor the database sets).
+    alone: Millis,
+    /// created_at (the insert's `now()`, before its commit) → started_at (the claim's `now()`).
+    total: Millis,
+    /// created_at → the enqueue returned to the client (insert, commit with its WAL flush,
+    /// the row read back).
+    enqueue: Millis,
+    /// The enqueue returned → the wake-up's NOTIFY returned.
+    notify: Millis,
+    /// The enqueue returned → started_at: the wake-up's way to the worker and its claim.
+    worker: Millis,
+}
+
+/// 2,000 jobs on `queue`, one per transaction at 200/s, each followed by its wake-up on
+/// another statement (as the API does: `service::jobs::wake_workers` after the commit). By
+/// job id: (created_at, the enqueue returned, its NOTIFY returned).
+async fn trickle(
+    conn: &mut AsyncPgConnection,
+    queue: &str,
+) -> HashMap<
+    Uuid,
+    (
+        chrono::DateTime<Utc>,
+        chrono::DateTime<Utc>,
+        chrono::DateTime<Utc>,
+    ),
+> {
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut sent = HashMap::new();
+    for _ in 0..2000 {
+        tick.tick().await;
+        let mut j = noop_job(json!({}), Utc::now());
+        j.queue = queue.to_owned();
+        let (row, _) = store::jobs::enqueue(conn, &j).await.unwrap();
+        let enqueued = Utc::now();
+        store::jobs::notify_workers(conn, queue).await.unwrap();
+        sent.insert(j.id, (row.created_at, enqueued, Utc::now()));
+    }
+    sent
+}
+
+/// S2: an idle worker, 2,000 jobs one per transaction at 200/s, each followed by its
+/// wake-up on another statement (as the API does: `service::jobs::wake_workers` after the
+/// commit); pickup = claim time − insert time (before the commit).
+async fn bench_pickup(db: &str) -> PickupTimes {
+    let mut conn = AsyncPgConnection::establish(db).await.unwrap();
+    // The floor first: the same trickle with no worker to pick it up (the enqueue's commit
+    // waits for its WAL flush, whatever the worker does).
+    let control = trickle(&mut conn, "s2-control").await;
+    diesel::sql_query("DELETE FROM jobs WHERE queue = 's2-control'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let worker = start_workers(db, "s2", 1, "32", &mut conn).await;
+    let sent = trickle(&mut conn, "s2").await;
+    while completed_in(&mut conn, "s2").await < 2000 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(worker);
+    let rows: Vec<Pickup> =
+        diesel::sql_query("SELECT id, created_at, started_at FROM jobs_history WHERE queue = 's2'")
+            .load(&mut conn)
+            .await
+            .unwrap();
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    let alone = Millis::of(
+        control
+            .values()
+            .map(|(created, enqueued, _)| ms(*enqueued - *created))
+            .collect(),
+    );
+    let (mut total, mut enqueue, mut notify, mut worker) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in rows {
+        total.push(ms(r.started_at - r.created_at));
+        if let Some((_, enqueued, notified)) = sent.get(&r.id) {
+            enqueue.push(ms(*enqueued - r.created_at));
+            notify.push(ms(*notified - *enqueued));
+            worker.push(ms(r.started_at - *enqueued));
+        }
+    }
+    PickupTimes {
+        alone,
+        total: Millis::of(total),
+        enqueue: Millis::of(enqueue),
+        notify: Millis::of(notify),
+        worker: Millis::of(worker),
+    }
+}
+
+fn pickup_rows(rows: &mut Vec<Row>, t: &PickupTimes) {
+    rows.push((
+        "jobs S2: 2k trickled at 200/s, idle worker".to_owned(),
+        format!(
+            "pickup p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+            t.total.pct(0.5),
+            t.total.pct(0.95),
+            t.total.pct(0.99)
+        ),
+    ));
+    rows.push((
+        "jobs S2 where it goes (ms): enqueue (insert + commit + read back) with no worker · with the worker · its NOTIFY · enqueued → claimed".to_owned(),
+        format!(
+            "{} · {} · {} · {}",
+            t.alone.summary(),
+            t.enqueue.summary(),
+            t.notify.summary(),
+            t.worker.summary()
+        ),
+    ));
+}
+
+/// `jobs-pickup` and `jobs-sleep`: S2 or S3 of `jobs` alone, on a fresh database (for
+/// working on one figure without the minutes S1 takes).
+async fn bench_jobs_part(rows: &mut Vec<Row>, pickup: bool, sleep: bool) {
+    let db = fresh_db("itsur_bench_jobs_part").await;
+    if pickup {
+        let t = bench_pickup(&db).await;
+        pickup_rows(rows, &t);
+    }
+    if sleep {
+        let (_, rate) = run_queue(&db, "s3", 10_000, json!({"sleepMs": 5}), 1, "32").await;
+        rows.push((
+            "jobs S3: 10k × 5 ms sleep, concurrency 32".to_owned(),
+            format!("{rate:.0} jobs/s"),
+        ));
+    }
 }
 
 async fn bench_jobs(rows: &mut Vec<Row>) {
@@ -707,35 +870,10 @@ async fn bench_jobs(rows: &mut Vec<Row>) {
         let (_, rate) = run_queue(&db, &format!("s1-{procs}"), n, json!({}), procs, "32").await;
         s1.push(rate);
     }
-    // S2: an idle worker, 2,000 jobs one per transaction at 200/s, each followed by its
-    // wake-up (as the API does); pickup = claim time − insert time (before the commit).
-    let worker = start_workers(&db, "s2", 1, "32", &mut conn).await;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    for _ in 0..2000 {
-        tick.tick().await;
-        let mut j = noop_job(json!({}), Utc::now());
-        j.queue = "s2".to_owned();
-        store::jobs::enqueue(&mut conn, &j).await.unwrap();
-        store::jobs::notify_workers(&mut conn, "s2").await.unwrap();
-    }
-    while completed_in(&mut conn, "s2").await < 2000 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(worker);
-    let mut pick: Vec<f64> = diesel::sql_query(
-        "SELECT (extract(epoch FROM (started_at - created_at)) * 1000)::float8 AS ms \
-         FROM jobs_history WHERE queue = 's2'",
-    )
-    .load::<Pickup>(&mut conn)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|p| p.ms)
-    .collect();
-    pick.sort_by(f64::total_cmp);
-    let p = |q: f64| pick[((pick.len() as f64 - 1.0) * q) as usize];
+    let pickup = bench_pickup(&db).await;
     // S3: 10,000 jobs sleeping 5 ms each, one worker × 32 (limit 6,400 jobs/s).
     let (_, sleep_rate) = run_queue(&db, "s3", 10_000, json!({"sleepMs": 5}), 1, "32").await;
+    let p = |q: f64| pickup.total.pct(q);
     write_result(
         "jobs",
         json!({"bulk": n_bulk, "s1_jobs": n, "concurrency": 32, "processes": [1, 2, 4],
@@ -755,15 +893,7 @@ async fn bench_jobs(rows: &mut Vec<Row>) {
         "jobs S1: 20k no-op, 1 / 2 / 4 worker processes × 32".to_owned(),
         format!("{:.0} / {:.0} / {:.0} jobs/s", s1[0], s1[1], s1[2]),
     ));
-    rows.push((
-        "jobs S2: 2k trickled at 200/s, idle worker".to_owned(),
-        format!(
-            "pickup p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
-            p(0.5),
-            p(0.95),
-            p(0.99)
-        ),
-    ));
+    pickup_rows(rows, &pickup);
     rows.push((
         "jobs S3: 10k × 5 ms sleep, concurrency 32".to_owned(),
         format!("{sleep_rate:.0} jobs/s"),
@@ -1089,7 +1219,7 @@ async fn bench_realtime(rows: &mut Vec<Row>) {
     let connected_n = AtomicU64::load(&connected, Ordering::Relaxed);
     // 1,000 orders for vendor 0 at 100/s, from random students.
     let http = reqwest::Client::new();
-    let mut sent: std::collections::HashMap<Uuid, Instant> = std::collections::HashMap::new();
+    let mut sent: HashMap<Uuid, Instant> = HashMap::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     for _ in 0..ORDERS {
@@ -1321,6 +1451,13 @@ fn main() {
         }
         if want("jobs") {
             bench_jobs(&mut rows).await;
+        }
+        let (pickup, sleep) = (
+            which.iter().any(|w| w == "jobs-pickup"),
+            which.iter().any(|w| w == "jobs-sleep"),
+        );
+        if pickup || sleep {
+            bench_jobs_part(&mut rows, pickup, sleep).await;
         }
         // Heavy (a million jobs, a minute held open): only when asked for by name.
         if which.iter().any(|w| w == "jobs-churn") {

@@ -1,9 +1,12 @@
 //! The worker. Three loops share one set of in-flight jobs:
 //!
 //! - the **claim loop** takes due jobs in batches (one prepared statement on its own
-//!   connection) into a bounded local buffer — the free slots plus a prefetch — and starts
-//!   them as slots free up. Buffered jobs are leased like running ones (state `running` in the
-//!   database), so a killed worker's buffer is rescued by the lease like its running jobs;
+//!   connection) into a bounded local buffer — the free slots plus a prefetch — and starts a
+//!   task in each free slot. A slot's task runs buffered jobs one after the other: when its
+//!   job ends it takes the next one from the buffer itself, so a freed slot never waits for
+//!   the claim loop or for a claim in flight. Buffered jobs are leased like running ones
+//!   (state `running` in the database), so a killed worker's buffer is rescued by the lease
+//!   like its running jobs;
 //! - the **completer** records outcomes in batches: whatever ended while the previous batch
 //!   was being written goes in the next one (at most [`MAX_BATCH`]), as one statement for the
 //!   ends and one for the retries and hand-backs, fenced by worker id and attempt so a late
@@ -12,13 +15,16 @@
 //!   rescues jobs of dead workers and refreshes gauges; another loop vacuums the hot table
 //!   after every 10,000 jobs this worker ended (autovacuum may be off or behind).
 //!
-//! Wake-ups (NOTIFY, freed slots, recorded batches) coalesce on one [`Notify`]. On shutdown
-//! the worker stops claiming, hands buffered jobs back at once, lets running jobs finish
-//! within the drain budget and hands the rest back.
+//! Two wake-ups drive the claim loop: `wake` (work may be due: a NOTIFY, a rescue) makes it
+//! claim; `room` (a slot freed, outcomes recorded, the buffer ran low) makes it start
+//! buffered jobs, and claim only while the last claim came back full. So an idle worker's
+//! claim connection is free when a NOTIFY arrives: it claims at once. On shutdown the worker
+//! stops claiming, hands buffered jobs back at once, lets running jobs finish within the
+//! drain budget and hands the rest back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -258,9 +264,74 @@ impl Record {
     }
 }
 
-/// Claimed jobs not started yet, with their handlers and when they were claimed, oldest
-/// first.
-type Buffer = VecDeque<(Arc<JobCx>, Option<Arc<dyn super::Handler>>, Instant)>;
+/// A claimed job not started yet.
+struct Buffered {
+    cx: Arc<JobCx>,
+    handler: Option<Arc<dyn super::Handler>>,
+    claimed_at: Instant,
+}
+
+/// Claimed jobs not started yet, oldest first. The claim loop fills it; a job's task takes
+/// the next job from it the moment its own ends, so a freed slot never waits for the claim
+/// loop, nor for a claim in flight on the claim connection.
+#[derive(Default)]
+struct Buffer {
+    jobs: std::sync::Mutex<BufferState>,
+    /// The claim loop wants to hear (on `Worker::room`) when the buffer falls to this many
+    /// jobs: it claims the next batch while slots still have work.
+    low: AtomicUsize,
+    /// A job waited more than a second in the buffer before it started: the depth halves.
+    waited_long: AtomicBool,
+}
+
+#[derive(Default)]
+struct BufferState {
+    jobs: VecDeque<Buffered>,
+    /// Shutdown: no job starts any more; what is left is handed back.
+    closed: bool,
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        self.jobs.lock().map_or(0, |b| b.jobs.len())
+    }
+
+    fn push(&self, jobs: impl IntoIterator<Item = Buffered>) {
+        if let Ok(mut b) = self.jobs.lock() {
+            b.jobs.extend(jobs);
+        }
+    }
+
+    /// The oldest buffered job, unless the buffer is empty or closed; wakes the claim loop
+    /// (`room`) when the buffer ran low.
+    fn pop(&self, room: &Notify) -> Option<Buffered> {
+        let (next, left) = {
+            let mut b = self.jobs.lock().ok()?;
+            if b.closed {
+                return None;
+            }
+            (b.jobs.pop_front()?, b.jobs.len())
+        };
+        if next.claimed_at.elapsed() > Duration::from_secs(1) {
+            self.waited_long.store(true, Ordering::Relaxed);
+        }
+        if left <= self.low.load(Ordering::Relaxed) {
+            room.notify_one();
+        }
+        Some(next)
+    }
+
+    /// Closes the buffer (no job starts any more) and returns what it held.
+    fn close(&self) -> Vec<Buffered> {
+        self.jobs.lock().map_or_else(
+            |_| Vec::new(),
+            |mut b| {
+                b.closed = true;
+                b.jobs.drain(..).collect()
+            },
+        )
+    }
+}
 
 /// Shared state of one worker's loops.
 struct Worker {
@@ -270,8 +341,13 @@ struct Worker {
     /// This worker's row of the per-minute counters (workers never share a row lock).
     shard: i16,
     in_flight: InFlight,
+    /// Work may be due: a NOTIFY, a (re)connected listener, a rescue. The claim loop claims.
     wake: Arc<Notify>,
+    /// Room for more jobs: a slot freed, outcomes recorded, the buffer ran low. The claim
+    /// loop starts buffered jobs, and claims if the last claim left due work behind.
+    room: Arc<Notify>,
     slots: Arc<Semaphore>,
+    buffer: Buffer,
     /// Jobs ended by this worker since it last vacuumed the hot table.
     ended: AtomicU64,
     /// Metric handles by job kind.
@@ -302,6 +378,8 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
         row,
         in_flight: Arc::default(),
         wake: Arc::new(Notify::new()),
+        room: Arc::new(Notify::new()),
+        buffer: Buffer::default(),
         ended: AtomicU64::new(0),
         metrics: MetricsByKind::default(),
     });
@@ -321,13 +399,14 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
     }
 
     let tasks = tokio_util::task::TaskTracker::new();
-    let mut buffer = claim_loop(&w, &shutdown, &registry, &done_tx, &tasks).await;
+    claim_loop(&w, &shutdown, &registry, &done_tx, &tasks).await;
 
     // Buffered jobs never started: back to the queue at once.
+    let buffer = w.buffer.close();
     if !buffer.is_empty() {
         tracing::info!(count = buffer.len(), "handing buffered jobs back");
     }
-    for (cx, _, _) in buffer.drain(..) {
+    for Buffered { cx, .. } in buffer {
         let _ = done_tx
             .send(Done {
                 cx,
@@ -394,16 +473,19 @@ async fn session(ctx: &Ctx) -> Result<AsyncPgConnection, String> {
     Ok(conn)
 }
 
-/// Claims into the buffer and starts buffered jobs as slots free up; returns the buffer
-/// (jobs claimed, never started) at shutdown.
+/// Claims into the buffer and starts buffered jobs in free slots until shutdown.
+///
+/// A claim is sent when the buffer runs low and there is room, and either the last claim
+/// came back full (more is due) or something says work may be due (a NOTIFY, a rescue, the
+/// poll interval). A freed slot alone claims nothing: an idle worker's claim connection is
+/// free the moment the next NOTIFY arrives.
 async fn claim_loop(
     w: &Arc<Worker>,
     shutdown: &Shutdown,
     registry: &Registry,
     done_tx: &mpsc::Sender<Done>,
     tasks: &tokio_util::task::TaskTracker,
-) -> Buffer {
-    let mut buffer: Buffer = VecDeque::new();
+) {
     let mut conn: Option<AsyncPgConnection> = None;
     let mut backoff = Reconnect::new(Duration::from_millis(100), Reconnect::CAP);
     let mut depth = Depth::new(&w.options);
@@ -411,65 +493,31 @@ async fn claim_loop(
     let mut last_full_scan = Instant::now();
     // The last claim came back full: more work was due than it took.
     let mut more_due = false;
+    // Work may be due that no claim has looked for yet (the first claim looks at once).
+    let mut signalled = true;
+    let mut next_poll = tokio::time::Instant::now() + w.options.poll_interval;
     while !shutdown.is_triggered() {
-        // Start what the free slots allow.
-        while !buffer.is_empty() {
-            let Ok(permit) = w.slots.clone().try_acquire_owned() else {
-                break;
-            };
-            let Some((cx, handler, claimed_at)) = buffer.pop_front() else {
-                break;
-            };
-            if claimed_at.elapsed() > Duration::from_secs(1) {
-                depth.shrink();
-            }
-            match cx.stop_reason() {
-                Some(StopReason::CancelRequested) => {
-                    drop(permit);
-                    let _ = done_tx
-                        .send(Done {
-                            cx,
-                            outcome: Outcome::Ran(Err(JobError::Cancelled)),
-                        })
-                        .await; // the completer lives until after this loop
-                    continue;
-                }
-                Some(StopReason::LeaseLost) => {
-                    // Rescued while buffered (this worker stalled): another worker owns it.
-                    drop(permit);
-                    if let Ok(mut map) = w.in_flight.lock() {
-                        map.remove(&cx.job.id);
-                    }
-                    continue;
-                }
-                Some(StopReason::Shutdown) | None => {}
-            }
-            let slot = Slot {
-                wake: w.wake.clone(),
-                permit: Some(permit),
-                metrics: w.metrics.of(&cx.job.kind),
-            };
-            let done_tx = done_tx.clone();
-            tasks.spawn(async move {
-                let outcome = execute(&cx, handler, slot).await;
-                let _ = done_tx.send(Done { cx, outcome }).await; // closed only after the drain
-            });
+        if w.buffer.waited_long.swap(false, Ordering::Relaxed) {
+            depth.shrink();
         }
-        // Refill the buffer when it runs low; deeper when slots idled for want of jobs.
-        if more_due && buffer.is_empty() && w.slots.available_permits() > 0 {
+        start_free(w, shutdown, done_tx, tasks).await;
+        // Deeper when slots idled for want of jobs while more was due.
+        if more_due && w.buffer.len() == 0 && w.slots.available_permits() > 0 {
             depth.grow();
         }
+        w.buffer.low.store(depth.now / 2, Ordering::Relaxed);
         let max = depth.max_held(w.options.concurrency);
         let held = w.in_flight.lock().map(|r| r.len()).unwrap_or(max);
         let want = max.saturating_sub(held).min(MAX_CLAIM);
-        let low = buffer.len() <= depth.now / 2;
-        let mut full_claim = false;
-        if low && want > 0 {
+        let low = w.buffer.len() <= depth.now / 2;
+        if low && want > 0 && (more_due || signalled) {
+            signalled = false;
             if conn.is_none() {
                 match session(&w.ctx).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis(), "claim connection failed");
+                        signalled = true;
                         if !backoff.wait(shutdown).await {
                             break;
                         }
@@ -478,7 +526,6 @@ async fn claim_loop(
                 }
             }
             let Some(c) = conn.as_mut() else { continue };
-            let limit = i64::try_from(want).unwrap_or(1);
             let started = Instant::now();
             if last_full_scan.elapsed() >= Duration::from_secs(1) {
                 cursor = store::ClaimCursor::START;
@@ -486,6 +533,7 @@ async fn claim_loop(
             if cursor == store::ClaimCursor::START {
                 last_full_scan = started;
             }
+            let limit = i64::try_from(want).unwrap_or(1);
             let claimed = store::claim_after(
                 c,
                 &w.options.queues,
@@ -500,66 +548,155 @@ async fn claim_loop(
                     metrics::histogram!("jobs_claim_seconds")
                         .record(started.elapsed().as_secs_f64());
                     backoff.reset();
-                    full_claim = jobs.len() == want;
-                    more_due = full_claim;
+                    more_due = jobs.len() == want;
                     // A short claim reached the end: the next one starts from the front
                     // again (jobs that sort before the cursor may have arrived).
-                    cursor = match (full_claim, store::ClaimCursor::last_of(&jobs)) {
+                    cursor = match (more_due, store::ClaimCursor::last_of(&jobs)) {
                         (true, Some(last)) => last,
                         _ => store::ClaimCursor::START,
                     };
-                    let mut in_flight = w.in_flight.lock().ok();
-                    for job in jobs {
-                        let handler = registry.get(&job.kind);
-                        let cx = Arc::new(JobCx::new(w.ctx.clone(), job, w.row.id));
-                        if let Some(map) = in_flight.as_mut() {
-                            map.insert(cx.job.id, cx.clone());
-                        }
-                        buffer.push_back((cx, handler, started));
-                    }
+                    buffer_claimed(w, registry, jobs, started);
                 }
                 Err(e) => {
                     conn = None;
+                    signalled = true;
                     tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis(), "claiming jobs failed");
                     if !backoff.wait(shutdown).await {
                         break;
                     }
-                    continue;
                 }
             }
-        }
-        if (full_claim && buffer.len() <= depth.now / 2)
-            || (!buffer.is_empty() && w.slots.available_permits() > 0)
-        {
-            continue; // more due work, or buffered jobs for free slots: go on at once
+            continue; // start what was claimed, then look again
         }
         tokio::select! {
-            () = w.wake.notified() => {}
-            () = tokio::time::sleep(w.options.poll_interval) => {}
+            biased;
             () = shutdown.cancelled() => break,
+            () = w.wake.notified() => signalled = true,
+            () = w.room.notified() => {}
+            () = tokio::time::sleep_until(next_poll) => {
+                // The fallback when no NOTIFY arrives (jobs that became due by their
+                // `run_at`, poll-only workers, a lost notification).
+                signalled = true;
+                next_poll = tokio::time::Instant::now() + w.options.poll_interval;
+            }
         }
     }
-    buffer
 }
 
-/// A running job's slot, released when its handler ends however it ends (a panic
-/// included), before its outcome is recorded: recording is the completer's, in batches.
+/// Holds freshly claimed jobs (leased from now on: the heartbeat extends them) in the buffer.
+fn buffer_claimed(w: &Worker, registry: &Registry, jobs: Vec<store::JobRow>, claimed_at: Instant) {
+    let buffered: Vec<Buffered> = jobs
+        .into_iter()
+        .map(|job| Buffered {
+            handler: registry.get(&job.kind),
+            cx: Arc::new(JobCx::new(w.ctx.clone(), job, w.row.id)),
+            claimed_at,
+        })
+        .collect();
+    if let Ok(mut map) = w.in_flight.lock() {
+        for b in &buffered {
+            map.insert(b.cx.job.id, b.cx.clone());
+        }
+    }
+    w.buffer.push(buffered);
+}
+
+/// Starts a task in every free slot that has a buffered job to run.
+async fn start_free(
+    w: &Arc<Worker>,
+    shutdown: &Shutdown,
+    done_tx: &mpsc::Sender<Done>,
+    tasks: &tokio_util::task::TaskTracker,
+) {
+    while let Ok(permit) = w.slots.clone().try_acquire_owned() {
+        let Some(first) = next_job(w, shutdown, done_tx).await else {
+            break;
+        };
+        let slot = Slot {
+            room: w.room.clone(),
+            permit: Some(permit),
+        };
+        tasks.spawn(run_slot(
+            w.clone(),
+            shutdown.clone(),
+            done_tx.clone(),
+            slot,
+            first,
+        ));
+    }
+}
+
+/// Runs jobs in one slot: `first`, then whatever is buffered, until the buffer is empty or
+/// closed. Each job's outcome goes to the completer as the job ends.
+async fn run_slot(
+    w: Arc<Worker>,
+    shutdown: Shutdown,
+    done_tx: mpsc::Sender<Done>,
+    slot: Slot,
+    first: Buffered,
+) {
+    let mut next = Some(first);
+    while let Some(Buffered { cx, handler, .. }) = next {
+        let outcome = execute(&cx, handler, &w.metrics.of(&cx.job.kind)).await;
+        let _ = done_tx.send(Done { cx, outcome }).await; // closed only after the drain
+        next = next_job(&w, &shutdown, &done_tx).await;
+    }
+    drop(slot);
+}
+
+/// The next buffered job to run (None when the buffer is empty, or closed by shutdown).
+/// A job cancelled while buffered ends as cancelled without running; a job rescued while
+/// buffered (this worker stalled past its lease) is dropped: another worker owns it.
+async fn next_job(
+    w: &Worker,
+    shutdown: &Shutdown,
+    done_tx: &mpsc::Sender<Done>,
+) -> Option<Buffered> {
+    loop {
+        if shutdown.is_triggered() {
+            return None;
+        }
+        let b = w.buffer.pop(&w.room)?;
+        match b.cx.stop_reason() {
+            Some(StopReason::CancelRequested) => {
+                let _ = done_tx
+                    .send(Done {
+                        cx: b.cx,
+                        outcome: Outcome::Ran(Err(JobError::Cancelled)),
+                    })
+                    .await; // the completer lives until after the drain
+            }
+            Some(StopReason::LeaseLost) => {
+                if let Ok(mut map) = w.in_flight.lock() {
+                    map.remove(&b.cx.job.id);
+                }
+                w.room.notify_one();
+            }
+            Some(StopReason::Shutdown) | None => return Some(b),
+        }
+    }
+}
+
+/// A slot, released when its task ends however it ends (a panic included); the claim
+/// loop hears of it (it may start a buffered job there, or claim).
 struct Slot {
-    wake: Arc<Notify>,
+    room: Arc<Notify>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    metrics: Arc<KindMetrics>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         // Free the slot before waking the claim loop, so the wake finds it free.
         drop(self.permit.take());
-        self.wake.notify_one();
+        self.room.notify_one();
     }
 }
 
-async fn execute(cx: &Arc<JobCx>, handler: Option<Arc<dyn super::Handler>>, slot: Slot) -> Outcome {
-    let m = slot.metrics.clone();
+async fn execute(
+    cx: &Arc<JobCx>,
+    handler: Option<Arc<dyn super::Handler>>,
+    m: &KindMetrics,
+) -> Outcome {
     let wait = (Utc::now() - cx.job.run_at).to_std().unwrap_or_default();
     m.wait.record(wait.as_secs_f64());
     let started = Instant::now();
@@ -577,8 +714,8 @@ async fn execute(cx: &Arc<JobCx>, handler: Option<Arc<dyn super::Handler>>, slot
         };
         let limit = Duration::from_secs(u64::try_from(cx.job.timeout_secs).unwrap_or(300));
         // A panicking handler must not take the worker down: its panic is caught here and
-        // fails the attempt (caught in this task, not a task of its own: one spawn per job).
-        // The handler's state is dropped with it, so nothing observes a broken invariant.
+        // fails the attempt (caught in this task, not a task of its own). The handler's
+        // state is dropped with it, so nothing observes a broken invariant.
         let run = std::panic::AssertUnwindSafe(handler.run(cx)).catch_unwind();
         match tokio::time::timeout(limit, run).await {
             Ok(Ok(result)) => result,
@@ -596,7 +733,6 @@ async fn execute(cx: &Arc<JobCx>, handler: Option<Arc<dyn super::Handler>>, slot
     }
     .instrument(span)
     .await;
-    drop(slot);
     m.duration.record(started.elapsed().as_secs_f64());
     Outcome::Ran(outcome)
 }
@@ -706,14 +842,14 @@ async fn completer(w: Arc<Worker>, mut rx: mpsc::Receiver<Done>, stop: Shutdown)
     }
 }
 
-/// Stops holding (heartbeating) the batch's jobs and wakes the claim loop.
+/// Stops holding (heartbeating) the batch's jobs and tells the claim loop there is room.
 fn forget(w: &Worker, batch: &[Done]) {
     if let Ok(mut map) = w.in_flight.lock() {
         for d in batch {
             map.remove(&d.cx.job.id);
         }
     }
-    w.wake.notify_one();
+    w.room.notify_one();
 }
 
 /// Writes one batch: the ends (to history) and the requeues, each one statement; in one
