@@ -96,7 +96,7 @@ test-browser: ## only the browser suite (Chromium + playwright-core): tests/brow
 test-packaging: build ## systemd/nginx/TLS/client-ip/Makefile/compose/prometheus/debian/k8s checks and the rolling restart
 	ITSUR_BIN='$(DEV_BIN)' packaging/tests/run-all.sh
 
-bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=orders|menu|jobs|jobs-churn|jobs-xmin|realtime|sockets|report-isolation|console|flows|relay|logins); figures in bench/results/
+bench: ## release build, fresh seeded databases, every scenario (or SCENARIO=orders|menu|jobs|jobs-pickup|jobs-sleep|jobs-churn|jobs-xmin|realtime|sockets|report-isolation|console|flows|relay|logins); figures in bench/results/
 	@env_lines="$$(scripts/services.sh env)"
 	eval "$$env_lines"
 	export BENCH_DATABASE_URL="$$TEST_DATABASE_URL" BENCH_REDIS_URL="$$TEST_REDIS_URL"

@@ -77,3 +77,19 @@ async fn sleep(d: Duration) {
         let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await; // a failed spawn only means the runtime is shutting down
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// Never shorter than asked (the precision is `make bench`'s to show).
+    #[tokio::test]
+    async fn sleep_lasts_at_least_as_long_as_asked() {
+        for ms in [0, 1, 2, 5] {
+            let d = Duration::from_millis(ms);
+            let started = Instant::now();
+            super::sleep(d).await;
+            assert!(started.elapsed() >= d, "{ms} ms");
+        }
+    }
+}
