@@ -269,6 +269,8 @@ struct Buffered {
     cx: Arc<JobCx>,
     handler: Option<Arc<dyn super::Handler>>,
     claimed_at: Instant,
+    /// When it entered `in_flight` (from then on every heartbeat extends its lease).
+    held_since: Instant,
 }
 
 /// Claimed jobs not started yet, oldest first. The claim loop fills it; a job's task takes
@@ -348,6 +350,8 @@ struct Worker {
     room: Arc<Notify>,
     slots: Arc<Semaphore>,
     buffer: Buffer,
+    /// When the last heartbeat that extended the leases took its snapshot of `in_flight`.
+    renewed: std::sync::Mutex<Option<Instant>>,
     /// Jobs ended by this worker since it last vacuumed the hot table.
     ended: AtomicU64,
     /// Metric handles by job kind.
@@ -380,6 +384,7 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
         wake: Arc::new(Notify::new()),
         room: Arc::new(Notify::new()),
         buffer: Buffer::default(),
+        renewed: std::sync::Mutex::new(None),
         ended: AtomicU64::new(0),
         metrics: MetricsByKind::default(),
     });
@@ -591,6 +596,7 @@ fn buffer_claimed(w: &Worker, registry: &Registry, jobs: Vec<store::JobRow>, cla
             handler: registry.get(&job.kind),
             cx: Arc::new(JobCx::new(w.ctx.clone(), job, w.row.id)),
             claimed_at,
+            held_since: Instant::now(),
         })
         .collect();
     if let Ok(mut map) = w.in_flight.lock() {
@@ -672,9 +678,31 @@ async fn next_job(
                 }
                 w.room.notify_one();
             }
+            Some(StopReason::Shutdown) | None if lease_running_out(w, &b) => {
+                // The heartbeat is late (a loaded machine, a starved pool): the lease may
+                // expire before the next one, and another worker would run the job too.
+                // Hand it back instead (fenced: a no-op if it was rescued already).
+                let _ = done_tx
+                    .send(Done {
+                        cx: b.cx,
+                        outcome: Outcome::HandBack,
+                    })
+                    .await; // the completer lives until after the drain
+            }
             Some(StopReason::Shutdown) | None => return Some(b),
         }
     }
+}
+
+/// Less than a third of the job's lease (one heartbeat interval) is surely left: counted
+/// from when the claim was sent, or from the last heartbeat that covered the job.
+fn lease_running_out(w: &Worker, b: &Buffered) -> bool {
+    let renewed = w.renewed.lock().ok().and_then(|r| *r);
+    let since = match renewed {
+        Some(t) if t >= b.held_since => t,
+        _ => b.claimed_at,
+    };
+    since.elapsed() + w.options.lease / 3 > w.options.lease
 }
 
 /// A slot, released when its task ends however it ends (a panic included); the claim
@@ -1025,16 +1053,31 @@ async fn vacuum_loop(w: Arc<Worker>, stop: Shutdown) {
 /// Extends leases, applies cancel requests, rescues expired jobs and refreshes gauges.
 async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
     let every = w.options.lease / 3;
+    // Its own connection, not a pooled one: handlers that hold or wait for every pooled
+    // connection must not stop the leases being extended (another worker would rescue and
+    // run their jobs a second time).
+    let mut own: Option<AsyncPgConnection> = None;
     loop {
+        let taken = Instant::now();
         let snapshot: Vec<Arc<JobCx>> = w
             .in_flight
             .lock()
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
-        if let Ok(mut conn) = w.ctx.db.conn().await {
+        if own.is_none() {
+            match crate::store::connect::establish(w.ctx.config.database.url.expose()).await {
+                Ok(c) => own = Some(c),
+                Err(e) => tracing::warn!(error = %e, "heartbeat connection failed"),
+            }
+        }
+        let mut lost = false;
+        if let Some(mut conn) = own.as_mut() {
             let ids: Vec<Uuid> = snapshot.iter().map(|cx| cx.job.id).collect();
             match store::heartbeat(&mut conn, w.row.id, &ids, w.options.lease).await {
                 Ok(held) => {
+                    if let Ok(mut r) = w.renewed.lock() {
+                        *r = Some(taken);
+                    }
                     let held: HashMap<Uuid, bool> = held.into_iter().collect();
                     for cx in &snapshot {
                         match held.get(&cx.job.id) {
@@ -1044,7 +1087,10 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                Err(e) => {
+                    lost = true;
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
             }
             let count = i32::try_from(snapshot.len()).unwrap_or(i32::MAX);
             if let Err(e) = store::update_worker_heartbeat(&mut conn, &w.row, count).await {
@@ -1093,6 +1139,9 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
                 #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
                 metrics::gauge!("jobs_workers_alive").set(alive.len() as f64);
             }
+        }
+        if lost {
+            own = None;
         }
         if !stop.sleep(every).await {
             return;
