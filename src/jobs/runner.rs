@@ -1071,9 +1071,9 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
             }
         }
         let mut lost = false;
-        if let Some(mut conn) = own.as_mut() {
+        if let Some(conn) = own.as_mut() {
             let ids: Vec<Uuid> = snapshot.iter().map(|cx| cx.job.id).collect();
-            match store::heartbeat(&mut conn, w.row.id, &ids, w.options.lease).await {
+            match store::heartbeat(conn, w.row.id, &ids, w.options.lease).await {
                 Ok(held) => {
                     if let Ok(mut r) = w.renewed.lock() {
                         *r = Some(taken);
@@ -1093,7 +1093,7 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
                 }
             }
             let count = i32::try_from(snapshot.len()).unwrap_or(i32::MAX);
-            if let Err(e) = store::update_worker_heartbeat(&mut conn, &w.row, count).await {
+            if let Err(e) = store::update_worker_heartbeat(conn, &w.row, count).await {
                 tracing::warn!(error = %e, "worker heartbeat failed");
             }
             let hooks = w.ctx.job_hooks.clone();
@@ -1114,20 +1114,20 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
                         count = rescued.len(),
                         "rescued jobs whose worker stopped heartbeating"
                     );
-                    let _ = store::notify_workers(&mut conn, "*").await; // others poll anyway
+                    let _ = store::notify_workers(conn, "*").await; // others poll anyway
                     w.wake.notify_one();
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "rescue failed"),
             }
-            if let Ok(depth) = store::count_active_by_state(&mut conn).await {
+            if let Ok(depth) = store::count_active_by_state(conn).await {
                 for (state, n) in depth {
                     #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
                     metrics::gauge!("jobs_queue_depth", "state" => state).set(n as f64);
                 }
             }
             // Per-queue depth for autoscalers (KEDA): one GROUP BY over the hot table.
-            if let Ok(queues) = store::list_queues(&mut conn).await {
+            if let Ok(queues) = store::list_queues(conn).await {
                 for q in queues {
                     #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
                     metrics::gauge!("jobs_queued", "queue" => q.queue.clone()).set(q.queued as f64);
@@ -1135,7 +1135,7 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
                     metrics::gauge!("jobs_running", "queue" => q.queue).set(q.running as f64);
                 }
             }
-            if let Ok(alive) = store::list_live_workers(&mut conn, w.options.lease).await {
+            if let Ok(alive) = store::list_live_workers(conn, w.options.lease).await {
                 #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
                 metrics::gauge!("jobs_workers_alive").set(alive.len() as f64);
             }
