@@ -400,10 +400,13 @@ impl ClaimCursor {
     }
 }
 
+// `max_attempts > 0` (always true) is the claim index's predicate: only the claim may use that
+// index, so every lookup by id takes the primary key whatever the statistics say (migration
+// `000070`).
 prepared!(Claim, ClaimId, Untyped, |this, out| {
     out.push_sql(
         "WITH next AS (SELECT id FROM jobs \
-             WHERE state = 'queued' AND run_at <= now() \
+             WHERE max_attempts > 0 AND state = 'queued' AND run_at <= now() \
              AND queue = ANY(ARRAY(SELECT unnest(",
     );
     out.push_bind_param::<Array<Text>, _>(this.queues)?;

@@ -1,0 +1,2 @@
+DROP INDEX jobs_claim_idx;
+CREATE INDEX jobs_claim_idx ON jobs (priority, run_at, id);
