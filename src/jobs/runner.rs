@@ -398,6 +398,7 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
     }
     let heartbeat = tokio::spawn(heartbeat_loop(w.clone(), loops.clone()));
     tokio::spawn(vacuum_loop(w.clone(), loops.clone()));
+    tokio::spawn(maintenance_loop(w.clone(), loops.clone()));
     let completer = tokio::spawn(completer(w.clone(), done_rx, completer_stop.clone()));
     if w.options.cron {
         tokio::spawn(super::cron::run(ctx.clone(), loops.clone()));
@@ -1096,49 +1097,6 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
             if let Err(e) = store::update_worker_heartbeat(conn, &w.row, count).await {
                 tracing::warn!(error = %e, "worker heartbeat failed");
             }
-            let hooks = w.ctx.job_hooks.clone();
-            let rescued = conn
-                .transaction(async |conn| -> Result<_, crate::service::Error> {
-                    let rescued = store::rescue_expired(conn).await?;
-                    let dead: Vec<Terminal> = rescued
-                        .iter()
-                        .filter_map(store::Rescued::terminal)
-                        .collect();
-                    hooks.call(conn, &dead).await?;
-                    Ok(rescued)
-                })
-                .await;
-            match rescued {
-                Ok(rescued) if !rescued.is_empty() => {
-                    tracing::warn!(
-                        count = rescued.len(),
-                        "rescued jobs whose worker stopped heartbeating"
-                    );
-                    let _ = store::notify_workers(conn, "*").await; // others poll anyway
-                    w.wake.notify_one();
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "rescue failed"),
-            }
-            if let Ok(depth) = store::count_active_by_state(conn).await {
-                for (state, n) in depth {
-                    #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
-                    metrics::gauge!("jobs_queue_depth", "state" => state).set(n as f64);
-                }
-            }
-            // Per-queue depth for autoscalers (KEDA): one GROUP BY over the hot table.
-            if let Ok(queues) = store::list_queues(conn).await {
-                for q in queues {
-                    #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
-                    metrics::gauge!("jobs_queued", "queue" => q.queue.clone()).set(q.queued as f64);
-                    #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
-                    metrics::gauge!("jobs_running", "queue" => q.queue).set(q.running as f64);
-                }
-            }
-            if let Ok(alive) = store::list_live_workers(conn, w.options.lease).await {
-                #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
-                metrics::gauge!("jobs_workers_alive").set(alive.len() as f64);
-            }
         }
         if lost {
             own = None;
@@ -1146,6 +1104,68 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
         if !stop.sleep(every).await {
             return;
         }
+    }
+}
+
+/// Rescues expired jobs and refreshes the gauges, every third of a lease, on a pooled
+/// connection: a separate loop, so scans of the hot table (the rescue, the gauges' counts)
+/// never delay the lease extension in [`heartbeat_loop`].
+async fn maintenance_loop(w: Arc<Worker>, stop: Shutdown) {
+    let every = w.options.lease / 3;
+    loop {
+        if let Ok(mut pooled) = w.ctx.db.conn().await {
+            maintain(&w, &mut pooled).await;
+        }
+        if !stop.sleep(every).await {
+            return;
+        }
+    }
+}
+
+/// One round of [`maintenance_loop`].
+async fn maintain(w: &Worker, conn: &mut AsyncPgConnection) {
+    let hooks = w.ctx.job_hooks.clone();
+    let rescued = conn
+        .transaction(async |conn| -> Result<_, crate::service::Error> {
+            let rescued = store::rescue_expired(conn).await?;
+            let dead: Vec<Terminal> = rescued
+                .iter()
+                .filter_map(store::Rescued::terminal)
+                .collect();
+            hooks.call(conn, &dead).await?;
+            Ok(rescued)
+        })
+        .await;
+    match rescued {
+        Ok(rescued) if !rescued.is_empty() => {
+            tracing::warn!(
+                count = rescued.len(),
+                "rescued jobs whose worker stopped heartbeating"
+            );
+            let _ = store::notify_workers(conn, "*").await; // others poll anyway
+            w.wake.notify_one();
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "rescue failed"),
+    }
+    if let Ok(depth) = store::count_active_by_state(conn).await {
+        for (state, n) in depth {
+            #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
+            metrics::gauge!("jobs_queue_depth", "state" => state).set(n as f64);
+        }
+    }
+    // Per-queue depth for autoscalers (KEDA): one GROUP BY over the hot table.
+    if let Ok(queues) = store::list_queues(conn).await {
+        for q in queues {
+            #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
+            metrics::gauge!("jobs_queued", "queue" => q.queue.clone()).set(q.queued as f64);
+            #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
+            metrics::gauge!("jobs_running", "queue" => q.queue).set(q.running as f64);
+        }
+    }
+    if let Ok(alive) = store::list_live_workers(conn, w.options.lease).await {
+        #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
+        metrics::gauge!("jobs_workers_alive").set(alive.len() as f64);
     }
 }
 
