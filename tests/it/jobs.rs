@@ -3,11 +3,13 @@
 //! queued and running jobs, timeouts, panicking handlers, lease rescue with a fenced-out late
 //! completion, one cron job per tick under concurrent enqueuers, the shutdown drain; then the
 //! API: sales reports (202, progress, CSV and JSON results), tenant scoping, bulk user import,
-//! the worker registry and the job metrics.
+//! the worker registry and the job metrics; last, what the hot statements read, and that an
+//! idle worker sends no claim until a NOTIFY says work is due.
 //!
 //! Workers run `itsur::jobs::runner::run` as tasks with their own `Shutdown`, a 3 s lease
 //! (heartbeats every second) and a 100 ms poll. Nothing sleeps to synchronise: every wait
-//! polls the database with a deadline that only guards against hangs.
+//! polls the database with a deadline that only guards against hangs (the one test that
+//! proves an absence — no claim — waits out its quiet periods).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -1819,5 +1821,163 @@ async fn claims_and_ends_stay_primary_key_lookups_when_statistics_say_the_table_
     assert_eq!(
         (r.state, r.attempt, r.last_error.as_deref()),
         (JobState::Queued, 1, Some("try again"))
+    );
+}
+
+/// Makes this session's statistics visible to other sessions after its next statement (a
+/// backend otherwise flushes them at most once a second, or ten seconds later when idle).
+async fn flush_stats(conn: &mut diesel_async::AsyncPgConnection) {
+    diesel_async::SimpleAsyncConnection::batch_execute(conn, "SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+}
+
+/// Claim statements this database has seen, as far as their sessions flushed their
+/// statistics (a session always flushes when it ends): every claim, even one that finds
+/// nothing, reads the claim index once, and no other statement may read that index (its
+/// predicate is the claim's own, migration `000070`).
+async fn claims_counted(ctx: &Ctx) -> i64 {
+    let mut conn = ctx.db.conn().await.unwrap();
+    diesel::sql_query(
+        "SELECT coalesce((SELECT idx_scan FROM pg_stat_user_indexes \
+             WHERE indexrelname = 'jobs_claim_idx'), 0)::int8 AS n",
+    )
+    .get_result::<TuplesRead>(&mut conn)
+    .await
+    .unwrap()
+    .n
+}
+
+#[derive(QueryableByName, PartialEq, Eq, Debug, Clone, Copy)]
+struct SessionActivity {
+    /// When the newest claim on this database was sent, by any session other than the asking
+    /// one whose last statement is a claim.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    last_claim: Option<DateTime<Utc>>,
+    /// Some session of this database LISTENs for new jobs (its last statement is the LISTEN).
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    listening: bool,
+}
+
+/// Live session state from `pg_stat_activity` (not the statistics: it moves the moment a
+/// statement is sent). The claim is recognised by the start of its text in `store::jobs`.
+async fn session_activity(ctx: &Ctx) -> SessionActivity {
+    let mut conn = ctx.db.conn().await.unwrap();
+    diesel::sql_query(
+        "SELECT (SELECT max(query_start) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND query LIKE 'WITH next AS (SELECT id FROM jobs %') AS last_claim, \
+         EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+             AND query LIKE 'LISTEN itsur_jobs%') AS listening",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Asserts that no claim is sent for `quiet`: the newest claim stays the one seen before.
+/// (Proving an absence takes waiting; nothing else in these tests sleeps to synchronise.)
+async fn assert_no_claim_for(ctx: &Ctx, quiet: Duration, when: &str) {
+    let before = session_activity(ctx).await.last_claim;
+    assert!(before.is_some(), "the worker has a claim connection");
+    tokio::time::sleep(quiet).await;
+    let after = session_activity(ctx).await.last_claim;
+    assert_eq!(before, after, "a claim was sent {when}");
+}
+
+/// A worker claims when work may be due (a NOTIFY, a rescue, the poll timer) or while its
+/// last claim came back full; a freed slot or recorded outcomes only start buffered jobs
+/// (`runner::claim_loop`). So an idle worker's claim connection is free when the next NOTIFY
+/// arrives, and N jobs enqueued one at a time cost N claims — not 3N (a claim for the
+/// NOTIFY, one for the freed slot, one for the recorded outcome).
+#[tokio::test]
+async fn an_idle_worker_sends_no_claim_between_jobs() {
+    const JOBS: i64 = 5;
+    let t = TestApp::new().await;
+    // The counter counts: two claims (the worker's session settings, an empty queue) are
+    // two reads of the claim index.
+    let base = claims_counted(&t.ctx).await;
+    {
+        let mut conn = itsur::store::connect::establish(t.ctx.config.database.url.expose())
+            .await
+            .unwrap();
+        diesel_async::SimpleAsyncConnection::batch_execute(
+            &mut conn,
+            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off",
+        )
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            let claimed = store::claim(
+                &mut conn,
+                &["default".to_owned()],
+                10,
+                Uuid::now_v7(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+            assert!(claimed.is_empty());
+        }
+        flush_stats(&mut conn).await;
+    }
+    assert_eq!(
+        claims_counted(&t.ctx).await - base,
+        2,
+        "one claim, one read of the claim index"
+    );
+
+    let mut opts = options();
+    // The poll timer must not fire during the test: only NOTIFYs may make it claim.
+    opts.poll_interval = Duration::from_secs(600);
+    let worker = Worker::start(&t.ctx, opts, Registry::standard());
+    // Startup claims once, and once more if the listener's connect wake-up comes after the
+    // first claim. Settled: listening, and no claim sent for a second.
+    let seen = std::cell::Cell::new(SessionActivity {
+        last_claim: None,
+        listening: false,
+    });
+    let settled = eventually(DEADLINE, || async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = session_activity(&t.ctx).await;
+        let quiet = now.listening && now.last_claim.is_some() && now == seen.get();
+        seen.set(now);
+        quiet
+    })
+    .await;
+    assert!(
+        settled,
+        "the worker started, listened and stopped claiming: {:?}",
+        seen.get()
+    );
+    assert_no_claim_for(&t.ctx, Duration::from_millis(1500), "by an idle worker").await;
+
+    for i in 0..JOBS {
+        // Long enough to be seen running: the claim that took it is the last one allowed.
+        let job = enqueue(&t.ctx, &noop(json!({ "i": i, "sleepMs": 400 }))).await;
+        wait_job(&t.ctx, job.id, "claimed", |r| r.state != JobState::Queued).await;
+        let taken_by = session_activity(&t.ctx).await.last_claim;
+        wait_job(&t.ctx, job.id, "completed", in_state("completed")).await;
+        // The slot freed and the outcome was recorded: neither may claim.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            session_activity(&t.ctx).await.last_claim,
+            taken_by,
+            "a claim was sent after job {i} was claimed (its end, its slot, its outcome)"
+        );
+    }
+    assert_no_claim_for(&t.ctx, Duration::from_millis(1500), "by an idle worker").await;
+    worker.stop().await;
+
+    // The claim session flushes its statistics when it ends.
+    let ended = eventually(DEADLINE, || async {
+        session_activity(&t.ctx).await.last_claim.is_none()
+    })
+    .await;
+    assert!(ended, "the worker's claim session ended");
+    let claims = claims_counted(&t.ctx).await - base - 2;
+    assert!(
+        (JOBS + 1..=JOBS + 2).contains(&claims),
+        "{claims} claims for {JOBS} jobs enqueued one at a time (1 or 2 at startup, 1 per NOTIFY)"
     );
 }
