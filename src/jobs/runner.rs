@@ -464,18 +464,14 @@ pub async fn run(ctx: Ctx, shutdown: Shutdown, options: WorkerOptions, registry:
 }
 
 /// Opens the claim (or completer) connection: a dedicated session whose planner always
-/// walks the claim index, whatever the statistics say (a table analyzed while empty must
-/// not turn a claim of 32 into a sort of the whole backlog).
+/// walks the claim index, whatever the statistics say ([`store::set_worker_session`]).
 async fn session(ctx: &Ctx) -> Result<AsyncPgConnection, String> {
     let mut conn = crate::store::connect::establish(ctx.config.database.url.expose())
         .await
         .map_err(|e| e.to_string())?;
-    conn.batch_execute(
-        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
-         SET jit = off",
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    store::set_worker_session(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(conn)
 }
 

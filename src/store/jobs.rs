@@ -131,6 +131,19 @@ pub struct NewJob {
     pub campus_id: Option<Uuid>,
 }
 
+/// Sets up a worker's claim (or completer) session: its planner always walks the claim
+/// index and the primary key, whatever the statistics say (a table analyzed while empty must
+/// not turn a claim of 32 into a sort of the whole backlog), and never compiles a statement
+/// that runs for a millisecond. Tests that check these plans use the same settings.
+pub async fn set_worker_session(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        conn,
+        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; \
+         SET jit = off",
+    )
+    .await
+}
+
 async fn notify(conn: &mut AsyncPgConnection, channel: &str, payload: &str) -> QueryResult<()> {
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(channel)

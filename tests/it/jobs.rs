@@ -1688,6 +1688,14 @@ async fn a_batch_completion_racing_a_rescue_never_resurrects_or_double_completes
     );
 }
 
+/// Makes this session's statistics visible to other sessions after its next statement (a
+/// backend otherwise flushes them at most once a second, or ten seconds later when idle).
+async fn flush_stats(conn: &mut diesel_async::AsyncPgConnection) {
+    diesel_async::SimpleAsyncConnection::batch_execute(conn, "SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+}
+
 #[derive(QueryableByName)]
 struct TuplesRead {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -1719,14 +1727,9 @@ async fn claims_and_ends_stay_primary_key_lookups_when_statistics_say_the_table_
     let t = TestApp::new().await;
     let worker_id = Uuid::now_v7();
     let queues = ["default".to_owned()];
-    // The worker's own session settings (see `runner::session`).
+    // The worker's own session settings.
     let mut conn = t.ctx.db.conn().await.unwrap();
-    diesel_async::SimpleAsyncConnection::batch_execute(
-        &mut *conn,
-        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off",
-    )
-    .await
-    .unwrap();
+    store::set_worker_session(&mut conn).await.unwrap();
     let end_all = async |conn: &mut _, jobs: &[JobRow]| {
         let ends: Vec<store::End<'_>> = jobs
             .iter()
@@ -1758,12 +1761,7 @@ async fn claims_and_ends_stay_primary_key_lookups_when_statistics_say_the_table_
 
     let fresh: Vec<NewJob> = (0..100).map(|_| noop(json!({}))).collect();
     store::enqueue_many(&mut conn, &fresh).await.unwrap();
-    diesel_async::SimpleAsyncConnection::batch_execute(
-        &mut *conn,
-        "SELECT pg_stat_force_next_flush()",
-    )
-    .await
-    .unwrap();
+    flush_stats(&mut conn).await;
     // The claims read the claim index (and its dead entries), then the primary key only.
     let before = hot_table_reads(&t.ctx, "jobs_pkey").await;
     let mut claimed = Vec::new();
@@ -1775,12 +1773,7 @@ async fn claims_and_ends_stay_primary_key_lookups_when_statistics_say_the_table_
         );
     }
     assert_eq!(claimed.len(), 100);
-    diesel_async::SimpleAsyncConnection::batch_execute(
-        &mut *conn,
-        "SELECT pg_stat_force_next_flush()",
-    )
-    .await
-    .unwrap();
+    flush_stats(&mut conn).await;
     let claims_read = hot_table_reads(&t.ctx, "jobs_pkey").await - before;
     // The end and the requeue read the primary key only (no index but it holds ids for them).
     let before = hot_table_reads(&t.ctx, "%").await;
@@ -1803,12 +1796,7 @@ async fn claims_and_ends_stay_primary_key_lookups_when_statistics_say_the_table_
             .len(),
         10
     );
-    diesel_async::SimpleAsyncConnection::batch_execute(
-        &mut *conn,
-        "SELECT pg_stat_force_next_flush()",
-    )
-    .await
-    .unwrap();
+    flush_stats(&mut conn).await;
     drop(conn);
     let read = claims_read + hot_table_reads(&t.ctx, "%").await - before;
     // Primary-key probes: about one per job per statement (4 claims, 1 end, 1 requeue) —
@@ -1822,14 +1810,6 @@ async fn claims_and_ends_stay_primary_key_lookups_when_statistics_say_the_table_
         (r.state, r.attempt, r.last_error.as_deref()),
         (JobState::Queued, 1, Some("try again"))
     );
-}
-
-/// Makes this session's statistics visible to other sessions after its next statement (a
-/// backend otherwise flushes them at most once a second, or ten seconds later when idle).
-async fn flush_stats(conn: &mut diesel_async::AsyncPgConnection) {
-    diesel_async::SimpleAsyncConnection::batch_execute(conn, "SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
 }
 
 /// Claim statements this database has seen, as far as their sessions flushed their
@@ -1901,12 +1881,7 @@ async fn an_idle_worker_sends_no_claim_between_jobs() {
         let mut conn = itsur::store::connect::establish(t.ctx.config.database.url.expose())
             .await
             .unwrap();
-        diesel_async::SimpleAsyncConnection::batch_execute(
-            &mut conn,
-            "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off",
-        )
-        .await
-        .unwrap();
+        store::set_worker_session(&mut conn).await.unwrap();
         for _ in 0..2 {
             let claimed = store::claim(
                 &mut conn,
