@@ -202,9 +202,19 @@ async function measure(scenario, configName) {
   } finally {
     if (runner) {
       await runner.stop();
+      await runner.promise;
     }
     if (utils) {
       await utils.release();
+    }
+    // The pools close their connections after their release resolves; a forced drop while
+    // one is still closing would make it emit an error nobody listens to (and kill us).
+    for (let i = 0; i < 1000; i += 1) {
+      const open = await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1", [name]);
+      if (open.rows[0].n === 0) {
+        break;
+      }
+      await sleep(10);
     }
     await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     await admin.end();
@@ -245,7 +255,9 @@ async function main() {
   const args = process.argv.slice(2);
   if (args[0] === "--one" && args.length === 3) {
     const result = await measure(args[1], args[2]);
-    process.stdout.write(`${JSON.stringify(result)}\n`);
+    // Something of graphile-worker's keeps the event loop alive after its release; the
+    // measurement is over and its database dropped, so leave.
+    process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));
   } else if (args.length === 1) {
     process.stdout.write(`${JSON.stringify(scenarioLine(args[0]))}\n`);
   } else {
