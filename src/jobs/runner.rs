@@ -11,9 +11,11 @@
 //!   was being written goes in the next one (at most [`MAX_BATCH`]), as one statement for the
 //!   ends and one for the retries and hand-backs, fenced by worker id and attempt so a late
 //!   outcome of a rescued job changes nothing;
-//! - the **heartbeat** extends the leases of everything in flight, applies cancel requests,
-//!   rescues jobs of dead workers and refreshes gauges; another loop vacuums the hot table
-//!   after every 10,000 jobs this worker ended (autovacuum may be off or behind).
+//! - the **heartbeat** extends the leases of everything in flight and applies cancel
+//!   requests, on its own connection. Beside it, the **maintenance** loop rescues jobs of dead
+//!   workers and refreshes the cluster-wide gauges — on one elected worker of the cluster
+//!   only — and another loop vacuums the hot table after every 10,000 jobs this worker ended
+//!   (autovacuum may be off or behind).
 //!
 //! Two wake-ups drive the claim loop: `wake` (work may be due: a NOTIFY, a rescue) makes it
 //! claim; `room` (a slot freed, outcomes recorded, the buffer ran low) makes it start
@@ -22,7 +24,7 @@
 //! stops claiming, hands buffered jobs back at once, lets running jobs finish within the
 //! drain budget and hands the rest back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -958,7 +960,7 @@ async fn record(
     };
     let n_ended = u64::try_from(ended.len()).unwrap_or(0);
     w.ended.fetch_add(n_ended, Ordering::Relaxed);
-    let held: std::collections::HashSet<Uuid> = ended
+    let held: HashSet<Uuid> = ended
         .iter()
         .map(|t| t.id)
         .chain(requeued.iter().copied())
@@ -1103,14 +1105,17 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
     }
 }
 
-/// Rescues expired jobs and refreshes the gauges, every third of a lease, on a pooled
-/// connection: a separate loop, so scans of the hot table (the rescue, the gauges' counts)
-/// never delay the lease extension in [`heartbeat_loop`].
+/// The cluster's maintenance, every third of a lease, on a pooled connection: a separate
+/// loop, so scans of the hot table (the rescue, the gauges' counts) never delay the lease
+/// extension in [`heartbeat_loop`]. Each round does something on one worker only (the one
+/// [`store::claim_maintenance_round`] elects): with N workers, the rescue and the gauge
+/// scans still run once a round, not N times.
 async fn maintenance_loop(w: Arc<Worker>, stop: Shutdown) {
     let every = w.options.lease / 3;
+    let mut gauges = ClusterGauges::default();
     loop {
         if let Ok(mut pooled) = w.ctx.db.conn().await {
-            maintain(&w, &mut pooled).await;
+            maintain(&w, &mut pooled, &mut gauges).await;
         }
         if !stop.sleep(every).await {
             return;
@@ -1118,22 +1123,31 @@ async fn maintenance_loop(w: Arc<Worker>, stop: Shutdown) {
     }
 }
 
-/// One round of [`maintenance_loop`].
-async fn maintain(w: &Worker, conn: &mut AsyncPgConnection) {
+/// One round of [`maintenance_loop`]: if elected, rescue expired jobs and refresh the
+/// cluster-wide gauges; if not, withdraw the gauges this worker exported while it was.
+async fn maintain(w: &Worker, conn: &mut AsyncPgConnection, gauges: &mut ClusterGauges) {
     let hooks = w.ctx.job_hooks.clone();
-    let rescued = conn
+    let (id, lease) = (w.row.id, w.options.lease);
+    let round = conn
         .transaction(async |conn| -> Result<_, crate::service::Error> {
+            if !store::claim_maintenance_round(conn, id, lease).await? {
+                return Ok(None);
+            }
             let rescued = store::rescue_expired(conn).await?;
             let dead: Vec<Terminal> = rescued
                 .iter()
                 .filter_map(store::Rescued::terminal)
                 .collect();
             hooks.call(conn, &dead).await?;
-            Ok(rescued)
+            Ok(Some(rescued))
         })
         .await;
-    match rescued {
-        Ok(rescued) if !rescued.is_empty() => {
+    match round {
+        Ok(None) => {
+            gauges.withdraw();
+            return;
+        }
+        Ok(Some(rescued)) if !rescued.is_empty() => {
             tracing::warn!(
                 count = rescued.len(),
                 "rescued jobs whose worker stopped heartbeating"
@@ -1141,27 +1155,77 @@ async fn maintain(w: &Worker, conn: &mut AsyncPgConnection) {
             let _ = store::notify_workers(conn, "*").await; // others poll anyway
             w.wake.notify_one();
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "rescue failed"),
-    }
-    if let Ok(depth) = store::count_active_by_state(conn).await {
-        for (state, n) in depth {
-            #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
-            metrics::gauge!("jobs_queue_depth", "state" => state).set(n as f64);
+        Ok(Some(_)) => {}
+        // Elected or not is unknown: the gauges stay as they are until the next round.
+        Err(e) => {
+            tracing::warn!(error = %e, "rescue failed");
+            return;
         }
     }
-    // Per-queue depth for autoscalers (KEDA): one GROUP BY over the hot table.
-    if let Ok(queues) = store::list_queues(conn).await {
-        for q in queues {
+    gauges.refresh(conn, lease).await;
+}
+
+/// The cluster-wide job gauges: `jobs_queue_depth` by state, `jobs_queued` and `jobs_running`
+/// by queue, `jobs_workers_alive`. Only the elected worker exports them, so `sum()` over the
+/// scraped processes is the cluster's figure, as `max()` is. A series this worker set and no
+/// longer refreshes goes to 0 — when another worker is elected, or a queue has no job left —
+/// because the metrics facade cannot remove a series, and a stale value would be summed (and
+/// would hold an autoscaler up).
+#[derive(Default)]
+struct ClusterGauges {
+    /// The labelled series this worker has set: (gauge, label, label value).
+    series: HashSet<(&'static str, &'static str, String)>,
+    /// It has set `jobs_workers_alive`.
+    alive: bool,
+}
+
+impl ClusterGauges {
+    /// Sets the gauges from the database (the elected worker's round).
+    async fn refresh(&mut self, conn: &mut AsyncPgConnection, lease: Duration) {
+        if let Ok(depth) = store::count_active_by_state(conn).await {
+            self.set("jobs_queue_depth", "state", depth);
+        }
+        // Per-queue depth for autoscalers (KEDA): one GROUP BY over the hot table.
+        if let Ok(queues) = store::list_queues(conn).await {
+            let (queued, running) = queues
+                .into_iter()
+                .map(|q| ((q.queue.clone(), q.queued), (q.queue, q.running)))
+                .unzip();
+            self.set("jobs_queued", "queue", queued);
+            self.set("jobs_running", "queue", running);
+        }
+        if let Ok(alive) = store::list_live_workers(conn, lease).await {
             #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
-            metrics::gauge!("jobs_queued", "queue" => q.queue.clone()).set(q.queued as f64);
-            #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
-            metrics::gauge!("jobs_running", "queue" => q.queue).set(q.running as f64);
+            metrics::gauge!("jobs_workers_alive").set(alive.len() as f64);
+            self.alive = true;
         }
     }
-    if let Ok(alive) = store::list_live_workers(conn, w.options.lease).await {
-        #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
-        metrics::gauge!("jobs_workers_alive").set(alive.len() as f64);
+
+    /// Sets `gauge` for each label value, and to 0 where a value it set before is gone.
+    fn set(&mut self, gauge: &'static str, label: &'static str, values: Vec<(String, i64)>) {
+        let fresh: HashSet<String> = values.iter().map(|(v, _)| v.clone()).collect();
+        self.series.retain(|(g, l, v)| {
+            let gone = *g == gauge && !fresh.contains(v);
+            if gone {
+                metrics::gauge!(gauge, *l => v.clone()).set(0.0);
+            }
+            !gone
+        });
+        for (value, n) in values {
+            #[expect(clippy::as_conversions, reason = "a gauge is an f64; counts fit")]
+            metrics::gauge!(gauge, label => value.clone()).set(n as f64);
+            self.series.insert((gauge, label, value));
+        }
+    }
+
+    /// Another worker exports the gauges now: this one's go to 0.
+    fn withdraw(&mut self) {
+        for (gauge, label, value) in self.series.drain() {
+            metrics::gauge!(gauge, label => value).set(0.0);
+        }
+        if std::mem::take(&mut self.alive) {
+            metrics::gauge!("jobs_workers_alive").set(0.0);
+        }
     }
 }
 

@@ -999,8 +999,9 @@ impl Rescued {
 
 /// Returns running jobs whose lease expired (their worker died or hung — including jobs it
 /// had claimed into its buffer and not started) to the queue, or moves them to history as
-/// dead when that was their last attempt. Safe to run from every worker at once. Fires no
-/// NOTIFY; the caller wakes the workers after commit.
+/// dead when that was their last attempt. Safe to run from every worker at once (workers run
+/// it in the round [`claim_maintenance_round`] elected them for). Fires no NOTIFY; the caller
+/// wakes the workers after commit.
 pub async fn rescue_expired(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Rescued>> {
     diesel::sql_query(format!(
         "WITH expired AS (SELECT id, attempt >= max_attempts AS last FROM jobs \
@@ -1028,6 +1029,45 @@ pub async fn rescue_expired(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Res
     ))
     .load(conn)
     .await
+}
+
+/// Advisory lock key of the workers' maintenance round (the rescue of expired leases and the
+/// cluster-wide job gauges): "itsur-mt" in ASCII, beside the migrations' "itsur-mg"
+/// (`store::migrations`) and the test template's "itsur-tp".
+pub const MAINTENANCE_LOCK_KEY: i64 = 0x6974_7375_722d_6d74;
+
+#[derive(QueryableByName)]
+struct Elected {
+    #[diesel(sql_type = Bool)]
+    elected: bool,
+}
+
+/// Takes the maintenance round for the calling transaction when `worker_id` is the elected
+/// worker — the oldest (smallest UUIDv7 id) of the workers that heartbeated within
+/// `alive_within` — and no other round holds [`MAINTENANCE_LOCK_KEY`]; false otherwise, and
+/// the round is skipped. One worker does the cluster's rounds as long as it lives; when it
+/// dies, its heartbeat ages out and the next oldest takes over. The lock is transaction-level
+/// (released at commit, or with the session of a worker that dies mid-round), so two workers
+/// that both believe they are the oldest (different leases, a late heartbeat) still never run
+/// a round at once. Call it first in the round's transaction.
+pub async fn claim_maintenance_round(
+    conn: &mut AsyncPgConnection,
+    worker_id: Uuid,
+    alive_within: Duration,
+) -> QueryResult<bool> {
+    // CASE, not AND: a worker that is not the oldest must not take the lock even for an
+    // instant, or the elected worker's try could fail and skip the round.
+    let row: Elected = diesel::sql_query(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM workers WHERE id < $1 \
+             AND heartbeat_at >= now() - $2 * interval '1 millisecond') \
+         THEN false ELSE pg_try_advisory_xact_lock($3) END AS elected",
+    )
+    .bind::<SqlUuid, _>(worker_id)
+    .bind::<BigInt, _>(i64::try_from(alive_within.as_millis()).unwrap_or(i64::MAX))
+    .bind::<BigInt, _>(MAINTENANCE_LOCK_KEY)
+    .get_result(conn)
+    .await?;
+    Ok(row.elected)
 }
 
 /// What a cancel request did.

@@ -1956,3 +1956,182 @@ async fn an_idle_worker_sends_no_claim_between_jobs() {
         "{claims} claims for {JOBS} jobs enqueued one at a time (1 or 2 at startup, 1 per NOTIFY)"
     );
 }
+
+/// A dedicated session (not pooled: the tests below leave transactions open and drop
+/// sessions mid-transaction).
+async fn own_session(ctx: &Ctx) -> diesel_async::AsyncPgConnection {
+    itsur::store::connect::establish(ctx.config.database.url.expose())
+        .await
+        .unwrap()
+}
+
+async fn sql(conn: &mut diesel_async::AsyncPgConnection, statement: &str) {
+    diesel_async::SimpleAsyncConnection::batch_execute(conn, statement)
+        .await
+        .unwrap();
+}
+
+fn worker_row(id: Uuid) -> store::WorkerRow {
+    store::WorkerRow {
+        id,
+        host: "test".to_owned(),
+        pid: 1,
+        queues: vec!["default".to_owned()],
+        concurrency: 1,
+        running: 0,
+        started_at: Utc::now(),
+        heartbeat_at: Utc::now(),
+    }
+}
+
+/// Every worker starts a maintenance round (rescue, gauges) every third of a lease; the
+/// round goes on only on the oldest live worker, and on one session at a time: two workers
+/// that both think they are the oldest, at the same moment, rescue once.
+#[tokio::test]
+async fn one_worker_does_the_maintenance_round_and_another_takes_over_when_it_is_gone() {
+    let t = TestApp::new().await;
+    let lease = Duration::from_secs(30);
+    let (old, young) = (Uuid::now_v7(), Uuid::now_v7());
+    {
+        let mut conn = t.ctx.db.conn().await.unwrap();
+        store::insert_worker(&mut conn, &worker_row(old))
+            .await
+            .unwrap();
+        store::insert_worker(&mut conn, &worker_row(young))
+            .await
+            .unwrap();
+    }
+    let (mut a, mut b) = (own_session(&t.ctx).await, own_session(&t.ctx).await);
+
+    // Two rounds at the same moment: the oldest gets it; the younger skips it, and so does
+    // a second round that believes it is the oldest (a different lease, a late heartbeat).
+    sql(&mut a, "BEGIN").await;
+    sql(&mut b, "BEGIN").await;
+    assert!(
+        store::claim_maintenance_round(&mut a, old, lease)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::claim_maintenance_round(&mut b, young, lease)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::claim_maintenance_round(&mut b, old, lease)
+            .await
+            .unwrap()
+    );
+    sql(&mut b, "COMMIT").await;
+    // The younger worker never takes the lock, not even to find it is not elected: the
+    // oldest's next round is never skipped because of it.
+    sql(&mut a, "COMMIT").await;
+    sql(&mut b, "BEGIN").await;
+    assert!(
+        !store::claim_maintenance_round(&mut b, young, lease)
+            .await
+            .unwrap()
+    );
+    sql(&mut a, "BEGIN").await;
+    assert!(
+        store::claim_maintenance_round(&mut a, old, lease)
+            .await
+            .unwrap()
+    );
+    sql(&mut b, "COMMIT").await;
+
+    // The elected worker dies mid-round: its session goes, and the lock with it.
+    drop(a);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let released = loop {
+        sql(&mut b, "BEGIN").await;
+        let got = store::claim_maintenance_round(&mut b, old, lease)
+            .await
+            .unwrap();
+        sql(&mut b, "ROLLBACK").await;
+        if got || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(released, "a dead session's round lock is released");
+
+    // Its heartbeat ages past the lease: the next oldest is elected.
+    {
+        let mut conn = t.ctx.db.conn().await.unwrap();
+        diesel::update(itsur::store::schema::workers::table.find(old))
+            .set(itsur::store::schema::workers::heartbeat_at.eq(Utc::now() - lease * 2))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    sql(&mut b, "BEGIN").await;
+    assert!(
+        store::claim_maintenance_round(&mut b, young, lease)
+            .await
+            .unwrap()
+    );
+    sql(&mut b, "COMMIT").await;
+}
+
+/// Two real workers: the second one started is not elected while the first lives; when the
+/// first stops (and unregisters), the second rescues a dead worker's job.
+#[tokio::test]
+async fn the_rescue_goes_on_when_the_elected_worker_stops() {
+    let t = TestApp::new().await;
+    let first = Worker::start(&t.ctx, options(), Registry::standard());
+    let registered = |n: i64| {
+        let ctx = &t.ctx;
+        async move {
+            eventually(DEADLINE, || async {
+                let mut conn = ctx.db.conn().await.unwrap();
+                itsur::store::schema::workers::table
+                    .count()
+                    .get_result::<i64>(&mut conn)
+                    .await
+                    .unwrap()
+                    == n
+            })
+            .await
+        }
+    };
+    assert!(registered(1).await, "the first worker registered");
+    let second = Worker::start(&t.ctx, options(), Registry::standard());
+    assert!(registered(2).await, "the second worker registered");
+    first.stop().await;
+    assert!(registered(1).await, "the first worker unregistered");
+
+    // A "worker" that is not registered claims a job with a 1 s lease and goes silent. (A
+    // queue the real worker does not claim from: the rescue is what this test watches.)
+    let mut job = noop(json!({}));
+    job.queue = "ghosts".to_owned();
+    let id = enqueue(&t.ctx, &job).await.id;
+    let ghost = Uuid::now_v7();
+    {
+        let mut conn = t.ctx.db.conn().await.unwrap();
+        let claimed = store::claim(
+            &mut conn,
+            &["ghosts".to_owned()],
+            10,
+            ghost,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+    let rescued = wait_job(&t.ctx, id, "rescued", in_state("queued")).await;
+    assert_eq!(
+        (
+            rescued.attempt,
+            rescued.worker_id,
+            rescued.last_error.as_deref()
+        ),
+        (
+            1,
+            None,
+            Some("lease expired: the worker stopped heartbeating")
+        )
+    );
+    second.stop().await;
+}
