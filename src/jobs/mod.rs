@@ -13,6 +13,7 @@ pub mod flow_cron;
 pub mod handlers;
 pub mod registry;
 pub mod runner;
+pub mod timer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

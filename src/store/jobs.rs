@@ -887,6 +887,44 @@ pub async fn requeue_batch(
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
+/// Prepares the completer's two statements on its connection (each run once over empty
+/// arrays: it matches nothing and writes nothing), so the first outcomes a worker records
+/// do not also pay for parsing and planning them.
+pub async fn prepare_completion(
+    conn: &mut AsyncPgConnection,
+    worker_id: Uuid,
+    shard: i16,
+) -> QueryResult<()> {
+    let ends: Vec<Terminal> = EndBatch {
+        worker_id,
+        shard,
+        id: Vec::new(),
+        attempt: Vec::new(),
+        state: Vec::new(),
+        public: Vec::new(),
+        result: Vec::new(),
+        content_type: Vec::new(),
+        body: Vec::new(),
+        error: Vec::new(),
+        message: Vec::new(),
+    }
+    .load(conn)
+    .await?;
+    let requeues: Vec<IdRow> = RequeueBatch {
+        worker_id,
+        shard,
+        id: Vec::new(),
+        attempt: Vec::new(),
+        hand_back: Vec::new(),
+        run_at: Vec::new(),
+        error: Vec::new(),
+    }
+    .load(conn)
+    .await?;
+    debug_assert!(ends.is_empty() && requeues.is_empty());
+    Ok(())
+}
+
 /// Applies one worker's outcome (counters in shard 0); false when the worker no longer held
 /// the job (its lease expired and the job was rescued): a late completion is ignored. The
 /// runner batches these through [`end_batch`] and [`requeue_batch`].
