@@ -1126,17 +1126,28 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
     }
 }
 
-/// The cluster's maintenance, every third of a lease, on a pooled connection: a separate
-/// loop, so scans of the hot table (the rescue, the gauges' counts) never delay the lease
-/// extension in [`heartbeat_loop`]. Each round does something on one worker only (the one
+/// The cluster's maintenance, every third of a lease: a separate loop, so scans of the hot
+/// table (the rescue, the gauges' counts) never delay the lease extension in
+/// [`heartbeat_loop`]. Each round does something on one worker only (the one
 /// [`store::claim_maintenance_round`] elects): with N workers, the rescue and the gauge
-/// scans still run once a round, not N times.
+/// scans still run once a round, not N times. On its own connection, like the heartbeat:
+/// the elected worker's heartbeat keeps it elected, so if its rounds waited for a pooled
+/// connection that its handlers hold, nobody in the cluster would rescue anything.
 async fn maintenance_loop(w: Arc<Worker>, stop: Shutdown) {
     let every = w.options.lease / 3;
     let mut gauges = ClusterGauges::default();
+    let mut own: Option<AsyncPgConnection> = None;
     loop {
-        if let Ok(mut pooled) = w.ctx.db.conn().await {
-            maintain(&w, &mut pooled, &mut gauges).await;
+        if own.is_none() {
+            match crate::store::connect::establish(w.ctx.config.database.url.expose()).await {
+                Ok(c) => own = Some(c),
+                Err(e) => tracing::warn!(error = %e, "maintenance connection failed"),
+            }
+        }
+        if let Some(conn) = own.as_mut()
+            && !maintain(&w, conn, &mut gauges).await
+        {
+            own = None; // reconnect for the next round
         }
         if !stop.sleep(every).await {
             return;
@@ -1146,7 +1157,8 @@ async fn maintenance_loop(w: Arc<Worker>, stop: Shutdown) {
 
 /// One round of [`maintenance_loop`]: if elected, rescue expired jobs and refresh the
 /// cluster-wide gauges; if not, withdraw the gauges this worker exported while it was.
-async fn maintain(w: &Worker, conn: &mut AsyncPgConnection, gauges: &mut ClusterGauges) {
+/// False when the round failed (the connection may be broken).
+async fn maintain(w: &Worker, conn: &mut AsyncPgConnection, gauges: &mut ClusterGauges) -> bool {
     let hooks = w.ctx.job_hooks.clone();
     let (id, lease) = (w.row.id, w.options.lease);
     let round = conn
@@ -1166,7 +1178,7 @@ async fn maintain(w: &Worker, conn: &mut AsyncPgConnection, gauges: &mut Cluster
     match round {
         Ok(None) => {
             gauges.withdraw();
-            return;
+            return true;
         }
         Ok(Some(rescued)) if !rescued.is_empty() => {
             tracing::warn!(
@@ -1180,10 +1192,11 @@ async fn maintain(w: &Worker, conn: &mut AsyncPgConnection, gauges: &mut Cluster
         // Elected or not is unknown: the gauges stay as they are until the next round.
         Err(e) => {
             tracing::warn!(error = %e, "rescue failed");
-            return;
+            return false;
         }
     }
     gauges.refresh(conn, lease).await;
+    true
 }
 
 /// The cluster-wide job gauges: `jobs_queue_depth` by state, `jobs_queued` and `jobs_running`
