@@ -1,0 +1,1 @@
+ALTER TABLE jobs SET (fillfactor = 50);
