@@ -1084,14 +1084,8 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
             .lock()
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
-        if own.is_none() {
-            match crate::store::connect::establish(w.ctx.config.database.url.expose()).await {
-                Ok(c) => own = Some(c),
-                Err(e) => tracing::warn!(error = %e, "heartbeat connection failed"),
-            }
-        }
         let mut lost = false;
-        if let Some(conn) = own.as_mut() {
+        if let Some(conn) = own_connection(&mut own, &w.ctx, "heartbeat").await {
             let ids: Vec<Uuid> = snapshot.iter().map(|cx| cx.job.id).collect();
             match store::heartbeat(conn, w.row.id, &ids, w.options.lease).await {
                 Ok(held) => {
@@ -1126,6 +1120,22 @@ async fn heartbeat_loop(w: Arc<Worker>, stop: Shutdown) {
     }
 }
 
+/// A loop's own connection (not from the pool), opened when it has none yet or lost it;
+/// None while Postgres cannot be reached (the loop tries again next round).
+async fn own_connection<'a>(
+    own: &'a mut Option<AsyncPgConnection>,
+    ctx: &Ctx,
+    role: &'static str,
+) -> Option<&'a mut AsyncPgConnection> {
+    if own.is_none() {
+        match crate::store::connect::establish(ctx.config.database.url.expose()).await {
+            Ok(c) => *own = Some(c),
+            Err(e) => tracing::warn!(error = %e, connection = role, "own connection failed"),
+        }
+    }
+    own.as_mut()
+}
+
 /// The cluster's maintenance, every third of a lease: a separate loop, so scans of the hot
 /// table (the rescue, the gauges' counts) never delay the lease extension in
 /// [`heartbeat_loop`]. Each round does something on one worker only (the one
@@ -1138,13 +1148,7 @@ async fn maintenance_loop(w: Arc<Worker>, stop: Shutdown) {
     let mut gauges = ClusterGauges::default();
     let mut own: Option<AsyncPgConnection> = None;
     loop {
-        if own.is_none() {
-            match crate::store::connect::establish(w.ctx.config.database.url.expose()).await {
-                Ok(c) => own = Some(c),
-                Err(e) => tracing::warn!(error = %e, "maintenance connection failed"),
-            }
-        }
-        if let Some(conn) = own.as_mut()
+        if let Some(conn) = own_connection(&mut own, &w.ctx, "maintenance").await
             && !maintain(&w, conn, &mut gauges).await
         {
             own = None; // reconnect for the next round

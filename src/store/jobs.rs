@@ -668,6 +668,7 @@ pub struct Terminal {
 /// The batched end: moves the held jobs to `jobs_history` with their end state, writes each
 /// owner's `job.status_changed` event (jobs with neither owner nor campus have nobody to tell:
 /// no event) and bumps the per-minute counters, in ONE statement.
+#[derive(Default)]
 struct EndBatch<'a> {
     worker_id: Uuid,
     shard: i16,
@@ -804,6 +805,7 @@ pub struct Requeue<'a> {
 }
 
 /// The batched requeue (retries and hand-backs), with the retries' events and counters.
+#[derive(Default)]
 struct RequeueBatch<'a> {
     worker_id: Uuid,
     shard: i16,
@@ -898,26 +900,14 @@ pub async fn prepare_completion(
     let ends: Vec<Terminal> = EndBatch {
         worker_id,
         shard,
-        id: Vec::new(),
-        attempt: Vec::new(),
-        state: Vec::new(),
-        public: Vec::new(),
-        result: Vec::new(),
-        content_type: Vec::new(),
-        body: Vec::new(),
-        error: Vec::new(),
-        message: Vec::new(),
+        ..EndBatch::default()
     }
     .load(conn)
     .await?;
     let requeues: Vec<IdRow> = RequeueBatch {
         worker_id,
         shard,
-        id: Vec::new(),
-        attempt: Vec::new(),
-        hand_back: Vec::new(),
-        run_at: Vec::new(),
-        error: Vec::new(),
+        ..RequeueBatch::default()
     }
     .load(conn)
     .await?;
